@@ -1,0 +1,340 @@
+"""Every registered method (built-in, test-defined plugin, entry-point plugin) behaves the way the
+harness relies on, plus the training-time behaviour of TRP and DeepTwist against references."""
+from __future__ import annotations
+
+import inspect
+import io
+import re
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import plugin_example  # noqa: F401  (registers "example-lowrank", so the conformance suite covers it)
+from bench.models import build_model
+from methods import lowrank as L
+from methods import registry
+from methods.base import Context, Method
+
+SHAPE = (1, 8, 8)  # digits
+ALL = registry.available()
+
+
+def _ctx(shape=SHAPE) -> Context:
+    return Context(input_shape=shape, num_classes=10, steps_per_epoch=4, epochs=1)
+
+
+def _model(name: str = "cnn", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, 10, SHAPE).eval()
+
+
+def _rule_params(name: str) -> list[str]:
+    """Parameters whose default is a rank rule: how the suite asks a method to compress."""
+    out = []
+    for k, p in registry.parameters(name).items():
+        try:
+            if isinstance(p.default, str):
+                L.parse_rule(p.default)
+                out.append(k)
+        except ValueError:
+            pass
+    return out
+
+
+def _asked(name: str) -> dict:
+    """Ask for 2x fewer MACs; methods whose rules cannot target a speed-up get a strong energy cut."""
+    params = {}
+    for k in _rule_params(name):
+        for rule in ("speedup:2.0", "energy:0.5"):
+            try:
+                registry.build(name, {k: rule})
+            except ValueError:
+                continue
+            params[k] = rule
+            break
+    return params
+
+
+def test_builtin_methods_are_registered():
+    assert {"dense", "svd", "trp", "arsvd", "deeptwist", "example-lowrank"} <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_conformance_compress_keeps_output_shape_and_round_trips(name, tmp_path):
+    scheme = registry.parameters(name).get("scheme")
+    arch = "mlp" if scheme is not None and scheme.default == "linear" else "cnn"  # linear-only methods get the MLP
+    model = _model(arch)
+    method = registry.build(name, _asked(name))
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        y = model(x)
+    method.attach(model, _ctx())
+    with torch.no_grad():
+        assert torch.equal(model(x), y), "attach() changed the forward pass"
+    small = method.compress(model)
+    small.eval()
+    with torch.no_grad():
+        assert small(x).shape == y.shape
+        assert torch.equal(model(x), y), "compress() modified the model it was given"
+    rep = method.report()
+    assert isinstance(rep, dict) and isinstance(rep.get("layers", []), list)
+    # save the deployed model's state dict, load it into a freshly built factorized model
+    path = tmp_path / "small.pt"
+    torch.save(small.state_dict(), path)
+    fresh = L.build_factorized(_model(arch, seed=1), rep.get("layers", [])).eval()
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), small(x), atol=1e-6)
+    # MACs: never more than dense; at least 2x fewer (within 2%) when asked for a speed-up,
+    # strictly fewer when asked by an energy cut
+    dense, macs = L.model_macs(model, x), L.model_macs(small, x)
+    asked = _asked(name)
+    if any(v.startswith("speedup") for v in asked.values()):
+        assert dense / macs == pytest.approx(2.0, rel=0.02)
+    elif asked:
+        assert macs < dense
+    else:
+        assert macs <= dense
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_conformance_parameters_are_keyword_args_validated_by_name(name):
+    params = registry.parameters(name)
+    for k, p in params.items():
+        assert p.default is not inspect.Parameter.empty, f"{name}.{k} needs a default"
+        with pytest.raises(ValueError, match=rf"^{k}: "):
+            registry.build(name, {k: object()})
+    registry.build(name, {})  # defaults are valid
+    with pytest.raises(ValueError, match=rf"methods\.{re.escape(name)}\.nope: unknown parameter"):
+        registry.build(name, {"nope": 1})
+
+
+def test_unknown_method_names_the_accepted_ones():
+    with pytest.raises(KeyError, match=r"method: unknown method 'tpr' \(did you mean 'trp'\?\); accepted: .*dense"):
+        registry.get_method("tpr")
+
+
+# --- plugins ----------------------------------------------------------------------------------
+
+class EntryPointPlugin(Method):
+    """Not decorated: only the entry point below registers it."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+
+def test_plugin_defined_in_a_test_module_is_found_by_name():
+    assert registry.get_method("example-lowrank") is plugin_example.ExampleLowRank
+    assert "example-lowrank" in registry.available()
+
+
+def test_plugin_exposed_through_an_entry_point_is_found_by_name(monkeypatch):
+    ep = metadata.EntryPoint(name="ep-plugin", value=f"{__name__}:EntryPointPlugin",
+                             group=registry.ENTRY_POINT_GROUP)
+    seen = []
+
+    def fake_entry_points(**kw):
+        seen.append(kw)
+        return [ep] if kw.get("group") == registry.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave the real one alone
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry.metadata, "entry_points", fake_entry_points)
+    assert registry.get_method("ep-plugin").__name__ == "EntryPointPlugin"
+    assert "ep-plugin" in registry.available() and "trp" in registry.available()
+    assert seen == [{"group": "rankbench.methods"}]
+    assert registry.build("ep-plugin", {"scale": 2.0}).scale == 2.0
+
+
+def test_plugin_doc_shows_exactly_the_tested_example():
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "plugin_section.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert blocks and blocks[0] == (root / "tests" / "plugin_example.py").read_text()
+    assert len(blocks[0].splitlines()) <= 40
+
+
+def test_example_plugin_projects_every_period():
+    model = _model()
+    m = registry.build("example-lowrank", {"period": 2, "rule": "rank:1"})
+    m.attach(model, _ctx())
+    w = model.get_submodule(m.names[0]).weight
+    before = w.detach().clone()
+    m.before_step(model, 1)
+    assert torch.equal(w, before)
+    m.before_step(model, 2)
+    assert torch.linalg.matrix_rank(L.to_matrix(w.detach(), "channel")) == 1
+
+
+# --- TRP ----------------------------------------------------------------------------------------
+
+def _ref_energy_svd(w: torch.Tensor, scheme: str, e: float | None):
+    m = L.to_matrix(w.detach().double(), scheme)
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    r = len(s) if e is None else int(((s ** 2).cumsum(0) / (s ** 2).sum() < e).sum()) + 1
+    r = min(r, len(s))
+    proj = u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
+    sub = u[:, :r] @ vh[:r]
+    return r, L.from_matrix(proj, scheme, w.shape).float(), L.from_matrix(sub, scheme, w.shape).float()
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_trp_projects_and_adds_nuclear_subgradient_on_period_steps(scheme):
+    model = _model()
+    trp = registry.build("trp", {"scheme": scheme, "period": 2, "nuclear": 0.1})
+    trp.attach(model, _ctx())
+    assert trp.names == ["3", "6", "9"]  # convs larger than 1x1 except the first (incl. stride 2)
+    x, y = torch.randn(4, *SHAPE), torch.randint(0, 10, (4,))
+    first = model.get_submodule("0").weight.detach().clone()
+    refs = {n: _ref_energy_svd(model.get_submodule(n).weight, scheme, 0.9) for n in trp.names}
+
+    trp.before_step(model, 0)
+    for n in trp.names:
+        assert torch.allclose(model.get_submodule(n).weight, refs[n][1], atol=1e-5)
+    assert torch.equal(model.get_submodule("0").weight, first)  # unchosen layer untouched
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: model.get_submodule(n).weight.grad.clone() for n in trp.names}
+    trp.after_backward(model, 0)
+    for n in trp.names:
+        added = model.get_submodule(n).weight.grad - grads[n]
+        assert torch.allclose(added, 0.1 * refs[n][2], atol=1e-5)
+
+    # step 1 is not a period step: neither the weights nor the gradients move
+    w = {n: model.get_submodule(n).weight.detach().clone() for n in trp.names}
+    trp.before_step(model, 1)
+    g = {n: model.get_submodule(n).weight.grad.clone() for n in trp.names}
+    trp.after_backward(model, 1)
+    for n in trp.names:
+        assert torch.equal(model.get_submodule(n).weight, w[n])
+        assert torch.equal(model.get_submodule(n).weight.grad, g[n])
+
+
+def test_trp_ablations_nuclear_only_and_projection_only():
+    model = _model()
+    nu = registry.build("trp", {"project": False, "nuclear": 0.5})
+    nu.attach(model, _ctx())
+    w = {n: model.get_submodule(n).weight.detach().clone() for n in nu.names}
+    nu.before_step(model, 0)
+    for n in nu.names:
+        assert torch.equal(model.get_submodule(n).weight, w[n])  # not projected
+        model.get_submodule(n).weight.grad = torch.zeros_like(w[n])
+    nu.after_backward(model, 0)
+    for n in nu.names:  # the full sub-gradient U V^T of ||W||_*
+        assert torch.allclose(model.get_submodule(n).weight.grad, 0.5 * _ref_energy_svd(w[n], "channel", None)[2],
+                              atol=1e-5)
+
+    model = _model()
+    proj = registry.build("trp", {"nuclear": 0.0})
+    proj.attach(model, _ctx())
+    for n in proj.names:
+        model.get_submodule(n).weight.grad = torch.ones_like(model.get_submodule(n).weight)
+    proj.before_step(model, 0)
+    proj.after_backward(model, 0)
+    for n in proj.names:
+        assert torch.equal(model.get_submodule(n).weight.grad, torch.ones_like(model.get_submodule(n).weight))
+
+
+def test_trp_export_after_projection_keeps_the_trained_rank():
+    model = _model()
+    trp = registry.build("trp", {"energy": 0.5, "export": "energy:0.999"})
+    trp.attach(model, _ctx())
+    trp.before_step(model, 0)
+    ranks = {n: int(torch.linalg.matrix_rank(L.to_matrix(model.get_submodule(n).weight.detach(), "channel")))
+             for n in trp.names}
+    small = trp.compress(model)
+    rep = {r["name"]: r for r in trp.report()["layers"]}
+    for n in trp.names:
+        assert rep[n]["rank"] == ranks[n]
+        assert isinstance(small.get_submodule(n), L.Factorized)
+    assert trp.report()["rule"] == "energy:0.999" and trp.report()["scheme"] == "channel"
+    assert rep["0"]["skipped"].startswith("first conv")
+
+
+def test_trp_layer_choice_options():
+    model = _model()
+    t = registry.build("trp", {"include_stride2": False})
+    t.attach(model, _ctx())
+    assert t.names == ["3", "9"]
+    t = registry.build("trp", {"layers": "all"})
+    t.attach(model, _ctx())
+    assert t.names == ["0", "3", "6", "9"]
+
+
+# --- DeepTwist, ARSVD, SVD ----------------------------------------------------------------------
+
+def test_deeptwist_replaces_every_period_with_tiles_and_exports_tiled():
+    model = _model()
+    dt = registry.build("deeptwist", {"period": 3, "rule": "rank:2", "tiles": 4})
+    dt.attach(model, _ctx())
+    w = model.get_submodule("9").weight  # 64 x (32*9): four tiles of 8 input channels (72 columns)
+    before = w.detach().clone()
+    dt.before_step(model, 0)
+    dt.before_step(model, 2)
+    assert torch.equal(w, before)  # dense training between replacements
+    dt.before_step(model, 3)
+    m = L.to_matrix(w.detach(), "channel")
+    orig = torch.tensor_split(L.to_matrix(before, "channel"), 4, dim=1)
+    for tile, o in zip(torch.tensor_split(m, 4, dim=1), orig):
+        u, s, vh = torch.linalg.svd(o.double(), full_matrices=False)
+        assert torch.allclose(tile.double(), u[:, :2] @ torch.diag(s[:2]) @ vh[:2], atol=1e-4)
+    assert int(torch.linalg.matrix_rank(m)) == 8  # tiles are approximated independently
+    assert dt.export == "rank:2"
+    x = torch.randn(2, *SHAPE)
+    small = dt.compress(model).eval()
+    rep = {r["name"]: r for r in dt.report()["layers"]}
+    assert rep["9"]["tiles"] == 4 and rep["9"]["rank"] == 2
+    with torch.no_grad():  # the tiled export is exact on the tiled-trained layers
+        dense = build_model("cnn", 10, SHAPE).eval()
+        dense.load_state_dict(model.state_dict())
+        for n in dt.names:
+            dense.get_submodule(n).weight.copy_(L.reconstruct(model.get_submodule(n).weight, "channel", 2, 4))
+        assert torch.allclose(small(x), dense(x), atol=1e-4)
+
+
+def test_deeptwist_tiles_validation_and_untiled_fallback():
+    with pytest.raises(ValueError, match="^tiles: got 2 with scheme 'spatial'"):
+        registry.build("deeptwist", {"scheme": "spatial", "tiles": 2})
+    model = _model()
+    dt = registry.build("deeptwist", {"tiles": 3, "rule": "rank:1"})
+    dt.attach(model, _ctx())
+    assert dt._tiles == [1, 1, 1]  # 16 and 32 input channels: 3 divides neither
+    dt.compress(model)
+    assert {r["tiles"] for r in dt.report()["layers"]} == {1}
+
+
+def test_speedup_export_out_of_reach_fails_at_attach_before_training():
+    for name, key in (("trp", "export"), ("deeptwist", "export"), ("svd", "rule")):
+        m = registry.build(name, {key: "speedup:500"})
+        with pytest.raises(ValueError, match=rf"^{key}: speedup:500.0 is not reachable.*accepted: speedup up to"):
+            m.attach(_model(), _ctx())
+
+
+def test_arsvd_rules_and_f1_report():
+    with pytest.raises(ValueError, match=r"^rule: got 'value:0.05'; accepted \"energy:E\" \(v1\) or \"entropy:TAU\" \(v2\)"):
+        registry.build("arsvd", {"rule": "value:0.05"})
+    model = _model("mlp")
+    m = registry.build("arsvd", {"rule": "entropy:0.5"})
+    assert m.starts_from_baseline
+    m.attach(model, _ctx())
+    small = m.compress(model)
+    rep = m.report()
+    chosen = [r for r in rep["layers"] if r["rank"] is not None]
+    assert [r["name"] for r in rep["layers"]] == ["1", "3", "5"] and chosen
+    for r in chosen:  # per-layer adaptive rank from the layer's own spectrum
+        s = torch.linalg.svdvals(model.get_submodule(r["name"]).weight.detach().double())
+        assert r["rank"] == L.rank_from_rule(s, "entropy:0.5")
+    assert "f1" in rep["metrics"]
+    assert small(torch.randn(2, *SHAPE)).shape == (2, 10)
+
+
+def test_svd_starts_from_baseline_and_finetunes_when_asked():
+    assert registry.get_method("svd").starts_from_baseline
+    assert registry.build("svd", {"finetune_epochs": 2}).finetune_epochs == 2
+    assert registry.build("svd", {}).finetune_epochs == 0
+    with pytest.raises(ValueError, match="^finetune_epochs: got -1; accepted an int >= 0"):
+        registry.build("svd", {"finetune_epochs": -1})
+    with pytest.raises(RuntimeError, match="attach"):
+        registry.build("svd", {}).compress(_model())
