@@ -1,0 +1,259 @@
+"""Measurements of a model as it is actually run: MACs, parameters, latency, accuracy.
+
+Conventions (docs/CONTRACTS.md, DESIGN.md): one fused multiply-add is one MAC, always per
+image; latency is the median of timed runs after warm-up, with device, dtype and batch named.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+import warnings
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+
+def _mac_handles() -> dict[str, Any]:
+    """fvcore op handles that count multiply-accumulates. Norms, pooling, upsampling and other
+    elementwise ops are left out on purpose: published MAC counts (and TRP's speed-ups) count
+    conv/linear/matmul only, and torch.utils.flop_counter counts the same set (x2), which lets
+    a test cross-check the number."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # fvcore's import scripts a function: torch.jit warns
+        from fvcore.nn import jit_handles
+
+    return {
+        "aten::_convolution": jit_handles.conv_flop_jit,
+        "aten::addmm": jit_handles.addmm_flop_jit,
+        "aten::bmm": jit_handles.bmm_flop_jit,
+        "aten::einsum": jit_handles.einsum_flop_jit,
+        "aten::matmul": jit_handles.matmul_flop_jit,
+        "aten::mm": jit_handles.matmul_flop_jit,
+        "aten::linear": jit_handles.linear_flop_jit,
+    }
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    for b in model.buffers():
+        return b.device, (b.dtype if b.is_floating_point() else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> int:
+    """Multiply-accumulates of one forward pass on one image of ``input_shape`` (no batch dim),
+    counted by fvcore on conv, linear and matmul-type ops (see ``_mac_handles``)."""
+    handles = _mac_handles()
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+
+    device, dtype = _model_device_dtype(model)
+    x = torch.zeros((1, *tuple(input_shape)), device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()                     # trace the inference graph (BN folded semantics, no dropout)
+    try:
+        with warnings.catch_warnings():
+            # torch.jit is deprecated upstream and warns on every trace; fvcore still needs it
+            warnings.simplefilter("ignore")
+            analysis = JitModelAnalysis(model, (x,)).set_op_handle(**handles)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            analysis.tracer_warnings("none")
+            total = analysis.total()
+    finally:
+        model.train(was_training)
+    return int(total)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once); buffers are not parameters."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name for the latency column: GPU model, or CPU model and threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
+    cpu = platform.processor() or platform.machine()
+    try:  # /proc/cpuinfo names the model on Linux; platform.processor() is often empty there
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | list[int],
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    batch: int = 1,
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict[str, Any]:
+    """Median wall time of one inference forward pass of ``batch`` inputs, in milliseconds.
+
+    The model is copied (the caller's model keeps its device, dtype and mode), put in eval
+    mode and cast to ``dtype``; on CUDA the input is channels_last when 4-D and each run is
+    timed with CUDA events, on CPU with ``time.perf_counter``."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"measure.latency_dtype: {dtype!r} is not accepted; accepted: {', '.join(_DTYPES)}")
+    if not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"measure.latency_batch: {batch!r} is not accepted; accepted: an integer >= 1")
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"measure.latency_repeats: {repeats!r} is not accepted; accepted: an integer >= 1")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"measure.latency_device: {str(device)!r} is not accepted here; accepted: cpu (no CUDA device is visible)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"measure.latency_device: {str(device)!r} is not accepted; accepted: cpu, cuda, cuda:N")
+    tdtype = _DTYPES[dtype]
+
+    m = copy.deepcopy(model).eval().to(device=device, dtype=tdtype)
+    x = torch.randn((batch, *tuple(input_shape)), device=device, dtype=tdtype)
+    if device.type == "cuda" and x.dim() == 4:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(max(0, warmup)):
+            m(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+            for s, e in zip(starts, ends):
+                s.record()
+                m(x)
+                e.record()
+            torch.cuda.synchronize(device)
+            times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        else:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                m(x)
+                times.append((time.perf_counter() - t0) * 1e3)
+    return {"ms": float(statistics.median(times)), "device": device_name(device), "dtype": dtype,
+            "batch": int(batch), "repeats": int(repeats)}
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    distributed: bool | None = None,
+) -> dict[str, float | None]:
+    """Top-1, top-5 and macro F1 (percent) of ``model`` over ``loader``.
+
+    Everything accumulates in device tensors (a confusion matrix via bincount), so there is
+    one host sync at the end, not one per batch. top5 is None when num_classes < 5. Macro F1
+    averages over classes that occur in the labels or the predictions (as scikit-learn does).
+
+    Under torch.distributed (``distributed=None``: whenever a process group is initialized)
+    the counts are summed over ranks, so every rank returns the metrics of the whole split
+    when each rank evaluated its shard. (Ranks that all saw the same data get the same
+    percentages too: every count is then multiplied by the world size.)"""
+    was_training = model.training
+    model.eval()
+    device, _ = _model_device_dtype(model)
+    conf = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
+    try:
+        with torch.inference_mode():
+            for x, y in loader:
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if amp_dtype is not None:
+                    with torch.autocast(device.type, dtype=amp_dtype):
+                        logits = model(x)
+                else:
+                    logits = model(x)
+                pred = logits.argmax(dim=1)
+                conf += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+                if num_classes >= 5:
+                    top5 += (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).sum()
+                n += y.numel()
+    finally:
+        model.train(was_training)
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        counts = torch.cat([conf, top5.view(1), torch.tensor([n], dtype=torch.long, device=device)])
+        torch.distributed.all_reduce(counts)
+        conf, top5, n = counts[:-2], counts[-2], int(counts[-1])
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    conf = conf.view(num_classes, num_classes).double()     # rows: true, cols: predicted
+    tp = conf.diagonal()
+    support, predicted = conf.sum(1), conf.sum(0)
+    denom = support + predicted                              # 2TP + FP + FN
+    present = denom > 0
+    f1 = torch.where(present, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    f1_macro = f1.sum() / present.sum().clamp(min=1)
+    stats = torch.stack([tp.sum(), top5.double(), f1_macro]).cpu().tolist()   # the one sync
+    return {"top1": 100.0 * stats[0] / n,
+            "top5": 100.0 * stats[1] / n if num_classes >= 5 else None,
+            "f1": 100.0 * stats[2]}
+
+
+def train_step_throughput(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | list[int],
+    batch: int = 256,
+    device: str | torch.device = "cpu",
+    dtype: str = "bfloat16",
+    steps: int = 20,
+    warmup: int = 5,
+) -> dict[str, Any]:
+    """Images/s of a plain training step (forward, cross-entropy, backward, SGD step) on
+    random data already on the device: the rate an input pipeline has to keep up with.
+    ``dtype`` other than float32 runs the forward under autocast; 4-D inputs are channels_last
+    on CUDA. The caller's model is copied, not changed."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not accepted; accepted: {', '.join(_DTYPES)}")
+    device = torch.device(device)
+    m = copy.deepcopy(model).to(device).train()
+    x = torch.randn((batch, *tuple(input_shape)), device=device)
+    if device.type == "cuda" and x.dim() == 4:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        num_classes = m(x[:2]).shape[1]
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+    tdtype = _DTYPES[dtype]
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=tdtype, enabled=tdtype != torch.float32):
+            loss = nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    return {"images_per_s": batch * steps / dt, "batch": batch, "device": device_name(device), "dtype": dtype}

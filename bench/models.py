@@ -1,0 +1,266 @@
+"""The networks rankbench compresses, built by name: ``build_model(name, num_classes, input_shape)``.
+
+- ``mlp``: Flatten -> Linear -> ReLU -> Linear -> ReLU -> Linear (ARSVD's setting; any input shape).
+- ``cnn``: a small conv net for digits (1x8x8): a first 3x3 conv, then three more 3x3 convs (one
+  with stride 2) so TRP has layers to train, global average pooling, a Linear head.
+- ``resnet20`` / ``resnet32`` / ``resnet56``: CIFAR ResNets with basic blocks (He et al. 2016,
+  section 4.2: 16/32/64 channels, 3 stages of (depth-2)/6 blocks). Shortcut **option A** by default
+  (identity, strided subsampling and zero-padded channels: no parameters, the paper's CIFAR
+  choice); ``shortcut="B"`` uses a 1x1 conv + BN projection where the shape changes.
+- ``resnet56-bottleneck``: the variant the official TRP code builds for depth >= 44 (its
+  bearpaw/pytorch-classification lineage): bottleneck blocks (1x1, 3x3, 1x1, expansion 4),
+  (depth-2)/9 blocks per stage, option B (1x1 conv + BN) downsampling shortcuts.
+- ``resnet18`` / ``resnet50``: torchvision's ImageNet ResNets. Weights come only from a local
+  file (``pretrained=path``), never from the internet. Inputs of 64 px or less get a 3x3 stride-1
+  ``conv1`` and no max-pool (the usual CIFAR adaptation); other input channel counts get a fresh
+  ``conv1``; other class counts a fresh ``fc``. Those adapted layers are not loaded from the file.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# --------------------------------------------------------------------------- small models
+
+
+def mlp(num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (256, 128)) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def cnn(num_classes: int, input_shape: Sequence[int], width: int = 16) -> nn.Module:
+    c = input_shape[0]
+    return nn.Sequential(
+        *_conv_bn(c, width),                  # first conv: kept dense by the official layer choice
+        *_conv_bn(width, 2 * width),
+        *_conv_bn(2 * width, 2 * width, stride=2),
+        *_conv_bn(2 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR ResNets
+
+
+class _ShortcutA(nn.Module):
+    """Option A: identity with stride-2 subsampling and zero channels appended; no parameters."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride, self.extra = stride, cout - cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: str = "A"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != planes:
+            self.shortcut = (_ShortcutA(cin, planes, stride) if shortcut == "A" else
+                             nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: str = "B"):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != out:
+            self.shortcut = (_ShortcutA(cin, out, stride) if shortcut == "A" else
+                             nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return F.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: conv3x3(16), three stages (16, 32, 64 planes), avg-pool, fc."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, block: str = "basic",
+                 shortcut: Optional[str] = None):
+        super().__init__()
+        blk: type[nn.Module] = BasicBlock if block == "basic" else Bottleneck
+        per = 6 if block == "basic" else 9
+        if (depth - 2) % per:
+            raise ValueError(f"depth: got {depth}; accepted for {block} blocks: {per}n+2")
+        shortcut = shortcut or ("A" if block == "basic" else "B")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut: got {shortcut!r}; accepted: 'A', 'B'")
+        n = (depth - 2) // per
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin, stages = 16, []
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(blk(cin, planes, stride if i == 0 else 1, shortcut))
+                cin = planes * blk.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _cifar(depth: int, block: str = "basic") -> Callable[..., nn.Module]:
+    def make(num_classes: int, input_shape: Sequence[int], shortcut: Optional[str] = None) -> nn.Module:
+        return CifarResNet(depth, num_classes, input_shape[0], block, shortcut)
+    make.__doc__ = f"CIFAR ResNet-{depth}, {block} blocks."
+    return make
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _torchvision(arch: str) -> Callable[..., nn.Module]:
+    def make(num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        c, h = input_shape[0], input_shape[-1]
+        if h <= 64:  # 7x7/2 + max-pool would leave 1x1 maps on CIFAR-size inputs
+            model.conv1 = nn.Conv2d(c, 64, 3, 1, 1, bias=False)
+            model.maxpool = nn.Identity()
+        elif c != 3:
+            model.conv1 = nn.Conv2d(c, 64, 7, 2, 3, bias=False)
+        return model
+    make.__doc__ = f"torchvision {arch}, adapted to the input shape and class count."
+    return make
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet20": _cifar(20),
+    "resnet32": _cifar(32),
+    "resnet56": _cifar(56),
+    "resnet56-bottleneck": _cifar(56, "bottleneck"),
+    "resnet18": _torchvision("resnet18"),
+    "resnet50": _torchvision("resnet50"),
+}
+
+# Layers a torchvision model may have replaced to fit the data: they keep their fresh init.
+_ADAPTABLE = ("conv1.weight", "fc.weight", "fc.bias")
+
+
+def _read_state(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in a local file: bare, or under "state_dict"/"model", "module." peeled."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"pretrained: no such file {str(p)!r}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:
+        if not mmap:
+            raise
+        state = torch.load(p, map_location="cpu", weights_only=True)   # legacy format: no mmap
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained: {str(p)!r} does not hold a state dict (got {type(state).__name__})")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _matching(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: str,
+              adaptable: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` to load into a model whose state dict is ``own``; ValueError
+    naming the first key that is missing, unexpected or of another shape."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        hint = f"; closest to {missing[0]!r} in the file: {difflib.get_close_matches(missing[0], list(state), 1)}" if missing else ""
+        raise ValueError(f"pretrained: {str(path)!r} does not match the model: missing keys {missing[:5]}, "
+                         f"unexpected keys {unexpected[:5]}{hint}")
+    load = {}
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            if k in adaptable:
+                continue
+            raise ValueError(f"pretrained: key {k!r} has shape {tuple(v.shape)} in {str(path)!r}, "
+                             f"the model expects {tuple(own[k].shape)}")
+        load[k] = v
+    return load
+
+
+def load_weights(model: nn.Module, path: str, adaptable: Sequence[str] = ()) -> nn.Module:
+    """Load a local state dict into ``model``, checking every key and shape. Accepts a bare state
+    dict or one under "state_dict"/"model", with or without DataParallel's "module." prefix.
+    Keys in ``adaptable`` whose shapes differ (layers replaced to fit the data) are left as built."""
+    own = model.state_dict()
+    own.update(_matching(own, _read_state(path), path, adaptable))
+    model.load_state_dict(own)
+    return model
+
+
+def check_pretrained(name: str, num_classes: int, input_shape: Sequence[int], pretrained: str,
+                     **options: Any) -> None:
+    """The key and shape check of ``build_model(..., pretrained=...)``, done before any training:
+    the model is built on the meta device (no memory, no init) and the file is memory-mapped, so
+    checking a ResNet-50 file costs well under a second. Raises what ``build_model`` would."""
+    with torch.device("meta"):
+        model = MODELS[name](num_classes, tuple(input_shape), **options)
+    _matching(model.state_dict(), _read_state(pretrained, mmap=True), pretrained,
+              _ADAPTABLE if name in ("resnet18", "resnet50") else ())
+
+
+def build_model(name: str, num_classes: int, input_shape: Sequence[int], pretrained: Optional[str] = None,
+                **options: Any) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes and inputs of ``input_shape`` (C, H, W),
+    optionally loading a local state dict (``pretrained``: path). ``options`` go to the builder
+    (e.g. ``shortcut="B"`` for the CIFAR ResNets)."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"model: unknown model {name!r}{hint}; accepted: {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes: got {num_classes}; accepted: an int >= 1")
+    model = MODELS[name](num_classes, tuple(input_shape), **options)
+    if pretrained:
+        load_weights(model, pretrained, _ADAPTABLE if name in ("resnet18", "resnet50") else ())
+    return model

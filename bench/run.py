@@ -1,0 +1,285 @@
+"""One trial, as a plain function (no Ray): Trial -> Result row, written atomically.
+
+Three kinds of method (``methods.base.Method``):
+- ``dense``: train from scratch, save ``baseline.pt`` for every method that starts from it;
+- ``starts_from_baseline`` (svd, arsvd, ...): load that baseline's weights, attach, compress,
+  then fine-tune ``finetune_epochs`` epochs;
+- training-time (trp, deeptwist, ...): attach to a fresh model, train every epoch with the
+  method's hooks, compress (then fine-tune if the method asks for it).
+Then measure the deployed model next to the dense architecture. A failure still writes a row
+(status failed, error, last good epoch) so a sweep never loses track of a trial.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import random
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench import __version__
+from bench.distributed import DistContext, check_identical, wrap
+from bench.fs import open_append, read_bytes_io
+from bench.spec import Trial
+from bench.store import Store, atomic_torch_save
+from bench.train import Progress, TrainingDiverged, train
+
+
+class BaselineMissing(RuntimeError):
+    """A method that starts from the dense baseline ran before the baseline was saved."""
+
+
+def environment() -> dict[str, Any]:
+    """What produced a row: enough to tell two machines or library versions apart."""
+    cuda = torch.cuda.is_available()
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "python": platform.python_version(),
+        "rankbench": __version__,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def _clean(v: Any) -> Any:
+    """NaN/inf are not JSON: they become null (the row says status/error instead)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _base_row(trial: Trial) -> dict[str, Any]:
+    p = trial.params_dict
+    rule = p.get("rule", p.get("export"))
+    return {
+        "trial_id": trial.id, "sweep": trial.sweep, "status": None, "error": None, "last_good_epoch": None,
+        "dataset": trial.data_cfg.get("name"), "model": trial.model, "method": trial.method,
+        "seed": trial.seed, "params": p, "variant": trial.variant,
+        "scheme": p.get("scheme"), "rule": rule if isinstance(rule, str) else None,
+        "top1": None, "top5": None, "f1": None,
+        "macs": None, "dense_macs": None, "macs_speedup": None,
+        "params_count": None, "dense_params_count": None,
+        "latency_ms": None, "dense_latency_ms": None, "latency_speedup": None,
+        "latency_device": None, "latency_dtype": None, "latency_batch": None,
+        "layers": [], "wall_s": None, "gpu_hours": None,
+        "baseline_id": None, "train_device": None, "history": [],
+        "env": environment(), "spec": trial.to_dict(),
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(trial: Trial) -> torch.device:
+    # a trial asks for GPUs through resources; Ray hides GPUs from trials that asked for none
+    if trial.resources_cfg.get("gpus", 0) > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None] | None = None,
+              base_dir: Path | str | None = None, dist: DistContext | None = None) -> dict:
+    """Run one trial end to end and write its Result row to ``results/<sweep>/trials/<id>.json``.
+
+    ``base_dir``: where relative paths of the spec (data.root, model.pretrained) start; the
+    sweep passes the directory ``rankbench run`` was started in (Ray workers run elsewhere).
+
+    Returns the row. Exceptions inside the trial do not propagate: they become a row with
+    ``status: failed``, ``error`` ("Type: message") and ``last_good_epoch``.
+
+    ``dist``: this process's rank in a data-parallel trial (``bench.distributed``). Rank 0 writes
+    the log, checkpoints and the row; the other ranks write nothing and return their partial row.
+    Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
+    forever in the next collective, and raising makes Ray Train stop the whole worker group.
+    """
+    base = Path(base_dir or os.getcwd())
+    if dist is not None and not dist.is_main:
+        row = _base_row(trial)
+        row.update(_run(trial, Store(results_root, trial.sweep), Progress(), lambda line: None, base, dist))
+        return row
+    store = Store(results_root, trial.sweep)
+    store.log_path(trial.id).parent.mkdir(parents=True, exist_ok=True)
+    row = _base_row(trial)
+    progress = Progress()
+    failure: Exception | None = None
+    with open_append(store.log_path(trial.id)) as logf:
+        def _log(line: str) -> None:
+            logf.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            if log is not None:
+                log(line)
+
+        _log(f"trial {trial.id}: {trial.label}")
+        try:
+            row.update(_run(trial, store, progress, _log, base, dist))
+            row["status"] = "ok"
+        except Exception as e:  # noqa: BLE001 (every failure becomes a row; Ctrl-C still propagates)
+            row["status"] = "failed"
+            row["error"] = f"{type(e).__name__}: {e}"
+            row["last_good_epoch"] = progress.last_good_epoch
+            _log("".join(traceback.format_exception(e)).rstrip())
+            _log(f"trial {trial.id}: failed: {row['error']}")
+            failure = e
+        row["history"] = progress.history
+        row = _clean(row)
+        store.write_result(row)
+        if row["status"] == "ok":
+            # the result is safely written: resume points are no longer needed (baseline.pt stays)
+            for p in (store.epoch_checkpoint(trial.id), store.checkpoint_dir(trial.id) / "finetune.pt"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            with contextlib.suppress(OSError):
+                store.checkpoint_dir(trial.id).rmdir()   # only when empty (no baseline.pt)
+            _log(f"trial {trial.id}: ok top-1 {row['top1']:.2f}% macs x{row['macs_speedup']:.2f}")
+    if failure is not None and dist is not None and dist.world_size > 1:
+        raise failure
+    return row
+
+
+def _resolve(path: Any, base_dir: Path) -> Any:
+    if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
+        return str(base_dir / Path(path).expanduser())
+    return path
+
+
+def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], None],
+         base_dir: Path, dist: DistContext | None = None) -> dict[str, Any]:
+    from bench.data import build_data
+    from bench.measure import count_macs, count_params, evaluate, measure_latency
+    from bench.models import build_model
+    from methods.base import Context
+    from methods.registry import build
+
+    t_start = time.perf_counter()
+    tc = trial.train_cfg
+    mc = trial.measure_cfg
+    world = dist.world_size if dist is not None else 1
+    main = dist is None or dist.is_main
+    cpus = trial.resources_cfg.get("cpus", 1) / world   # a distributed trial's CPUs are shared by its workers
+    # one trial per core on a laptop: more threads than the trial's CPUs oversubscribes the machine
+    torch.set_num_threads(max(1, int(cpus)))
+    _seed_everything(trial.seed)
+    device = dist.device if dist is not None else _device(trial)
+
+    data_cfg = trial.data_cfg
+    if data_cfg.get("root"):
+        data_cfg["root"] = _resolve(data_cfg["root"], base_dir)
+    # train.batch_size is the global batch: each of the `world` ranks gets its exact share
+    data = build_data(data_cfg, trial.seed, tc["batch_size"] // world, tc["augment"], device,
+                      **({"rank": dist.rank, "world_size": world} if dist is not None else {}))
+    model_opts = trial.model_cfg
+    pretrained = _resolve(model_opts.pop("pretrained", None), base_dir)
+    method_cls = type(build(trial.method, trial.params_dict))
+    from_baseline = trial.method != "dense" and method_cls.starts_from_baseline
+    # a method that starts from the baseline gets the baseline's weights: no need to read pretrained
+    model = build_model(trial.model, data.num_classes, data.input_shape,
+                        pretrained=None if from_baseline else pretrained, **model_opts)
+    method = build(trial.method, trial.params_dict)
+    ckdir = store.checkpoint_dir(trial.id)
+    if main:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    fit = dict(momentum=tc["momentum"], weight_decay=tc["weight_decay"], amp=tc["amp"],
+               channels_last=tc["channels_last"], device=device, progress=progress, log=log)
+    out: dict[str, Any] = {"train_device": str(device)}
+    sync_bn = bool(tc.get("sync_bn", False))
+    train_epochs = 0
+
+    if from_baseline:
+        base = trial.baseline()
+        bpath = store.baseline_weights(base.id)
+        if not bpath.exists():
+            raise BaselineMissing(
+                f"baseline {base.id} ({base.label}) has no saved weights at {bpath}; "
+                f"run the dense baseline first (rankbench run does it in phase 1)")
+        with read_bytes_io(bpath) as f:
+            model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+        model.to(device)
+        model, _ = wrap(model, dist, sync_bn)
+        out["baseline_id"] = base.id
+        ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
+                      steps_per_epoch=data.steps_per_epoch, epochs=0, device=device, log=log)
+        method.attach(model, ctx)
+    else:
+        model.to(device)
+        # before attach: SyncBatchNorm replaces modules, and the hooks must see the final model
+        model, forward = wrap(model, dist, sync_bn)
+        ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
+                      steps_per_epoch=data.steps_per_epoch, epochs=tc["epochs"], device=device, log=log)
+        method.attach(model, ctx)
+        train(model, data, epochs=tc["epochs"], lr=tc["lr"], schedule=tc["schedule"],
+              milestones=tc["milestones"], gamma=tc["gamma"], method=method,
+              checkpoint=store.epoch_checkpoint(trial.id), phase="train", forward=forward, **fit)
+        train_epochs = tc["epochs"]
+        if dist is not None and world > 1:
+            out["ddp"] = {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn,
+                          "weights_sha256": check_identical(model, "train")}
+        if trial.method == "dense" and main:
+            atomic_torch_save(model.state_dict(), store.baseline_weights(trial.id))
+
+    small = method.compress(model)
+    fe = int(getattr(method, "finetune_epochs", 0) or 0)
+    if fe > 0:
+        # fine-tuning the factorized network: small lr, cosine (reference/methods.md)
+        small, small_forward = wrap(small, dist)   # BN layers were already converted with model
+        train(small, data, epochs=fe, lr=tc["finetune_lr"], schedule="cosine", method=None,
+              checkpoint=ckdir / "finetune.pt", phase="finetune", epoch_offset=train_epochs,
+              forward=small_forward, **fit)
+        if dist is not None and world > 1:
+            out.setdefault("ddp", {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn})
+            out["ddp"]["finetuned_weights_sha256"] = check_identical(small, "finetune")
+    # work done before a resume counts too: the row reports what the compression cost in all
+    wall_s = time.perf_counter() - t_start + _resumed_seconds(progress)
+
+    # --- measure the deployed model next to the dense architecture ---------------------------
+    small.eval()
+    metrics = evaluate(small, data.val, data.num_classes)   # under DDP: summed over every rank's shard
+    if not main:
+        return out   # rank 0 measures cost and writes the row
+    shape = tuple(data.input_shape)
+    dense = model if trial.method == "dense" else build_model(trial.model, data.num_classes, shape, **model_opts)
+    macs, dense_macs = count_macs(small, shape), count_macs(dense, shape)
+    lat_kw = dict(device=mc["latency_device"], dtype=mc["latency_dtype"], batch=mc["latency_batch"],
+                  repeats=mc["latency_repeats"])
+    lat = measure_latency(small, shape, **lat_kw)
+    dense_lat = lat if trial.method == "dense" else measure_latency(dense, shape, **lat_kw)
+    report = method.report() or {}
+    gpus = trial.resources_cfg.get("gpus", 0) if device.type == "cuda" else 0
+    out.update({
+        "top1": metrics.get("top1"), "top5": metrics.get("top5"), "f1": metrics.get("f1"),
+        "macs": int(macs), "dense_macs": int(dense_macs),
+        "macs_speedup": dense_macs / macs if macs else None,
+        "params_count": count_params(small), "dense_params_count": count_params(dense),
+        "latency_ms": lat["ms"], "dense_latency_ms": dense_lat["ms"],
+        "latency_speedup": dense_lat["ms"] / lat["ms"] if lat["ms"] else None,
+        "latency_device": lat["device"], "latency_dtype": lat["dtype"], "latency_batch": lat["batch"],
+        "layers": list(report.get("layers", [])),
+        "wall_s": wall_s, "gpu_hours": wall_s / 3600.0 * float(gpus),
+    })
+    for k in ("scheme", "rule"):
+        if isinstance(report.get(k), str):
+            out[k] = report[k]
+    return out
+
+
+def _resumed_seconds(progress: Progress) -> float:
+    """Seconds of epochs run by earlier attempts (loaded from a checkpoint), not by this one."""
+    return max(0.0, progress.elapsed_s - progress.ran_s)

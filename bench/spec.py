@@ -1,0 +1,580 @@
+"""Experiment spec: YAML -> Sweep -> list[Trial] (see docs/CONTRACTS.md, "Spec YAML").
+
+Everything a sweep could trip over is checked here, before any training: malformed YAML (with
+its line), unknown keys at every level (with a "did you mean"), unknown method / model / dataset,
+unknown method parameters and out-of-range values (each method's constructor validates its
+own), train / measure / resources values, and the dataset root (``bench.data.check_data``).
+Every error is a ``SpecError`` with one line: ``<field>: <value>: <what is accepted>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class SpecError(ValueError):
+    """Bad input in a spec. ``str(e)`` is the one line the CLI prints after ``error:``."""
+
+
+# --- defaults and the keys each level accepts ----------------------------------------------
+
+TOP_KEYS = ("sweep", "seeds", "data", "model", "train", "resources", "measure", "methods")
+ENTRY_KEYS = ("name", "model", "data", "train")  # plus the method's own parameters
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 8, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 1.0e-4,
+    "schedule": "cosine", "milestones": [], "gamma": 0.1,
+    # fine-tuning after compress (decompose + fine-tune baselines) uses its own, smaller lr
+    "finetune_lr": 0.01,
+    "augment": False, "amp": False, "channels_last": False,
+    # batch norm statistics over the global batch of a data-parallel trial (GPU only); left
+    # out of the Trial while false, so trials that never set it keep their ids
+    "sync_bn": False,
+}
+# cpus and gpus are for the whole trial; workers > 1 (or gpus > 1) trains it data-parallel,
+# each worker taking an equal share (bench.distributed)
+RESOURCES_DEFAULTS: dict[str, Any] = {"cpus": 1, "gpus": 0, "workers": 1}
+MEASURE_DEFAULTS: dict[str, Any] = {"latency_device": "cpu", "latency_dtype": "float32",
+                                    "latency_batch": 1, "latency_repeats": 30}
+SCHEDULES = ("cosine", "step")
+LATENCY_DEVICES = ("cpu", "cuda")
+LATENCY_DTYPES = ("float32", "float16", "bfloat16")
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Pairs = tuple[tuple[str, Any], ...]
+
+
+# --- the Trial -------------------------------------------------------------------------------
+
+def _freeze(v: Any) -> Any:
+    """Lists become tuples (and dicts sorted pair tuples) so a Trial is hashable."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _pairs_to_dict(pairs: Pairs) -> dict[str, Any]:
+    return {k: _thaw(v) for k, v in pairs}
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, floats by repr (json's default): identical on every Python."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def format_value(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training + compression + measurement run. Frozen and hashable; ``id`` is stable."""
+
+    sweep: str
+    data: Pairs
+    model: str
+    method: str
+    params: Pairs
+    seed: int
+    train: Pairs
+    measure: Pairs
+    # builder options of the model, e.g. (("pretrained", "weights/r50.pth"),); empty for most
+    # trials, and then left out of the id so plain model names keep the ids they always had
+    model_options: Pairs = ()
+    # resources say where a trial runs, not what it computes: not part of the id or equality
+    resources: Pairs = field(default=(), compare=False)
+
+    # dict views ----------------------------------------------------------------------------
+    @property
+    def data_cfg(self) -> dict[str, Any]:
+        return _pairs_to_dict(self.data)
+
+    @property
+    def model_cfg(self) -> dict[str, Any]:
+        return _pairs_to_dict(self.model_options)
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return _pairs_to_dict(self.params)
+
+    @property
+    def train_cfg(self) -> dict[str, Any]:
+        return _pairs_to_dict(self.train)
+
+    @property
+    def measure_cfg(self) -> dict[str, Any]:
+        return _pairs_to_dict(self.measure)
+
+    @property
+    def resources_cfg(self) -> dict[str, Any]:
+        return _pairs_to_dict(self.resources)
+
+    @property
+    def variant(self) -> str:
+        """Canonical ``k=v,k=v`` of the params (sorted): the grouping key next to ``method``."""
+        return ",".join(f"{k}={format_value(v)}" for k, v in self.params)
+
+    def to_dict(self, with_resources: bool = True) -> dict[str, Any]:
+        d = {"sweep": self.sweep, "data": self.data_cfg, "model": self.model, "method": self.method,
+             "params": self.params_dict, "seed": self.seed, "train": self.train_cfg,
+             "measure": self.measure_cfg}
+        if self.model_options:
+            d["model_options"] = self.model_cfg
+        if with_resources:
+            d["resources"] = self.resources_cfg
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trial":
+        return cls(sweep=d["sweep"], data=_freeze(d["data"]), model=d["model"], method=d["method"],
+                   params=_freeze(d.get("params") or {}), seed=int(d["seed"]), train=_freeze(d["train"]),
+                   measure=_freeze(d["measure"]), model_options=_freeze(d.get("model_options") or {}),
+                   resources=_freeze(d.get("resources") or {}))
+
+    @property
+    def id(self) -> str:
+        text = canonical_json(self.to_dict(with_resources=False))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def baseline(self) -> "Trial":
+        """The dense Trial with the same data, model, seed and train (its weights are reused)."""
+        return dataclasses.replace(self, method="dense", params=())
+
+    @property
+    def label(self) -> str:
+        v = f"[{self.variant}]" if self.params else ""
+        return f"{self.method}{v} {self.model}/{self.data_cfg.get('name')} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed, expanded spec. ``trials`` also holds every dense baseline a method needs."""
+
+    name: str
+    trials: tuple[Trial, ...]
+    source: str = "<string>"
+
+    def baselines(self) -> list[Trial]:
+        return [t for t in self.trials if t.method == "dense"]
+
+    def by_id(self) -> dict[str, Trial]:
+        return {t.id: t for t in self.trials}
+
+
+# --- YAML loading ----------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``) and refuses
+    duplicate keys (PyYAML silently keeps the last one, which hides typos in a long spec)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise SpecError(f"yaml: line {line}: duplicate key {key!r}; accepted: each key once per mapping")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+        problem = (e.problem or e.context or "malformed").strip()
+        raise SpecError(f"yaml: {source}: {where}: {problem}; accepted: a valid YAML mapping") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"yaml: {source}: {str(e).splitlines()[0]}; accepted: a valid YAML mapping") from None
+
+
+# --- validation helpers ----------------------------------------------------------------------
+
+def _fail(where: str, value: Any, accepted: str) -> SpecError:
+    return SpecError(f"{where}: {value!r}: accepted: {accepted}")
+
+
+def _check_keys(where: str, d: dict, accepted: Iterable[str]) -> None:
+    accepted = list(accepted)
+    for key in d:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"{where}.{key}: unknown key{hint}; accepted: {', '.join(accepted)}")
+
+
+def _need_mapping(where: str, v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise _fail(where, v, "a mapping (key: value)")
+    return v
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _int(where: str, v: Any, lo: int) -> int:
+    if not _is_int(v) or v < lo:
+        raise _fail(where, v, f"an integer >= {lo}")
+    return int(v)
+
+
+def _float(where: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> float:
+    ok = _is_num(v)
+    if ok:
+        ok = (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        lb = "(" if lo_open else "["
+        hb = ")" if hi_open else "]"
+        rng = f"{lb}{lo}, {'inf)' if hi is None else str(hi) + hb}"
+        raise _fail(where, v, f"a number in {rng}")
+    return float(v)  # 1 and 1.0 must hash alike
+
+
+def _bool(where: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(where, v, "true or false")
+    return v
+
+
+def _choice(where: str, v: Any, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if v not in choices:
+        close = difflib.get_close_matches(str(v), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"{where}: {v!r}: unknown{hint}; accepted: {', '.join(choices)}")
+    return v
+
+
+def _normalize_train(where: str, t: dict) -> dict:
+    _check_keys(where, t, TRAIN_DEFAULTS)
+    out = dict(TRAIN_DEFAULTS)
+    out.update(t)
+    out["epochs"] = _int(f"{where}.epochs", out["epochs"], 0)
+    out["batch_size"] = _int(f"{where}.batch_size", out["batch_size"], 1)
+    out["lr"] = _float(f"{where}.lr", out["lr"], 0.0, lo_open=True)
+    out["finetune_lr"] = _float(f"{where}.finetune_lr", out["finetune_lr"], 0.0, lo_open=True)
+    out["momentum"] = _float(f"{where}.momentum", out["momentum"], 0.0, 1.0, hi_open=True)
+    out["weight_decay"] = _float(f"{where}.weight_decay", out["weight_decay"], 0.0)
+    out["gamma"] = _float(f"{where}.gamma", out["gamma"], 0.0, 1.0, lo_open=True)
+    out["schedule"] = _choice(f"{where}.schedule", out["schedule"], SCHEDULES)
+    ms = out["milestones"]
+    if not isinstance(ms, list) or not all(_is_int(m) and m > 0 for m in ms) or ms != sorted(set(ms)):
+        raise _fail(f"{where}.milestones", ms, "a list of increasing epoch numbers >= 1, e.g. [81, 122]")
+    for k in ("augment", "amp", "channels_last", "sync_bn"):
+        out[k] = _bool(f"{where}.{k}", out[k])
+    if not out["sync_bn"]:
+        del out["sync_bn"]
+    return out
+
+
+def _normalize_resources(where: str, r: dict) -> dict:
+    _check_keys(where, r, RESOURCES_DEFAULTS)
+    out = dict(RESOURCES_DEFAULTS)
+    out.update(r)
+    out["cpus"] = _float(f"{where}.cpus", out["cpus"], 0.0, lo_open=True)
+    out["gpus"] = _float(f"{where}.gpus", out["gpus"], 0.0)
+    if out["gpus"] > 1 and out["gpus"] != int(out["gpus"]):
+        raise _fail(f"{where}.gpus", r.get("gpus"), "a fraction in [0, 1] or a whole number of GPUs")
+    if "workers" not in r and out["gpus"] > 1:
+        out["workers"] = int(out["gpus"])          # gpus: 8 alone means 8 workers, one GPU each
+    out["workers"] = _int(f"{where}.workers", out["workers"], 1)
+    share = out["gpus"] / out["workers"]
+    if out["workers"] > 1 and share > 1 and share != int(share):
+        raise _fail(f"{where}.gpus", r.get("gpus"),
+                    f"a number of GPUs that {out['workers']} workers share evenly (a multiple of workers, "
+                    f"or at most one GPU per worker)")
+    return out
+
+
+def _normalize_measure(where: str, m: dict) -> dict:
+    _check_keys(where, m, MEASURE_DEFAULTS)
+    out = dict(MEASURE_DEFAULTS)
+    out.update(m)
+    out["latency_device"] = _choice(f"{where}.latency_device", out["latency_device"], LATENCY_DEVICES)
+    out["latency_dtype"] = _choice(f"{where}.latency_dtype", out["latency_dtype"], LATENCY_DTYPES)
+    out["latency_batch"] = _int(f"{where}.latency_batch", out["latency_batch"], 1)
+    out["latency_repeats"] = _int(f"{where}.latency_repeats", out["latency_repeats"], 1)
+    return out
+
+
+def _as_list(v: Any) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _dataset_names() -> list[str]:
+    from bench import data as bdata
+
+    for attr in ("DATASETS", "READERS", "NAMES"):
+        names = getattr(bdata, attr, None)
+        if names:
+            return sorted(names)
+    return ["cifar10", "cifar100", "digits", "imagenet", "synthetic"]
+
+
+def _model_names() -> list[str]:
+    from bench.models import MODELS
+
+    return sorted(MODELS)
+
+
+def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
+    """``cnn`` or ``{name: resnet50, pretrained: path, <builder option>: ...}`` -> (name, options)."""
+    import inspect
+
+    from bench.models import MODELS
+
+    if isinstance(m, str):
+        return _choice(where, m, _model_names()), {}
+    m = _need_mapping(where, m)
+    if "name" not in m:
+        raise SpecError(f"{where}.name: missing; accepted: {', '.join(_model_names())}")
+    name = _choice(f"{where}.name", m["name"], _model_names())
+    builder = inspect.signature(MODELS[name]).parameters
+    accepted = ["name", "pretrained"] + [k for k in builder if k not in ("num_classes", "input_shape")]
+    _check_keys(where, m, accepted)
+    opts = {k: v for k, v in m.items() if k != "name"}
+    pre = opts.get("pretrained")
+    if pre is not None:
+        if not isinstance(pre, str) or not pre:
+            raise _fail(f"{where}.pretrained", pre, "a path to a local state dict file")
+        if check and not Path(pre).expanduser().is_file():
+            raise _fail(f"{where}.pretrained", pre, "an existing file (a saved state dict; nothing is downloaded)")
+    return name, opts
+
+
+def _normalize_data(where: str, d: Any) -> dict:
+    if isinstance(d, str):  # `data: digits` is short for `data: {name: digits}`
+        d = {"name": d}
+    d = _need_mapping(where, d)
+    if "name" not in d:
+        raise SpecError(f"{where}.name: missing; accepted: {', '.join(_dataset_names())}")
+    _choice(f"{where}.name", d["name"], _dataset_names())
+    return dict(d)
+
+
+def _coerce_param(name: str, key: str, v: Any) -> Any:
+    """An int given for a float parameter becomes a float, so ``1`` and ``1.0`` give one id."""
+    from methods.registry import parameters
+
+    p = parameters(name).get(key)
+    if p is None or not _is_int(v):
+        return v
+    ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+    if ann == "float" or isinstance(p.default, float) and not _is_int(p.default):
+        return float(v)
+    return v
+
+
+# --- parse + expand ----------------------------------------------------------------------------
+
+def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep:
+    """Parse a spec's text into a Sweep. ``check=False`` skips building methods and touching
+    dataset roots (only the structure is checked)."""
+    raw = _load_yaml(text, source)
+    if raw is None:
+        raise SpecError(f"spec: {source}: empty; accepted: a mapping with keys {', '.join(TOP_KEYS)}")
+    raw = _need_mapping("spec", raw)
+    _check_keys("spec", raw, TOP_KEYS)
+    for req in ("sweep", "methods"):
+        if req not in raw:
+            raise SpecError(f"{req}: missing; accepted: a spec needs {', '.join(('sweep', 'methods'))}")
+
+    sweep = raw["sweep"]
+    if not isinstance(sweep, str) or not SWEEP_NAME.match(sweep):
+        raise _fail("sweep", sweep, "a folder name of letters, digits, '_', '.', '-'")
+
+    seeds = _as_list(raw.get("seeds", [0]))
+    if not seeds or not all(_is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise _fail("seeds", raw.get("seeds"), "a list of distinct integers >= 0, e.g. [0, 1]")
+
+    g_data = [_normalize_data(f"data[{i}]" if isinstance(raw.get("data"), list) else "data", d)
+              for i, d in enumerate(_as_list(raw.get("data", {"name": "digits"})))]
+    g_models_raw = raw.get("model", "cnn")
+    g_train = _need_mapping("train", raw.get("train") or {})
+    resources = _normalize_resources("resources", _need_mapping("resources", raw.get("resources") or {}))
+    measure = _normalize_measure("measure", _need_mapping("measure", raw.get("measure") or {}))
+
+    workers = resources["workers"]
+    if measure["latency_device"] == "cuda" and resources["gpus"] == 0:
+        # a trial only sees a GPU when it asks for one (Ray hides the others): fail now, not after training
+        raise _fail("measure.latency_device", "cuda", "cpu, or cuda together with resources.gpus > 0")
+
+    entries = raw["methods"]
+    if not isinstance(entries, list) or not entries:
+        raise _fail("methods", entries, "a non-empty list of {name: <method>, <param>: <value>...}")
+
+    from methods.registry import available, get_method
+
+    method_names = available()
+
+    trials: dict[str, Trial] = {}
+    for i, entry in enumerate(entries):
+        where = f"methods[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        entry = _need_mapping(where, entry)
+        if "name" not in entry:
+            raise SpecError(f"{where}.name: missing; accepted: {', '.join(method_names)}")
+        name = _choice(f"{where}.name", entry["name"], method_names)
+        cls = get_method(name)
+        where = f"methods[{i}]({name})"
+        mwhere = f"{where}.model" if "model" in entry else "model"
+        mraw = entry.get("model", g_models_raw)
+        models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check)
+                  for j, m in enumerate(_as_list(mraw))]
+        datas = ([_normalize_data(f"{where}.data", d) for d in _as_list(entry["data"])]
+                 if "data" in entry else g_data)
+        train = dict(g_train)
+        train.update(_need_mapping(f"{where}.train", entry.get("train") or {}))
+        twhere = f"{where}.train" if "train" in entry else "train"
+        train = _normalize_train(twhere, train)
+        if train["batch_size"] % workers:
+            # train.batch_size is the global batch; every rank takes an equal share of it
+            raise _fail(f"{twhere}.batch_size", train["batch_size"],
+                        f"a multiple of resources.workers ({workers}): the global batch, split evenly")
+        if train.get("sync_bn") and resources["gpus"] == 0:
+            raise _fail(f"{twhere}.sync_bn", True, "false on CPU, or true together with resources.gpus > 0 "
+                        "(torch's SyncBatchNorm runs on GPUs only)")
+
+        params = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+        keys = sorted(params)
+        for k in keys:
+            if isinstance(params[k], list) and not params[k]:
+                raise _fail(f"{where}.{k}", [], "a value or a non-empty list of values (a grid)")
+        grids = [_as_list(params[k]) for k in keys]
+        for combo in itertools.product(*grids):
+            p = {k: _coerce_param(name, k, v) for k, v in zip(keys, combo)}
+            if check:
+                _build_method(where, name, p)
+            for d, m, seed in itertools.product(datas, models, seeds):
+                t = Trial(sweep=sweep, data=_freeze(d), model=m[0], model_options=_freeze(m[1]),
+                          method=name, params=_freeze(p),
+                          seed=seed, train=_freeze(train), measure=_freeze(measure),
+                          resources=_freeze(resources))
+                if cls.starts_from_baseline:
+                    b = t.baseline()
+                    trials.setdefault(b.id, b)
+                trials.setdefault(t.id, t)
+
+    if check:
+        _check_data_roots(trials.values())
+        _check_pretrained(trials.values())
+    # baselines first, then in spec order: `show` and the sweep list them the way they run
+    ordered = sorted(trials.values(), key=lambda t: t.method != "dense")
+    return Sweep(name=sweep, trials=tuple(ordered), source=source)
+
+
+def _build_method(where: str, name: str, params: dict) -> None:
+    from methods.registry import build
+
+    try:
+        build(name, params)
+    except (ValueError, TypeError, KeyError) as e:
+        msg = e.args[0] if e.args else str(e)
+        msg = str(msg)
+        # the registry already names the field ("methods.svd.x: ..."); a method's own check may not
+        if not msg.startswith("methods."):
+            given = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()))
+            msg = f"{where} [{given}]: {msg}"
+        raise SpecError(msg) from None
+
+
+def _check_data_roots(trials: Iterable[Trial]) -> None:
+    from bench.data import check_data
+
+    seen = set()
+    for t in trials:
+        if t.data in seen:
+            continue
+        seen.add(t.data)
+        try:
+            check_data(t.data_cfg)
+        except (ValueError, KeyError, FileNotFoundError, NotADirectoryError) as e:
+            msg = str(e.args[0] if e.args else e)
+            if not msg.startswith("data"):
+                msg = f"data: {msg}"
+            raise SpecError(msg) from None
+
+
+def _check_pretrained(trials: Iterable[Trial]) -> None:
+    """Every pretrained file against the model its trials build (keys and shapes), so a wrong
+    file fails here rather than in a Ray worker after the sweep started."""
+    from bench.data import describe
+    from bench.models import check_pretrained
+
+    seen = set()
+    for t in trials:
+        opts = t.model_cfg
+        pre = opts.pop("pretrained", None)
+        if not pre or (t.model, t.model_options, t.data) in seen:
+            continue
+        seen.add((t.model, t.model_options, t.data))
+        shape, nc = describe(t.data_cfg)
+        try:
+            check_pretrained(t.model, nc, shape, str(Path(pre).expanduser()), **opts)
+        except (ValueError, RuntimeError, OSError) as e:
+            detail = str(e).splitlines()[0].removeprefix("pretrained: ")
+            raise SpecError(f"model.pretrained: {pre!r}: {detail}; accepted: a state dict of {t.model} "
+                            f"for {nc} classes and inputs {shape}") from None
+
+
+def load_spec(path: str | Path, check: bool = True) -> Sweep:
+    """Read and validate a spec file. Errors are SpecError with one line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec: {str(p)!r}: no such file; accepted: a path to a YAML spec") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec: {str(p)!r}: is a folder; accepted: a path to a YAML spec") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec: {str(p)!r}: not text; accepted: a YAML file") from None
+    return parse_spec(text, source=str(p), check=check)
+
+
+def default_spec_path() -> Path:
+    """The shipped quick spec, found through the installed package (works from a wheel too)."""
+    from importlib import resources
+
+    return Path(str(resources.files("bench") / "configs" / "quick.yaml"))

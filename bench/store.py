@@ -1,0 +1,233 @@
+"""Where a sweep's files live, and how they are written so that none is ever half-written.
+
+Layout of ``<results>/<sweep>/``::
+
+    FORMAT                      {"format": 1, ...}: a folder from an incompatible version is refused
+    .lock                       flock held by the driver: two sweeps on one folder refuse clearly
+    trials/<trial_id>.json      one Result row per trial (atomic: complete or absent)
+    checkpoints/<trial_id>/     epoch.pt (resume point), baseline.pt (dense weights for reuse)
+    logs/<trial_id>.log         the trial's progress lines (Ray workers do not print to the terminal)
+    results.csv                 every row, flattened, rewritten at the end of a sweep
+    ray/                        Ray Tune's (and Ray Train's) own experiment state
+
+``results_root`` is a local or NFS path, or a URI pyarrow opens (s3://, gs://, file://...):
+``bench.fs.location`` turns it into a ``Path`` or a ``RemotePath`` with the same API, and every
+write below is all-or-nothing on either (see ``bench.fs``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.fs import Location, RemotePath, location
+
+FORMAT_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A results folder that cannot be used (locked, incompatible, unwritable). One line."""
+
+
+def atomic_write_bytes(path: Location, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a part.
+
+    The temp file lives in the same directory so that ``os.replace`` is a rename on one file system.
+    A ``RemotePath`` writes through its file system (temp + move, or one upload on object stores).
+    """
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # fsync the directory so the rename itself survives a power loss
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    # allow_nan=False: a NaN metric must become null upstream, never invalid JSON
+    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, default=str)
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _lists_to_json(d: dict) -> dict:
+    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, list)
+                else _lists_to_json(v) if isinstance(v, dict) else v) for k, v in d.items()}
+
+
+class Store:
+    """The files of one sweep under ``<results_root>/<sweep>``."""
+
+    def __init__(self, results_root: Location | str, sweep: str):
+        self.root = location(results_root)
+        self.sweep = sweep
+        self.dir = self.root / sweep
+
+    # paths -------------------------------------------------------------------------------
+    @property
+    def trials_dir(self) -> Path:
+        return self.dir / "trials"
+
+    def trial_path(self, trial_id: str) -> Path:
+        return self.trials_dir / f"{trial_id}.json"
+
+    def checkpoint_dir(self, trial_id: str) -> Path:
+        return self.dir / "checkpoints" / trial_id
+
+    def epoch_checkpoint(self, trial_id: str) -> Path:
+        return self.checkpoint_dir(trial_id) / "epoch.pt"
+
+    def baseline_weights(self, trial_id: str) -> Path:
+        return self.checkpoint_dir(trial_id) / "baseline.pt"
+
+    def log_path(self, trial_id: str) -> Path:
+        return self.dir / "logs" / f"{trial_id}.log"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.dir / "results.csv"
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.dir / "ray"
+
+    @property
+    def format_path(self) -> Path:
+        return self.dir / "FORMAT"
+
+    # setup -------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the folder (or check an existing one was written by a compatible version)."""
+        from bench import __version__
+
+        try:
+            self.trials_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"results: {self.dir}: cannot create ({e.strerror}); accepted: a writable folder") from None
+        if isinstance(self.dir, Path) and not os.access(self.dir, os.W_OK):
+            raise StoreError(f"results: {self.dir}: not writable; accepted: a writable folder")
+        if self.format_path.exists():
+            try:
+                fmt = json.loads(self.format_path.read_text()).get("format")
+            except (ValueError, AttributeError):
+                fmt = "unreadable"
+            if fmt != FORMAT_VERSION:
+                raise StoreError(
+                    f"results: {self.dir}: format {fmt} (written by another rankbench version); "
+                    f"accepted: format {FORMAT_VERSION}, or a new --results folder")
+        elif any(self.trials_dir.iterdir()):
+            raise StoreError(f"results: {self.dir}: has trial files but no FORMAT file; "
+                             f"accepted: a folder written by rankbench {__version__}, or a new --results folder")
+        else:
+            try:
+                atomic_write_json(self.format_path, {"format": FORMAT_VERSION, "rankbench": __version__})
+            except OSError as e:
+                raise StoreError(f"results: {self.dir}: cannot write ({e.strerror}); accepted: a writable folder") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the sweep folder; a second driver is refused at once.
+
+        flock is released by the kernel when the process dies, so a killed driver never
+        leaves a stale lock behind.
+        """
+        import fcntl
+
+        if isinstance(self.dir, RemotePath):
+            # object stores offer no lock (and pyarrow no atomic create-if-absent): keeping one
+            # driver per storage URI is the user's part. Rows are per trial and atomic, so a
+            # second driver could at worst run a trial twice, never corrupt a row.
+            self.dir.mkdir(parents=True, exist_ok=True)
+            yield
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.dir / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise StoreError(f"results: {self.dir}: in use by another sweep (pid {holder}); "
+                                 f"accepted: one sweep per results folder at a time") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+        finally:
+            f.close()
+
+    # rows --------------------------------------------------------------------------------
+    def read_result(self, trial_id: str) -> dict | None:
+        """The trial's Result row, or None when absent (or unreadable: treated as not run)."""
+        p = self.trial_path(trial_id)
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+
+    def is_done(self, trial_id: str) -> bool:
+        row = self.read_result(trial_id)
+        return bool(row) and row.get("status") == "ok"
+
+    def write_result(self, row: dict) -> Path:
+        p = self.trial_path(row["trial_id"])
+        atomic_write_json(p, row)
+        return p
+
+    def results(self) -> list[dict]:
+        rows = []
+        if self.trials_dir.exists():
+            for p in sorted(self.trials_dir.glob("*.json")):
+                row = self.read_result(p.stem)
+                if row is not None:
+                    rows.append(row)
+        return rows
+
+    def write_csv(self, trial_ids: list[str] | None = None) -> Path:
+        """Flatten every row (dict fields become ``params.x``, ``env.torch``...) into results.csv."""
+        import pandas as pd
+
+        rows = self.results()
+        if trial_ids is not None:
+            keep = set(trial_ids)
+            rows = [r for r in rows if r.get("trial_id") in keep]
+        flat = []
+        for r in rows:
+            # lists (per-layer reports, epoch history, milestones) do not flatten into columns:
+            # keep them as JSON text, which pandas and any other reader can parse back
+            flat.append(_lists_to_json(r))
+        df = pd.json_normalize(flat, sep=".") if flat else pd.DataFrame()
+        atomic_write_bytes(self.csv_path, df.to_csv(index=False).encode())
+        return self.csv_path

@@ -1,0 +1,267 @@
+"""Run a Sweep's trials with Ray Tune, in two phases: the dense baselines, then everything else.
+
+Phase 1 trains each needed dense baseline once (per data / model / seed / train); phase 2 runs the
+methods, and those that ``starts_from_baseline`` load the saved baseline weights instead of
+training again. Trials whose row already exists with ``status: ok`` are skipped, so re-running the
+same command resumes an interrupted sweep and runs nothing for a finished one. Inside a trial,
+``bench.run.run_trial`` resumes from the last epoch checkpoint, which is what makes Ray's retries
+(``FailureConfig(max_failures)``) after a killed worker continue rather than restart.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.spec import Sweep, Trial
+from bench.fs import ray_storage
+from bench.store import Store
+
+# Ray reads these at import / init time; a user's own setting wins
+RAY_ENV_DEFAULTS = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # our rows are the results; skip Tune's CSV/JSON/TB
+    "RAY_AIR_NEW_OUTPUT": "0",                  # with verbose=0 the legacy reporter prints nothing
+    "TUNE_MAX_PENDING_TRIALS_PG": "4",
+    "RAY_DEDUP_LOGS": "1",
+    # Ctrl-C must stop the whole sweep (KeyboardInterrupt), not just end the current Tune phase
+    # and let the next one start; finished rows are on disk, so the next run resumes
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+}
+TRIAL_RETRIES = 2   # a worker killed mid-trial is retried (from its checkpoint) this many times
+
+
+def set_ray_env() -> None:
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    skipped: int            # already finished before this run
+    ran: int
+    failed: dict[str, dict | None] = field(default_factory=dict)   # trial id -> row (None: no row)
+    wall_s: float = 0.0
+    csv: Path | None = None
+
+
+def _trainable(config: dict, trials: dict[str, Trial], results_root: str, base_dir: str) -> None:
+    """Ray Tune function trainable: one trial. Runs in a Ray worker process."""
+    from ray import tune
+
+    from bench.distributed import is_distributed, run_distributed
+    from bench.run import run_trial
+
+    trial = trials[config["trial_id"]]
+    if is_distributed(trial.resources_cfg):
+        # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
+        # retries the trial from its epoch checkpoint as for any other trial
+        row = run_distributed(trial, results_root, base_dir)
+        tune.report({"status": row["status"] if row else "failed",
+                     "error": (row.get("error") or "") if row else "no result written (see the trial's log)",
+                     "wall_s": (row or {}).get("wall_s") or 0.0, "top1": (row or {}).get("top1") or 0.0})
+        return
+    try:
+        row = run_trial(trial, results_root, base_dir=base_dir)   # a path or a storage URI
+    except Exception as e:  # noqa: BLE001
+        # run_trial turns trial errors into rows; what reaches here is the row itself not being
+        # written (disk full, folder gone). Report it: retrying would fail the same way.
+        tune.report({"status": "failed", "error": f"result not written: {type(e).__name__}: {e}",
+                     "wall_s": 0.0, "top1": 0.0})
+        return
+    tune.report({"status": row["status"], "error": row.get("error") or "",
+                 "wall_s": row.get("wall_s") or 0.0, "top1": row.get("top1") or 0.0})
+
+
+class _Progress:
+    """One terminal line per change: done / running / failed, and an ETA."""
+
+    def __init__(self, total: int, slots: int, out: Callable[[str], None]):
+        self.total, self.slots, self.out = total, max(1, slots), out
+        self.done = self.failed = self.running = 0
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def start(self, trial_id: str, label: str) -> None:
+        self.running += 1
+        self.started[trial_id] = time.monotonic()
+        self._line(f"start {trial_id} {label}")
+
+    def retry(self, trial_id: str, label: str) -> None:
+        self.running = max(0, self.running - 1)
+        self.started.pop(trial_id, None)
+        self._line(f"retry {trial_id} {label}: its worker died; resuming from the last epoch checkpoint")
+
+    def finish(self, trial_id: str, label: str, status: str, error: str = "") -> None:
+        self.running = max(0, self.running - 1)
+        self.durations.append(time.monotonic() - self.started.pop(trial_id, time.monotonic()))
+        if status == "ok":
+            self.done += 1
+            self._line(f"ok    {trial_id} {label}")
+        else:
+            self.failed += 1
+            self._line(f"FAIL  {trial_id} {label}: {error}")
+
+    def _eta(self) -> str:
+        left = self.total - self.done - self.failed
+        if not self.durations or left <= 0:
+            return "?" if left > 0 else "0s"
+        mean = sum(self.durations) / len(self.durations)
+        return f"{mean * left / self.slots:.0f}s"
+
+    def _line(self, what: str) -> None:
+        el = time.monotonic() - self.t0
+        self.out(f"[{self.done + self.failed}/{self.total}] done {self.done} running {self.running} "
+                 f"failed {self.failed} | {el:.0f}s elapsed, ETA {self._eta()} | {what}")
+
+
+def _callback(by_id: dict[str, Trial], prog: _Progress):
+    from ray import tune
+
+    class Cb(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+            tid = trial.config["trial_id"]
+            prog.start(tid, by_id[tid].label)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            tid = trial.config["trial_id"]
+            res = trial.last_result or {}
+            prog.finish(tid, by_id[tid].label, res.get("status", "failed"), res.get("error", ""))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+            # the worker died; Tune starts the trial again and run_trial resumes from its checkpoint
+            tid = trial.config["trial_id"]
+            prog.retry(tid, by_id[tid].label)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            # the worker died TRIAL_RETRIES + 1 times (run_trial itself never raises)
+            tid = trial.config["trial_id"]
+            prog.finish(tid, by_id[tid].label, "failed", "worker died (see the trial's log)")
+
+    return Cb()
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a quiet local Ray with every core."""
+    set_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # workers import bench/ and methods/ even when the package is not pip-installed
+    here = str(Path(__file__).resolve().parent.parent)
+    pp = os.environ.get("PYTHONPATH", "")
+    if here not in pp.split(os.pathsep):
+        os.environ["PYTHONPATH"] = here + (os.pathsep + pp if pp else "")
+    kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                              configure_logging=True)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        # "local" always starts a fresh instance: without it ray.init() silently joins any Ray
+        # already running on this machine (another sweep, a test session, a `ray start`), and
+        # then refuses num_cpus. A shared cluster is asked for explicitly, with --address auto.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    # Tune logs a worker's death with a full traceback; the progress line says it in one line
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+
+
+def _needs_run(store: Store, t: Trial) -> bool:
+    if not store.is_done(t.id):
+        return True
+    # a finished baseline whose weights were deleted must run again, or its methods cannot start
+    return t.method == "dense" and not store.baseline_weights(t.id).exists()
+
+
+def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
+              max_concurrent: int | None = None, out: Callable[[str], None] = print) -> SweepSummary:
+    """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end."""
+    from bench.run import _base_row  # failed rows for trials whose baseline failed
+
+    t0 = time.monotonic()
+    store = Store(results_root, sweep.name)
+    store.ensure()
+    with store.lock():
+        todo = [t for t in sweep.trials if _needs_run(store, t)]
+        skipped = len(sweep.trials) - len(todo)
+        out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
+            f"-> {store.dir}")
+        summary = SweepSummary(total=len(sweep.trials), skipped=skipped, ran=0)
+        if todo:
+            init_ray(address)
+            import ray
+
+            cpus = ray.cluster_resources().get("CPU", 1)
+            per = max(t.resources_cfg.get("cpus", 1) for t in todo)
+            slots = max_concurrent or max(1, int(cpus // per))
+            prog = _Progress(len(todo), slots, out)
+            phase1 = [t for t in todo if t.method == "dense"]
+            phase2 = [t for t in todo if t.method != "dense"]
+            if phase1:
+                _tune(phase1, store, "baselines", max_concurrent, prog)
+            runnable = []
+            for t in phase2:
+                from methods.registry import get_method
+
+                b = t.baseline()
+                if get_method(t.method).starts_from_baseline and not store.baseline_weights(b.id).exists():
+                    # do not spend a worker on a trial that cannot start; record why it did not
+                    brow = store.read_result(b.id) or {}
+                    row = _base_row(t)
+                    row.update(status="failed", error=f"BaselineFailed: baseline {b.id} "
+                               f"({b.label}) did not finish: {brow.get('error') or 'no weights saved'}")
+                    store.write_result(row)
+                    prog.finish(t.id, t.label, "failed", row["error"])
+                else:
+                    runnable.append(t)
+            if runnable:
+                _tune(runnable, store, "methods", max_concurrent, prog)
+            summary.ran = len(todo)
+        ids = [t.id for t in sweep.trials]
+        rows = {i: store.read_result(i) for i in ids}
+        summary.failed = {i: r for i, r in rows.items() if r is None or r.get("status") != "ok"}
+        summary.csv = store.write_csv(ids)
+        summary.wall_s = time.monotonic() - t0
+    return summary
+
+
+def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | None, prog: _Progress) -> None:
+    from ray import tune
+
+    by_id = {t.id: t for t in trials}
+    # Tune's experiment state goes to the same storage as the rows (a URI: through its pyarrow fs)
+    storage_path, storage_fs = ray_storage(store.ray_dir)
+
+    def resources(config: dict) -> dict[str, float]:
+        from bench.distributed import DRIVER_RESOURCES, is_distributed
+
+        r = by_id[config["trial_id"]].resources_cfg
+        if is_distributed(r):
+            return dict(DRIVER_RESOURCES)   # its Ray Train workers hold the CPUs and GPUs
+        return {"cpu": float(r.get("cpus", 1)), "gpu": float(r.get("gpus", 0))}
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, trials=by_id, results_root=str(store.root.resolve()),   # path or URI
+                             base_dir=os.getcwd()), resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search(list(by_id))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=phase, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+            callbacks=[_callback(by_id, prog)],
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+        ),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner.fit()

@@ -1,0 +1,54 @@
+"""The command line as a user runs it (subprocesses): show, methods, and one-line errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rankbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_show_lists_the_default_specs_trials_without_running_them(tmp_path):
+    r = rankbench("show", "--results", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("sweep quick") and "16 trials" in lines[0]
+    rows = [ln for ln in lines[2:] if ln.strip()]
+    assert len(rows) == 16 and all(" todo " in ln for ln in rows)
+    assert sum(" dense " in ln for ln in rows) == 4
+    assert not (tmp_path / "quick").exists()             # show writes nothing
+
+
+def test_methods_lists_every_method_with_parameters_and_defaults():
+    r = rankbench("methods")
+    assert r.returncode == 0, r.stderr
+    for name in ("dense", "svd", "trp", "arsvd", "deeptwist"):
+        assert any(ln.startswith(f"{name}:") for ln in r.stdout.splitlines()), name
+    assert "nuclear: float = 0.0" in r.stdout and "finetune_epochs: int = 0" in r.stdout
+
+
+def test_bad_spec_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sweep: t\nmethods: [{name: svd, rule: 'energy:1.5'}]\n")
+    for cmd in (("show", str(bad)), ("run", str(bad), "--results", str(tmp_path / "res"))):
+        r = rankbench(*cmd)
+        assert r.returncode == 2
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "1.5" in err[0], r.stderr
+        assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not (tmp_path / "res").exists()              # rejected before any folder or Ray start
+
+
+def test_missing_spec_file_and_bad_option_are_one_line_errors(tmp_path):
+    r = rankbench("run", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec"
+    r = rankbench("run", "--max-concurrent", "0", "--results", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --max-concurrent: 0")

@@ -1,0 +1,116 @@
+"""One trial end to end, without Ray: rows, baseline reuse, failures, determinism."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.run import run_trial
+from bench.spec import parse_spec
+from bench.store import Store
+from methods.base import Method
+from methods.registry import register
+
+SPEC = """
+sweep: r
+seeds: [0]
+data: {name: digits}
+model: cnn
+train: {epochs: 2, batch_size: 64, lr: 0.05}
+measure: {latency_repeats: 3}
+methods:
+  - {name: dense}
+  - {name: svd, scheme: channel, rule: "speedup:2.0", finetune_epochs: 1}
+"""
+
+# the Result row's keys (docs/CONTRACTS.md)
+CONTRACT_KEYS = {
+    "trial_id", "sweep", "status", "error", "last_good_epoch", "dataset", "model", "method", "seed",
+    "params", "variant", "scheme", "rule", "top1", "top5", "f1", "macs", "dense_macs", "macs_speedup",
+    "params_count", "dense_params_count", "latency_ms", "dense_latency_ms", "latency_speedup",
+    "latency_device", "latency_dtype", "latency_batch", "layers", "wall_s", "gpu_hours", "env", "spec",
+}
+
+
+@register("test_diverge")
+class Diverge(Method):
+    """Test-only: poisons a weight in the second epoch, as a too-high learning rate would."""
+
+    def __init__(self, at_epoch: int = 2):
+        self.at_epoch = at_epoch
+
+    def before_step(self, model, step):
+        if step == (self.at_epoch - 1) * self.ctx.steps_per_epoch:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+@pytest.fixture(scope="module")
+def trials():
+    sweep = parse_spec(SPEC)
+    dense = next(t for t in sweep.trials if t.method == "dense")
+    svd = next(t for t in sweep.trials if t.method == "svd")
+    return dense, svd
+
+
+def test_method_before_its_baseline_fails_clearly_and_is_recorded(tmp_path, trials):
+    _, svd = trials
+    row = run_trial(svd, tmp_path)
+    assert row["status"] == "failed"
+    assert row["error"].startswith("BaselineMissing:") and svd.baseline().id in row["error"]
+    on_disk = json.loads(Store(tmp_path, "r").trial_path(svd.id).read_text())
+    assert on_disk["status"] == "failed" and on_disk["error"] == row["error"]
+
+
+def test_dense_then_svd_from_the_saved_baseline(tmp_path, trials):
+    dense, svd = trials
+    store = Store(tmp_path, "r")
+    d = run_trial(dense, tmp_path)
+    assert d["status"] == "ok", d["error"]
+    assert CONTRACT_KEYS <= set(d)
+    assert store.baseline_weights(dense.id).exists()
+    assert d["macs"] == d["dense_macs"] and d["macs_speedup"] == 1.0 and d["top1"] > 50
+    assert d["env"]["rankbench"] == "0.1.0" and d["env"]["torch"] == torch.__version__
+    assert d["spec"] == dense.to_dict() and d["gpu_hours"] == 0.0 and d["wall_s"] > 0
+
+    s = run_trial(svd, tmp_path)
+    assert s["status"] == "ok", s["error"]
+    assert s["baseline_id"] == dense.id
+    # starts from the baseline: no training epochs of its own, only the one fine-tuning epoch
+    assert [(h["phase"], h["epoch"]) for h in s["history"]] == [("finetune", 1)]
+    assert s["dense_macs"] == d["macs"] and 1.8 < s["macs_speedup"] < 2.3
+    assert s["params_count"] < s["dense_params_count"]
+    assert s["variant"] == "finetune_epochs=1,rule=speedup:2.0,scheme=channel"
+    assert s["scheme"] == "channel" and s["rule"] == "speedup:2.0"
+    assert any(layer.get("rank") for layer in s["layers"])
+    # the row on disk is the row returned, and the resume checkpoints are gone once it is written
+    assert json.loads(store.trial_path(svd.id).read_text()) == s
+    assert not store.epoch_checkpoint(dense.id).exists()
+
+
+def test_nan_loss_gives_a_failed_row_with_last_good_epoch(tmp_path):
+    sweep = parse_spec(SPEC.replace("{name: dense}", "{name: test_diverge}"))
+    t = next(t for t in sweep.trials if t.method == "test_diverge")
+    row = run_trial(t, tmp_path)
+    assert row["status"] == "failed"
+    assert row["error"].startswith("TrainingDiverged:") and "epoch 2" in row["error"]
+    assert row["last_good_epoch"] == 1
+    assert Store(tmp_path, "r").epoch_checkpoint(t.id).exists()      # kept for a retry
+
+
+def test_same_trial_same_machine_same_row(tmp_path, trials):
+    dense, _ = trials
+    a = run_trial(dense, tmp_path / "a")
+    b = run_trial(dense, tmp_path / "b")
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert (a["top1"], a["f1"], a["macs"]) == (b["top1"], b["f1"], b["macs"])
+
+
+def test_model_options_from_the_spec_reach_the_builder(tmp_path):
+    t = next(iter(parse_spec("sweep: r\nseeds: [0]\nmodel: {name: mlp, hidden: [32]}\n"
+                             "train: {epochs: 1}\nmeasure: {latency_repeats: 2}\nmethods: [{name: dense}]\n").trials))
+    row = run_trial(t, tmp_path)
+    assert row["status"] == "ok", row["error"]
+    assert row["params_count"] == 64 * 32 + 32 + 32 * 10 + 10      # digits 8x8 -> 32 -> 10
+    assert row["spec"]["model_options"] == {"hidden": [32]}
