@@ -1,0 +1,225 @@
+"""Shared storage: a sweep on a file:// URI (pyarrow's file system, the code path s3:// and gs://
+take) and on a plain folder, an object store without rename, and a sweep resumed from its storage
+after its driver was killed with SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.fs import RemotePath, StorageURIError, location, open_append, read_bytes_io
+from bench.spec import parse_spec
+from bench.store import Store, atomic_torch_save
+from bench.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*.tmp")]
+
+
+def test_store_on_a_file_uri_reads_and_writes_through_pyarrow(tmp_path):
+    uri = f"file://{tmp_path}/shared"
+    store = Store(uri, "s")
+    assert isinstance(store.dir, RemotePath) and str(store.dir) == f"{uri}/s"
+    store.ensure()
+    assert json.loads((tmp_path / "shared/s/FORMAT").read_text())["format"] == 1
+    row = {"trial_id": "abc", "status": "ok", "top1": 90.0}
+    store.write_result(row)
+    assert store.read_result("abc") == row and store.is_done("abc")
+    assert store.read_result("missing") is None
+    assert [r["trial_id"] for r in store.results()] == ["abc"]
+    atomic_torch_save({"w": torch.arange(4)}, store.epoch_checkpoint("abc"))
+    with read_bytes_io(store.epoch_checkpoint("abc")) as f:
+        assert torch.equal(torch.load(f, weights_only=True)["w"], torch.arange(4))
+    # a log appended by two attempts of one trial keeps both
+    for line in ("first\n", "second\n"):
+        with open_append(store.log_path("abc")) as f:
+            f.write(line)
+    assert (tmp_path / "shared/s/logs/abc.log").read_text() == "first\nsecond\n"
+    assert "top1" in store.write_csv().read_text()
+    with pytest.raises(OSError):
+        store.checkpoint_dir("abc").rmdir()            # not empty: kept, as Path.rmdir does
+    store.epoch_checkpoint("abc").unlink()
+    store.checkpoint_dir("abc").rmdir()
+    assert not (tmp_path / "shared/s/checkpoints/abc").exists()
+    assert _no_temp_files(tmp_path)                    # every write went temp -> move
+
+
+def test_object_store_without_rename_writes_each_file_once(tmp_path):
+    """An fs with no atomic move (like S3): one upload per write, never a temp file left over."""
+    fsspec = pytest.importorskip("fsspec")
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    mem = fsspec.filesystem("memory")
+    mem.store.clear()
+    fs = PyFileSystem(FSSpecHandler(mem))
+    created: list[str] = []
+    real_open = mem.open
+
+    def spy_open(path, mode="rb", *a, **kw):       # noqa: ANN001
+        if "w" in mode:
+            created.append(path)
+        return real_open(path, mode, *a, **kw)
+
+    mem.open = spy_open
+    root = RemotePath(fs, "/bucket/results", "memory://")
+    store = Store(root, "s")
+    store.ensure()
+    store.write_result({"trial_id": "t1", "status": "ok"})
+    assert store.read_result("t1") == {"trial_id": "t1", "status": "ok"}
+    assert all(not Path(p).name.startswith(".") for p in created), created   # no temp + move
+    assert any(p.endswith("trials/t1.json") for p in created)
+
+
+def test_a_bad_storage_uri_is_one_line_before_anything_runs(capsys):
+    from bench.cli import main
+
+    with pytest.raises(StorageURIError, match=r"^storage: 'nope://x': .*; accepted: a local or NFS path"):
+        location("nope://x")
+    assert main(["run", "--storage", "nope://bucket/dir"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: storage: 'nope://bucket/dir': ")
+
+
+SPEC = """
+sweep: st
+seeds: [0]
+data: {name: digits}
+model: cnn
+train: {epochs: 1, batch_size: 64, lr: 0.05}
+measure: {latency_repeats: 3}
+methods:
+  - {name: svd, scheme: channel, rule: "speedup:2.0"}
+"""
+
+
+def test_sweep_on_a_file_uri_finds_its_rows_on_a_rerun_and_reports_read_them(tmp_path, ray_session):
+    # (a plain folder as --storage is what the kill test below runs on)
+    from reports.collate import load_results
+
+    where = f"file://{tmp_path}/st"
+    sweep = parse_spec(SPEC)
+    s = run_sweep(sweep, where, out=lambda line: None)
+    assert s.failed == {} and s.ran == 2
+    files = tmp_path / "st" / "st"
+    assert len(list((files / "trials").glob("*.json"))) == 2
+    assert (files / "ray" / "baselines").is_dir()           # Tune's experiment state on the storage
+    dense = next(t for t in sweep.trials if t.method == "dense")
+    assert (files / "checkpoints" / dense.id / "baseline.pt").is_file()
+    again = run_sweep(sweep, where, out=lambda line: None)
+    assert again.ran == 0 and again.skipped == 2
+    df = load_results(f"{where}/st")                         # what `rankbench report <storage>` reads
+    assert sorted(df["method"]) == ["dense", "svd"] and (df["status"] == "ok").all()
+    assert _no_temp_files(tmp_path)
+
+
+KILL_SPEC = """
+sweep: kill
+seeds: [0, 1]
+data: {name: digits}
+model: cnn
+train: {epochs: 6, batch_size: 32, lr: 0.05}
+measure: {latency_repeats: 2}
+methods:
+  - {name: trp, scheme: channel, export: ["speedup:1.5", "speedup:2.0"]}
+"""
+
+
+def _bench(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    # its own session: the test can end the driver's whole process group if anything is left
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _epochs_logged(log: Path) -> int:
+    try:
+        return log.read_text().count("[train] epoch ")
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL each process of session ``sid`` (started by the test's driver), by its pid."""
+    for _ in range(50):
+        left = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    zombie = (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                    if os.getsid(int(d.name)) == sid and not zombie:   # a zombie is dead already
+                        left.append(int(d.name))
+                except (OSError, IndexError):
+                    continue
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not left:
+            return
+        time.sleep(0.1)
+
+
+def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
+    spec = tmp_path / "kill.yaml"
+    spec.write_text(KILL_SPEC)
+    storage = tmp_path / "storage"
+    sweep_dir = storage / "kill"
+    trials = parse_spec(KILL_SPEC).trials
+    assert len(trials) == 4
+
+    head1 = tmp_path / "head1"
+    head1.mkdir()
+    p = _bench([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head1)
+    try:
+        # kill -9 once a trial is finished and another is early on its way: an epoch checkpoint,
+        # no row, at most 3 of its 6 epochs done (so it cannot finish while the kill lands)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            rows = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
+            early = [c for c in (sweep_dir / "checkpoints").glob("*/epoch.pt") if c.parent.name not in rows
+                     and _epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= 3]
+            if rows and early:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the sweep ended before it could be killed mid-way:\n" + p.stdout.read()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+    finally:
+        # the head node is gone: end every process this driver started (Ray's raylet, agents and
+        # trial workers, all in the session the driver leads), as a lost machine would
+        _kill_session(p.pid)
+    done_before = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
+    partial = {c.parent.name for c in (sweep_dir / "checkpoints").glob("*/epoch.pt")} - done_before
+    assert 1 <= len(done_before) < 4 and partial
+
+    # the re-run: another working directory (another head node), a fresh Ray, the same storage
+    head2 = tmp_path / "head2"
+    head2.mkdir()
+    q = _bench([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head2)
+    out, _ = q.communicate(timeout=240)
+    assert q.returncode == 0, out
+    assert f"{len(done_before)} already done, {4 - len(done_before)} to run" in out
+
+    store = Store(storage, "kill")
+    for t in trials:
+        row = store.read_result(t.id)
+        assert row is not None and row["status"] == "ok", (t.id, row)
+        log = store.log_path(t.id).read_text()
+        assert log.count(f"trial {t.id}: ok") == 1, log           # every trial finished exactly once
+        if t.id in done_before:
+            assert log.count(f"trial {t.id}: trp") == 1, log      # and a finished one never ran again
+    for tid in partial:   # a trial cut mid-way went on from its last epoch, not from scratch
+        assert "[train] resumed from epoch" in store.log_path(tid).read_text(), tid
