@@ -1,0 +1,92 @@
+"""``rankbench report [RESULTS...] [--paper NAME] [--format md|latex|csv] [--plot FILE] [--out DIR]``.
+
+Writes the accuracy/speed-up table in all three formats (table.md, table.tex, table.csv) into
+the results folder (or ``--out``), prints the chosen format, lists failed trials, and with
+``--paper`` prints the published table beside ours (also written as paper-<NAME>.{md,tex,csv}).
+``bench/cli.py`` dispatches ``rankbench report`` here.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reports import paper, plots, tables
+from reports.collate import load_results, summarize
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rankbench report",
+        description="Tables (Markdown, LaTeX, CSV), paper comparisons and Pareto plots from result rows.")
+    p.add_argument("results", nargs="*", default=["results"],
+                   help="results folders: a sweep (results/quick), a root of sweeps (results), "
+                        "or a trials folder (default: results)")
+    p.add_argument("--paper", choices=paper.available_papers(), metavar="NAME",
+                   help="compare with a published table: " + ", ".join(paper.available_papers()))
+    p.add_argument("--format", choices=tables.FORMATS, default="md", help="format printed (default md)")
+    p.add_argument("--plot", metavar="FILE", help="Pareto plot; FILE.png and FILE.svg are written")
+    p.add_argument("--out", metavar="DIR",
+                   help="where table.{md,tex,csv} go (default: the results folder when one is given)")
+    return p
+
+
+def main_report(argv: list[str]) -> int:
+    """Run ``rankbench report``; returns the exit status (0 ok, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    if args.out:
+        out = Path(args.out)
+    elif len(args.results) == 1 and "://" in args.results[0]:
+        out = Path(".")         # results on a storage URI: the tables are written here, locally
+    elif len(args.results) == 1:
+        out = Path(args.results[0])
+    else:
+        print("report: --out DIR is needed when several results folders are given", file=sys.stderr)
+        return 2
+    try:
+        df = load_results(args.results)
+    except FileNotFoundError as e:
+        if not args.paper:
+            print(f"report: {e}", file=sys.stderr)
+            return 2
+        df = None  # a paper table without results still shows what to run
+
+    if df is not None and not df.empty:
+        summary = summarize(df)
+        if not summary.empty:
+            written = tables.write_tables(summary, out)
+            print(tables.render(summary, args.format))
+            print("tables written: " + ", ".join(str(p) for p in written.values()))
+        else:
+            print("(no successful trials)")
+        failed = tables.failed_list(df)
+        if failed:
+            print("\n" + failed)
+    elif not args.paper:
+        print(f"report: no result rows under {', '.join(args.results)}", file=sys.stderr)
+        return 2
+    else:
+        summary = None
+
+    if args.paper:
+        dirs = [r for r in args.results if Path(r).exists()]
+        diff = paper.paper_diff(args.paper, dirs)
+        print("\n" + paper.format_paper_diff(diff, args.format))
+        out.mkdir(parents=True, exist_ok=True)
+        for fmt in tables.FORMATS:
+            (out / f"paper-{args.paper}.{tables.SUFFIX[fmt]}").write_text(paper.format_paper_diff(diff, fmt))
+        print(f"paper comparison written: {out}/paper-{args.paper}.{{md,tex,csv}}")
+
+    if args.plot:
+        if summary is None or summary.empty:
+            print("report: --plot needs at least one successful trial", file=sys.stderr)
+            return 2
+        pub = paper.published_points(args.paper) if args.paper else None
+        title = paper.load_published(args.paper)["title"] if args.paper else None
+        paths = plots.pareto_plot(summary, args.plot, pub, title)
+        print("plot written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_report(sys.argv[1:]))

@@ -1,0 +1,282 @@
+"""Result rows (results/<sweep>/trials/<trial_id>.json) -> pandas DataFrames.
+
+``load_results`` gives one row per trial, failed ones included; ``summarize`` groups the
+successful ones per (dataset, model, method, variant) with mean, std, 95% CI and n over seeds;
+``failed_trials`` lists the failures so that no trial disappears from a report unnoticed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+# The flat keys of the Result row (docs/CONTRACTS.md). Missing keys become None so that a row
+# written by an older or partial harness still lines up with the rest.
+ROW_KEYS: tuple[str, ...] = (
+    "trial_id", "sweep", "status", "error", "last_good_epoch",
+    "dataset", "model", "method", "seed", "params", "variant", "scheme", "rule",
+    "top1", "top5", "f1",
+    "macs", "dense_macs", "macs_speedup", "params_count", "dense_params_count",
+    "latency_ms", "dense_latency_ms", "latency_speedup",
+    "latency_device", "latency_dtype", "latency_batch",
+    "layers", "wall_s", "gpu_hours", "env", "spec",
+)
+
+GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
+
+# Metrics summarized over seeds; each gets <m>_mean, <m>_std, <m>_ci95 and <m>_n columns.
+METRICS: tuple[str, ...] = (
+    "top1", "top5", "f1",
+    "macs", "dense_macs", "macs_speedup", "params_count", "dense_params_count",
+    "latency_ms", "dense_latency_ms", "latency_speedup",
+    "wall_s", "gpu_hours",
+    "n_factorized", "n_skipped",
+)
+
+FAILED_COLUMNS: tuple[str, ...] = (
+    "sweep", "trial_id", "dataset", "model", "method", "variant", "seed",
+    "error", "last_good_epoch", "source",
+)
+
+# Two-sided 95% t quantiles (t_{0.975, df}), used only when scipy is not installed.
+_T975 = {
+    1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 5: 2.570581836,
+    6: 2.446911851, 7: 2.364624252, 8: 2.306004135, 9: 2.262157163, 10: 2.228138852,
+    11: 2.200985160, 12: 2.178812830, 13: 2.160368656, 14: 2.144786688, 15: 2.131449546,
+    16: 2.119905299, 17: 2.109815578, 18: 2.100922040, 19: 2.093024054, 20: 2.085963447,
+    21: 2.079613845, 22: 2.073873068, 23: 2.068657610, 24: 2.063898562, 25: 2.059538553,
+    26: 2.055529439, 27: 2.051830516, 28: 2.048407142, 29: 2.045229642, 30: 2.042272456,
+    40: 2.021075390, 60: 2.000297822, 120: 1.979930405,
+}
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975} with ``df`` degrees of freedom: the factor of a two-sided 95% CI."""
+    if df < 1:
+        raise ValueError(f"df: need at least 1 degree of freedom, got {df}")
+    if df in _T975:  # exact to 9 digits, and spares a 1-3 s scipy import for the usual 2-10 seeds
+        return _T975[df]
+    try:
+        from scipy import stats
+    except ImportError:  # scipy comes with scikit-learn, but keep reports usable without it
+        return _t975_table(df)
+    return float(stats.t.ppf(0.975, df))
+
+
+def _t975_table(df: int) -> float:
+    if df in _T975:
+        return _T975[df]
+    z = 1.959963985  # the normal limit (df -> infinity)
+    if df > 120:
+        # linear in 1/df between df=120 and the limit; within 0.01% of the exact quantile
+        return z + (_T975[120] - z) * 120 / df
+    # Between tabulated df the quantile is close to linear in 1/df.
+    lo = max(k for k in _T975 if k < df)
+    hi = min(k for k in _T975 if k > df)
+    w = (1 / df - 1 / hi) / (1 / lo - 1 / hi)
+    return _T975[hi] + w * (_T975[lo] - _T975[hi])
+
+
+def ci95_halfwidth(values: Iterable[float]) -> float:
+    """Half-width of the two-sided 95% CI of the mean (t distribution, sample std, ddof=1).
+
+    NaN for fewer than two finite values: one seed says nothing about the spread.
+    """
+    xs = [float(v) for v in values if v is not None and not _isnan(v)]
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    mean = sum(xs) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return t_quantile_975(n - 1) * std / math.sqrt(n)
+
+
+def _isnan(v: object) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def trial_files(path: str | Path) -> list[Path]:
+    """Every result file under ``path``.
+
+    Accepts a sweep folder (``results/quick``, holding ``trials/``), a results root holding
+    several sweeps (``results``), a ``trials`` folder, or one JSON file.
+    """
+    from bench.fs import location
+
+    p = location(path)          # a folder, or a storage URI (s3://, gs://, file://) read through pyarrow
+    if not p.exists():
+        raise FileNotFoundError(f"results: {p} does not exist")
+    if p.is_file():
+        return [p]
+    if (p / "trials").is_dir():
+        dirs = [p / "trials"]
+    else:
+        dirs = sorted(d for d in p.glob("*/trials") if d.is_dir())
+        if not dirs:
+            dirs = [p]  # a trials folder itself
+    # Atomic writes go through temp files; skip hidden and non-.json names so a sweep that is
+    # still running never contributes half a row.
+    return [f for d in dirs for f in sorted(d.glob("*.json")) if not f.name.startswith(".")]
+
+
+def _read_row(f: Path) -> dict:
+    try:
+        row = json.loads(f.read_text())
+        if not isinstance(row, dict):
+            raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    except (OSError, ValueError) as e:
+        # An unreadable file is a trial whose outcome we do not know: list it as failed
+        # rather than dropping it.
+        sweep = f.parent.parent.name if f.parent.name == "trials" else f.parent.name
+        return {"trial_id": f.stem, "sweep": sweep, "status": "failed",
+                "error": f"unreadable result file: {e}", "source": str(f)}
+    row["source"] = str(f)
+    return row
+
+
+def _layer_counts(layers: object) -> tuple[float, float]:
+    if not isinstance(layers, list):
+        return math.nan, math.nan
+    skipped = sum(1 for L in layers if isinstance(L, dict) and L.get("skipped"))
+    return float(len(layers) - skipped), float(skipped)
+
+
+def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """One row per trial from one or more results folders, failed trials included.
+
+    Columns: the Result row keys, plus ``source`` (the file), ``param.<k>`` for each method
+    parameter, ``env.<k>`` for each environment field, ``n_factorized`` / ``n_skipped`` layer
+    counts. ``params``, ``layers``, ``env`` and ``spec`` stay as dict/list columns.
+    A trial found twice (the same sweep reached through two paths) appears once.
+    """
+    from bench.fs import RemotePath
+
+    if isinstance(paths, (str, Path, RemotePath)):
+        paths = [paths]
+    seen_files: set[Path] = set()
+    rows: list[dict] = []
+    for p in paths:
+        for f in trial_files(p):
+            rf = f.resolve()
+            if rf in seen_files:
+                continue
+            seen_files.add(rf)
+            rows.append(_read_row(f))
+
+    records = []
+    seen_ids: set[tuple] = set()
+    for r in rows:
+        key = (r.get("sweep"), r.get("trial_id"))
+        if key in seen_ids:
+            continue
+        seen_ids.add(key)
+        rec = {k: r.get(k) for k in ROW_KEYS}
+        rec["source"] = r.get("source")
+        for k, v in (r.get("params") or {}).items():
+            rec[f"param.{k}"] = v
+        for k, v in (r.get("env") or {}).items():
+            rec[f"env.{k}"] = v
+        rec["n_factorized"], rec["n_skipped"] = _layer_counts(r.get("layers"))
+        if rec["variant"] is None and isinstance(r.get("params"), dict):
+            rec["variant"] = canonical_variant(r["params"])
+        if rec["variant"] is None:
+            rec["variant"] = ""
+        records.append(rec)
+
+    df = pd.DataFrame.from_records(records, columns=_columns(records))
+    # Numeric columns arrive as Python ints/None; make them float so that NaN means "absent".
+    for m in METRICS:
+        if m in df:
+            df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
+    return df
+
+
+def _columns(records: list[dict]) -> list[str]:
+    cols = list(ROW_KEYS) + ["source", "n_factorized", "n_skipped"]
+    extra = sorted({k for r in records for k in r} - set(cols))
+    return cols + extra
+
+
+def canonical_variant(params: dict) -> str:
+    """``k=v,k=v`` sorted by key: what bench writes as ``variant`` (used when a row lacks it)."""
+    return ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def ok_trials(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"]
+
+
+def failed_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Every trial that did not finish with status "ok" (failed, unreadable, unknown)."""
+    bad = df[df["status"] != "ok"]
+    return bad.reindex(columns=list(FAILED_COLUMNS)).reset_index(drop=True)
+
+
+def _recipe(spec: object) -> str | None:
+    # Seeds of one group must share their training recipe; a fingerprint of the trial spec
+    # minus the seed tells when results from two differently trained sweeps were merged.
+    if not isinstance(spec, dict):
+        return None
+    keep = {k: v for k, v in spec.items() if k not in ("seed", "sweep", "resources")}
+    data = keep.get("data")
+    if isinstance(data, dict):  # the same data read from another path is the same recipe
+        keep["data"] = {k: v for k, v in data.items() if k != "root"}
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _joined(values: pd.Series) -> str | None:
+    vals = sorted({str(v) for v in values if v is not None and not _isnan(v)})
+    return "/".join(vals) if vals else None
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Successful trials grouped per (dataset, model, method, variant).
+
+    Per metric m in ``METRICS``: ``m_mean``, ``m_std`` (ddof=1), ``m_ci95`` (t half-width) and
+    ``m_n`` (seeds with a value). Also ``n`` (ok trials), ``seeds``, ``scheme``, ``rule``,
+    ``params``, latency device/dtype/batch, ``gpu``, ``n_failed`` (failed trials of that group)
+    and ``mixed_recipes`` (True when the group's seeds were trained with different specs).
+    """
+    ok = ok_trials(df)
+    out_rows = []
+    if len(ok):
+        for key, g in ok.groupby(list(GROUP_KEYS), dropna=False, sort=True):
+            rec: dict = dict(zip(GROUP_KEYS, key))
+            rec["n"] = len(g)
+            rec["seeds"] = sorted(int(s) for s in g["seed"].dropna())
+            rec["scheme"] = _first(g["scheme"])
+            rec["rule"] = _first(g["rule"])
+            rec["params"] = _first(g["params"])
+            for m in METRICS:
+                vals = g[m].dropna() if m in g else pd.Series(dtype=float)
+                rec[f"{m}_n"] = len(vals)
+                rec[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
+                rec[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+                rec[f"{m}_ci95"] = ci95_halfwidth(vals)
+            rec["latency_device"] = _joined(g["latency_device"])
+            rec["latency_dtype"] = _joined(g["latency_dtype"])
+            rec["latency_batch"] = _joined(g["latency_batch"])
+            rec["gpu"] = _joined(g["env.gpu"]) if "env.gpu" in g else None
+            rec["sweeps"] = _joined(g["sweep"])
+            rec["mixed_recipes"] = len({_recipe(s) for s in g["spec"]}) > 1
+            out_rows.append(rec)
+    out = pd.DataFrame(out_rows)
+    if out.empty:
+        return pd.DataFrame(columns=list(GROUP_KEYS) + ["n"])
+    bad = df[df["status"] != "ok"]
+    counts = bad.groupby(list(GROUP_KEYS), dropna=False).size() if len(bad) else None
+    out["n_failed"] = [
+        int(counts.get(tuple(r[k] for k in GROUP_KEYS), 0)) if counts is not None else 0
+        for _, r in out.iterrows()
+    ]
+    return out.reset_index(drop=True)
+
+
+def _first(s: pd.Series):
+    for v in s:
+        if v is not None and not _isnan(v):
+            return v
+    return None

@@ -1,0 +1,357 @@
+"""The accuracy-vs-speed-up table in Markdown, LaTeX (booktabs) and CSV.
+
+Input is ``collate.summarize``'s grouped view. Markdown and LaTeX are for people and follow
+paper conventions (``90.50 ± 0.21``, ``2.17x``, ``40.6M``); CSV is for machines and keeps the
+raw numbers (mean, std, CI half-width, n) in separate columns.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from reports.collate import failed_trials, load_results, summarize
+
+FORMATS = ("md", "latex", "csv")
+SUFFIX = {"md": "md", "latex": "tex", "csv": "csv"}
+# Parameters that already have their own column (or are the rank rule under another name).
+_COLUMN_PARAMS = {"scheme", "rule", "export"}
+DASH = "-"
+
+
+# ---------------------------------------------------------------------------- number formats
+
+def _nan(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_pm(mean: float | None, ci: float | None, digits: int = 2) -> str:
+    """``90.50 ± 0.21``; just ``90.50`` when there is no CI (a single seed)."""
+    if _nan(mean):
+        return DASH
+    if _nan(ci):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def fmt_x(mean: float | None, ci: float | None = None) -> str:
+    """``2.17x``; ``2.17x ± 0.04`` when the seeds disagree visibly at two decimals."""
+    if _nan(mean):
+        return DASH
+    s = f"{mean:.2f}x"
+    if not _nan(ci) and round(ci, 2) > 0:
+        s += f" ± {ci:.2f}"
+    return s
+
+
+def fmt_si(v: float | None) -> str:
+    """Three significant digits with an SI suffix: ``40.6M``, ``4.09G``, ``272K``, ``950``."""
+    if _nan(v):
+        return DASH
+    v = float(v)
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(v) >= div:
+            x = v / div
+            break
+    else:
+        return f"{v:.0f}"
+    if abs(x) >= 999.5 and suf != "T":  # 999.7K rounds to 1000K: print 1.00M instead
+        return _si_next(v, suf)
+    digits = 0 if abs(x) >= 99.95 else 1 if abs(x) >= 9.995 else 2
+    return f"{x:.{digits}f}{suf}"
+
+
+def _si_next(v: float, suf: str) -> str:
+    nxt = {"K": (1e6, "M"), "M": (1e9, "G"), "G": (1e12, "T")}[suf]
+    return f"{v / nxt[0]:.2f}{nxt[1]}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Wall time the way a person reads it: ``42 s``, ``3.1 min``, ``2.4 h``."""
+    if _nan(seconds):
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------- table contents
+
+def _params_of(row: pd.Series) -> dict:
+    p = row.get("params")
+    return p if isinstance(p, dict) else {}
+
+
+def _varying_params(summary: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    """Per method: the parameter names whose values differ between its rows (these go into
+    the method label) and the ones that are constant (these go into a note)."""
+    varying: dict[str, list[str]] = {}
+    constant: dict[str, dict] = {}
+    for method, g in summary.groupby("method", sort=True):
+        plist = [_params_of(r) for _, r in g.iterrows()]
+        keys = sorted({k for p in plist for k in p} - _COLUMN_PARAMS)
+        var, const = [], {}
+        for k in keys:
+            vals = {repr(p.get(k)) for p in plist}
+            if len(vals) > 1:
+                var.append(k)
+            else:
+                const[k] = plist[0].get(k)
+        varying[str(method)] = var
+        constant[str(method)] = const
+    return varying, constant
+
+
+def _method_label(row: pd.Series, varying: dict[str, list[str]]) -> str:
+    p = _params_of(row)
+    keys = varying.get(str(row["method"]), [])
+    extra = ", ".join(f"{k}={p.get(k)}" for k in keys)
+    return f"{row['method']} ({extra})" if extra else str(row["method"])
+
+
+def _sorted(summary: pd.DataFrame) -> pd.DataFrame:
+    s = summary.copy()
+    s["_dense_first"] = (s["method"] != "dense").astype(int)
+    s["_scheme"] = s["scheme"].fillna("").astype(str) if "scheme" in s else ""
+    by = ["dataset", "model", "_dense_first", "method", "_scheme", "macs_speedup_mean"]
+    s = s.sort_values(by, kind="stable", na_position="last")
+    return s.drop(columns=["_dense_first", "_scheme"]).reset_index(drop=True)
+
+
+def _uniform(summary: pd.DataFrame, col: str) -> str | None:
+    vals = {v for v in summary.get(col, pd.Series(dtype=object)) if not _nan(v)}
+    return next(iter(vals)) if len(vals) == 1 else None
+
+
+def _latency_setting(row: pd.Series) -> str:
+    parts = [row.get("latency_device"), row.get("latency_dtype")]
+    b = row.get("latency_batch")
+    parts.append(f"batch {b}" if not _nan(b) and b is not None else None)
+    return ", ".join(str(p) for p in parts if p and not _nan(p))
+
+
+def _cost_mode(summary: pd.DataFrame) -> str:
+    """"gpu" when every row spent GPU time, "cpu" when none did, "mixed" otherwise."""
+    on_gpu = [(not _nan(v)) and v > 0 for v in summary["gpu_hours_mean"]]
+    if all(on_gpu):
+        return "gpu"
+    if not any(on_gpu):
+        return "cpu"
+    return "mixed"
+
+
+def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows of display strings and notes for the people-facing formats."""
+    s = _sorted(summary)
+    varying, constant = _varying_params(s)
+    multi = s[["dataset", "model"]].drop_duplicates().shape[0] > 1
+    has_top5 = "top5_mean" in s and s["top5_mean"].notna().any()
+    lat_setting = {_latency_setting(r) for _, r in s.iterrows()} - {""}
+    lat_uniform = len(lat_setting) <= 1
+    cost = _cost_mode(s)
+
+    header = (["Dataset", "Model"] if multi else []) + ["Method", "Scheme", "Rank rule", "Top-1 (%)"]
+    if has_top5:
+        header.append("Top-5 (%)")
+    lat_head = "Measured speed-up"
+    if lat_uniform and lat_setting:
+        lat_head += f" ({next(iter(lat_setting))})"
+    cost_head = {"gpu": "GPU-hours", "cpu": "Wall time (CPU)", "mixed": "Compression cost"}[cost]
+    header += ["MACs", "MAC speed-up", lat_head, "Params", cost_head, "Seeds"]
+
+    rows = []
+    for _, r in s.iterrows():
+        row = ([str(r["dataset"]), str(r["model"])] if multi else [])
+        row += [
+            _method_label(r, varying),
+            DASH if _nan(r.get("scheme")) else str(r["scheme"]),
+            DASH if _nan(r.get("rule")) else str(r["rule"]),
+            fmt_pm(r["top1_mean"], r["top1_ci95"]),
+        ]
+        if has_top5:
+            row.append(fmt_pm(r["top5_mean"], r["top5_ci95"]))
+        lat = fmt_x(r["latency_speedup_mean"], r["latency_speedup_ci95"])
+        if not lat_uniform and lat != DASH:
+            lat += f" ({_latency_setting(r)})"
+        gpu_h, wall = r["gpu_hours_mean"], r["wall_s_mean"]
+        if cost == "gpu":
+            cost_cell = f"{gpu_h:.2f}"
+        elif cost == "cpu":
+            cost_cell = fmt_duration(wall)
+        else:
+            cost_cell = f"{gpu_h:.2f} GPU-h" if not _nan(gpu_h) and gpu_h > 0 else f"{fmt_duration(wall)} CPU"
+        seeds = str(int(r["n"]))
+        if r.get("n_failed", 0):
+            seeds += f" (+{int(r['n_failed'])} failed)"
+        row += [
+            fmt_si(r["macs_mean"]),
+            fmt_x(r["macs_speedup_mean"], r["macs_speedup_ci95"]),
+            lat,
+            fmt_si(r["params_count_mean"]),
+            cost_cell,
+            seeds,
+        ]
+        rows.append(row)
+
+    notes = [
+        "Top-1/Top-5: mean ± 95% CI half-width (t distribution) over seeds; no ± with one seed.",
+        "MACs per image (one multiply-add = one MAC, fvcore count of the model actually run); "
+        "MAC speed-up = dense MACs / MACs.",
+    ]
+    if lat_setting:
+        notes.append("Measured speed-up = dense median latency / median latency"
+                     + (f" on {next(iter(lat_setting))}." if lat_uniform else ", setting per cell."))
+    if cost == "cpu":
+        notes.append("Compression cost is wall time on CPU (no GPU was used), "
+                     "training + compression + fine-tuning.")
+    elif cost == "gpu":
+        notes.append("Compression cost in GPU-hours: training + compression + fine-tuning.")
+    else:
+        notes.append("Compression cost: GPU-hours where a GPU was used, else CPU wall time.")
+    for m, const in constant.items():
+        if const:
+            notes.append(f"{m}: " + ", ".join(f"{k}={v}" for k, v in const.items()))
+    if "mixed_recipes" in s and s["mixed_recipes"].any():
+        notes.append("Warning: some rows merge seeds trained with different specs "
+                     "(results from several sweeps); compare them with care.")
+    return header, rows, notes
+
+
+# ---------------------------------------------------------------------------- renderers
+
+def to_markdown(summary: pd.DataFrame, title: str | None = None) -> str:
+    if summary.empty:
+        return "(no successful trials)\n"
+    header, rows, notes = table_cells(summary)
+    esc = lambda c: c.replace("|", "\\|")  # noqa: E731
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    lines.append("| " + " | ".join(esc(h).ljust(w) for h, w in zip(header, widths)) + " |")
+    lines.append("|" + "|".join(
+        (":" + "-" * (w + 1)) if h in text_cols else ("-" * (w + 1) + ":")
+        for h, w in zip(header, widths)) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(
+            esc(c).ljust(w) if h in text_cols else esc(c).rjust(w)
+            for c, h, w in zip(r, header, widths)) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _latex_cell(text: str) -> str:
+    t = latex_escape(text)
+    t = t.replace(" ± ", r" $\pm$ ").replace("±", r"$\pm$")
+    # "2.17x" -> "2.17$\times$" (only a number directly followed by x)
+    return re.sub(r"(\d)x(?![A-Za-z])", r"\1$\\times$", t)
+
+
+def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
+             label: str = "tab:rankbench") -> str:
+    """A booktabs ``table`` environment; needs ``\\usepackage{booktabs}``."""
+    if summary.empty:
+        header, rows, notes = ["Method"], [], ["no successful trials"]
+    else:
+        header, rows, notes = table_cells(summary)
+        # the latency setting is in the caption's notes; a narrow header keeps the table printable
+        header = ["Measured speed-up" if h.startswith("Measured speed-up") else h for h in header]
+    text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
+    spec = "".join("l" if h in text_cols else "r" for h in header)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        f"\\caption{{{latex_escape(caption)} " + " ".join(_latex_cell(n) for n in notes) + "}",
+        f"\\label{{{label}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(_latex_cell(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(_latex_cell(c) for c in r) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = (
+    "dataset", "model", "method", "variant", "scheme", "rule", "n", "n_failed", "seeds",
+    "top1_mean", "top1_std", "top1_ci95", "top5_mean", "top5_std", "top5_ci95",
+    "macs_mean", "dense_macs_mean", "macs_speedup_mean", "macs_speedup_ci95",
+    "latency_ms_mean", "latency_speedup_mean", "latency_speedup_ci95",
+    "latency_device", "latency_dtype", "latency_batch",
+    "params_count_mean", "gpu_hours_mean", "wall_s_mean", "gpu", "mixed_recipes",
+)
+
+
+def to_csv(summary: pd.DataFrame) -> str:
+    """Raw numbers, one row per group: for spreadsheets and scripts, not for reading."""
+    s = _sorted(summary) if not summary.empty else summary
+    out = s.reindex(columns=list(CSV_COLUMNS))
+    out["seeds"] = out["seeds"].map(lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
+    return out.to_csv(index=False)
+
+
+def render(summary: pd.DataFrame, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](summary)
+
+
+def write_tables(summary: pd.DataFrame, out_dir: str | Path, stem: str = "table") -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt in FORMATS:
+        path = out / f"{stem}.{SUFFIX[fmt]}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(render(summary, fmt))
+        tmp.replace(path)  # atomic, like every other write of the harness
+        written[fmt] = path
+    return written
+
+
+# ---------------------------------------------------------------------------- failures
+
+def failed_list(df: pd.DataFrame) -> str:
+    """Markdown list of the trials that did not finish, with their error; "" when none."""
+    bad = failed_trials(df)
+    if bad.empty:
+        return ""
+    lines = [f"**{len(bad)} failed trial(s)** (not in the table above):"]
+    for _, r in bad.iterrows():
+        what = " ".join(str(x) for x in (r["method"], r["variant"]) if not _nan(x) and x)
+        seed = "" if _nan(r["seed"]) else f" seed {int(r['seed'])}"
+        err = str(r["error"]).strip().splitlines()[-1] if not _nan(r["error"]) and r["error"] else "no error recorded"
+        epoch = "" if _nan(r["last_good_epoch"]) else f" (last good epoch {int(r['last_good_epoch'])})"
+        where = f"{r['dataset']}/{r['model']}" if not _nan(r["dataset"]) else ""
+        lines.append(f"- `{r['sweep']}/{r['trial_id']}` {where} {what}{seed}: {err}{epoch}".replace("  ", " "))
+    return "\n".join(lines) + "\n"
+
+
+def quick_table(results_dir: str | Path | Sequence[str | Path]) -> str:
+    """The Markdown table ``rankbench run`` prints at its end, followed by any failures."""
+    df = load_results(results_dir)
+    if df.empty:
+        return f"(no result rows under {results_dir})\n"
+    text = to_markdown(summarize(df))
+    failed = failed_list(df)
+    return text + ("\n" + failed if failed else "")
