@@ -90,6 +90,14 @@ def is_main() -> bool:
     return ctx is None or ctx.is_main
 
 
+def sync_batch_norm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm layer replaced by a SyncBatchNorm (statistics over the global batch in
+    training; DDP accepts it on GPUs only). Module names, state-dict keys and the eval-mode
+    forward stay as they were, so the method's layer choice and checkpoints carry over."""
+    # module replacement before DDP, as torch requires
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def wrap(model: nn.Module, ctx: DistContext | None, sync_bn: bool = False) -> tuple[nn.Module, nn.Module]:
     """(model, forward): ``model`` is the bare module the method's hooks and the checkpoints see
     (SyncBatchNorm swapped in when ``sync_bn``), ``forward`` the DDP wrapper the training step
@@ -97,8 +105,7 @@ def wrap(model: nn.Module, ctx: DistContext | None, sync_bn: bool = False) -> tu
     if ctx is None or ctx.world_size == 1:
         return model, model
     if sync_bn:
-        # module replacement before DDP, as torch requires; layer names (what TRP picks) stay
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = sync_batch_norm(model)
     model.to(ctx.device)
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -319,11 +319,12 @@ def _normalize_resources(where: str, r: dict) -> dict:
     if "workers" not in r and out["gpus"] > 1:
         out["workers"] = int(out["gpus"])          # gpus: 8 alone means 8 workers, one GPU each
     out["workers"] = _int(f"{where}.workers", out["workers"], 1)
-    share = out["gpus"] / out["workers"]
-    if out["workers"] > 1 and share > 1 and share != int(share):
+    if out["workers"] > 1 and out["gpus"] not in (0, out["workers"]):
+        # each data-parallel worker drives exactly one device: NCCL refuses two ranks on one GPU,
+        # and a second GPU per worker would sit idle
         raise _fail(f"{where}.gpus", r.get("gpus"),
-                    f"a number of GPUs that {out['workers']} workers share evenly (a multiple of workers, "
-                    f"or at most one GPU per worker)")
+                    f"0 (CPU workers) or {out['workers']}, one GPU per worker (resources.workers is "
+                    f"{out['workers']}; a data-parallel worker drives one GPU)")
     return out
 
 

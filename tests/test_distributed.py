@@ -59,8 +59,11 @@ def test_distributed_spec_fields_are_checked_before_anything_runs():
         parse_spec(base + "train: {sync_bn: true}")
     with pytest.raises(SpecError, match=r"^train.sync_bn: 'yes': accepted: true or false$"):
         parse_spec(base + "train: {sync_bn: 'yes'}")
-    with pytest.raises(SpecError, match=r"^resources.gpus: 3: accepted: a number of GPUs that 2 workers share"):
-        parse_spec(base + "resources: {gpus: 3, workers: 2}")
+    for gpus in (3, 1, 4, 0.5):        # one GPU per data-parallel worker, or none
+        with pytest.raises(SpecError, match=rf"^resources.gpus: {gpus}: accepted: 0 \(CPU workers\) or 2, one GPU"):
+            parse_spec(base + f"resources: {{gpus: {gpus}, workers: 2}}\ntrain: {{batch_size: 64}}", check=False)
+    (t,) = parse_spec(base + "resources: {gpus: 2, workers: 2}", check=False).trials
+    assert t.resources_cfg["gpus"] == 2.0 and t.resources_cfg["workers"] == 2
     # gpus: 8 alone is 8 workers with one GPU each
     (t,) = parse_spec(base + "resources: {gpus: 8}\ntrain: {batch_size: 256}", check=False).trials
     assert t.resources_cfg["workers"] == 8
@@ -196,3 +199,47 @@ def test_trp_under_ddp_equals_trp_in_one_process_on_the_same_global_batch(tmp_pa
     train(alone, half, epochs=EPOCHS, lr=0.1, momentum=0.9, weight_decay=1e-4, method=m, log=lambda s: None)
     diff = max((alone.state_dict()[k] - v).abs().max().item() for k, v in single.state_dict().items())
     assert diff > 1e-3
+
+
+# --- sync_bn: the spec key reaches the model ----------------------------------------------------
+
+def test_sync_bn_converts_every_batch_norm_and_keeps_layer_names_and_state_keys(monkeypatch):
+    # SyncBatchNorm trains on GPUs only (DDP refuses it on CPU modules, and the spec refuses
+    # sync_bn with gpus: 0); what can be checked on a CPU: wrap() converts when asked, and the
+    # method's layer choice, the checkpoint keys and the eval forward are unchanged by it
+    import copy
+
+    from bench.distributed import DistContext, wrap
+    from bench.models import build_model
+    from methods.lowrank import select_layers
+
+    torch.manual_seed(0)
+    plain = build_model("resnet20", 4, (3, 8, 8)).eval()
+    for m in plain.modules():                           # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    wrapped: list[nn.Module] = []
+
+    class FakeDDP(nn.Module):                           # stands in for DDP: records what it wraps
+        def __init__(self, module: nn.Module, device_ids=None):   # noqa: ANN001
+            super().__init__()
+            wrapped.append(module)
+            self.module = module
+
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", FakeDDP)
+    ctx = DistContext(rank=0, world_size=2)
+    model, ddp = wrap(copy.deepcopy(plain), ctx, sync_bn=True)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert n_bn > 0 and sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules()) == n_bn
+    assert not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    assert ddp.module is model and wrapped == [model]     # DDP wraps the converted model
+    assert select_layers(model) == select_layers(plain)     # TRP picks the same layers
+    assert list(model.state_dict()) == list(plain.state_dict())
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain(x))   # eval: running statistics, no collective
+    unsynced, _ = wrap(copy.deepcopy(plain), ctx, sync_bn=False)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in unsynced.modules())
+    single, fwd = wrap(copy.deepcopy(plain), None, sync_bn=True)    # one process: nothing to sync
+    assert single is fwd and not any(isinstance(m, nn.SyncBatchNorm) for m in single.modules())
