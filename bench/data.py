@@ -607,17 +607,25 @@ def collate_samples(batch: list) -> tuple[Any, torch.Tensor, list[str], list[tup
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """Index order of epoch ``e`` depends only on (seed, e); optionally one rank's share."""
+    """Index order of epoch ``e`` depends only on (seed, e); optionally one rank's share.
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+    ``pad``: every rank gets the same number of indices, the last ones wrapping around (as
+    DistributedSampler does), which training needs (DDP steps in lockstep). Evaluation does not:
+    with ``pad=False`` the shares are disjoint and cover every index once, so metrics summed over
+    ranks count each image exactly once."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = True):
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world_size)
+        if self.pad:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
@@ -625,9 +633,11 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        if self.world_size > 1:      # pad by wrapping so every rank gets the same number of steps
+        if self.world_size > 1 and self.pad:   # wrap so every rank gets the same number of steps
             total = len(self) * self.world_size
             order = torch.cat([order, order[: total - self.n]])[self.rank::self.world_size]
+        elif self.world_size > 1:
+            order = order[self.rank::self.world_size]
         return iter(order.tolist())
 
 
@@ -794,9 +804,10 @@ class StreamLoader:
         decoder: TensorDecoder | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ):
         self.device, self.decoder = torch.device(device), decoder
-        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size)
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad=pad)
         drop_last = drop_last and len(self.sampler) >= batch_size
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
@@ -862,10 +873,11 @@ def _imagenet_data(opts: dict, seed: int, batch_size: int, augment: bool, device
         dtr, dva = ImageFolderSamples(train_s, raw_bytes=True), ImageFolderSamples(val_s, raw_bytes=True)
         dec_tr = TensorDecoder(device, train=augment, size=size, resize=resize, seed=seed)
         dec_va = TensorDecoder(device, train=False, size=size, resize=resize, seed=seed)
-    # val is padded by wrapping when sharded (like DistributedSampler): a few images count twice
     common = dict(seed=seed, workers=workers, device=device, rank=rank, world_size=world_size)
     train = StreamLoader(dtr, batch_size, shuffle=True, drop_last=True, decoder=dec_tr, **common)
-    val = StreamLoader(dva, batch_size, shuffle=False, drop_last=False, decoder=dec_va, **common)
+    # val shards are disjoint and unpadded (evaluation runs outside DDP, so ranks need not take
+    # equal steps): metrics summed over ranks count every val image exactly once
+    val = StreamLoader(dva, batch_size, shuffle=False, drop_last=False, decoder=dec_va, pad=False, **common)
     return Data(train=train, val=val, input_shape=(3, size, size), num_classes=len(classes),
                 steps_per_epoch=len(train), name="imagenet", train_size=len(train_s), val_size=len(val_s),
                 class_names=classes, info={"decode": decode, "workers": workers})

@@ -428,3 +428,16 @@ def test_imagefolder_ranks_split_each_epoch(tmp_path):
     a, b = list(shares[0]), list(shares[1])
     assert len(a) == len(b) == 7                          # 13 files, padded by wrapping to 14
     assert set(a) | set(b) == set(range(13)) and len(set(a) & set(b)) == 1
+
+
+def test_imagefolder_val_shards_count_each_image_once(tmp_path):
+    # evaluation sums counts over ranks: val shares must be disjoint and cover the split exactly
+    # (train shares are padded instead, so DDP ranks take the same number of steps)
+    make_imagefolder(tmp_path)
+    cfg = {"name": "imagenet", "root": str(tmp_path), "decode": "pil", "workers": 0, **SMALL}
+    vals = [build_data(cfg, seed=3, batch_size=2, augment=False, device="cpu", rank=r, world_size=2).val
+            for r in (0, 1)]
+    a, b = (list(v.sampler) for v in vals)
+    assert sorted(a + b) == list(range(5)) and not set(a) & set(b)
+    assert [len(v.sampler) for v in vals] == [3, 2]
+    assert sum(len(y) for v in vals for _, y in v) == 5
