@@ -935,28 +935,64 @@ def input_throughput(cfg: dict, device: str | torch.device = "cpu", batch_size: 
             "skipped": data.skipped}
 
 
+def fake_imagefolder(root: str | os.PathLike, images: int, classes: int = 8,
+                     size: tuple[int, int] = (500, 375)) -> Path:
+    """``root`` as an ImageFolder of ``images`` train JPEGs (``size`` = width x height) over
+    ``classes`` classes and one val image per class, written unless ``root`` already holds a
+    train/ tree (so repeated probes reuse one set of files)."""
+    root = Path(root)
+    if (root / "train").is_dir() and any((root / "train").iterdir()):
+        return root
+    return write_fake_imagefolder(root, classes=classes, per_class=max(1, images // classes), val_per_class=1,
+                                  size=size)
+
+
+def _size(text: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w > 0 and h > 0:
+            return w, h
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: accepted: WIDTHxHEIGHT, e.g. 500x375")
+
+
 def _main(argv: list[str] | None = None) -> None:
     import argparse
     import json
     import tempfile
 
     p = argparse.ArgumentParser(prog="python -m bench.data",
-                                description="Measure ImageNet input-pipeline throughput (images/s).")
-    p.add_argument("--root", help="ImageFolder root; default: write a fake one of real JPEGs in a temp folder")
-    p.add_argument("--images", type=int, default=1024, help="images per class folder set when writing a fake tree")
-    p.add_argument("--decode", nargs="+", default=["pil", "torchvision"], choices=["pil", "torchvision"])
+                                description="Measure ImageNet input-pipeline throughput (images/s): one JSON "
+                                            "line per decode path (and per --step-model).")
+    p.add_argument("--root", help="an existing ImageFolder root (train/<class>/*); default: a synthetic one "
+                                  "of real JPEGs (see --write)")
+    p.add_argument("--write", metavar="DIR",
+                   help="write the synthetic ImageFolder here (reused when DIR already holds one) instead "
+                        "of a temporary folder deleted at exit")
+    p.add_argument("--images", type=int, default=1024,
+                   help="train images in the synthetic ImageFolder, over --classes classes (default 1024)")
+    p.add_argument("--classes", type=int, default=8, help="classes in the synthetic ImageFolder (default 8)")
+    p.add_argument("--size", type=_size, default=(500, 375), metavar="WxH",
+                   help="synthetic JPEG size, width x height (default 500x375, ImageNet-like)")
+    p.add_argument("--decode", nargs="+", default=["pil", "torchvision"], choices=["pil", "torchvision"],
+                   help="decode paths to time (default both): pil = PIL in the DataLoader workers; "
+                        "torchvision = batched torchvision.io.decode_jpeg on --device (nvJPEG on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--batches", type=int, default=20)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--batches", type=int, default=20, help="timed batches, after one warm-up batch")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(8, cpus))")
     p.add_argument("--step-model", default=None, choices=["resnet18", "resnet50"],
                    help="also time that model's bf16 training step (images/s the pipeline must match)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        root = a.root or str(write_fake_imagefolder(tmp, classes=8, per_class=max(1, a.images // 8), val_per_class=1))
+        root = a.root or str(fake_imagefolder(a.write or tmp, a.images, a.classes, a.size))
         for decode in a.decode:
             cfg = {"name": "imagenet", "root": root, "decode": decode, "workers": a.workers}
-            print(json.dumps(input_throughput(cfg, a.device, a.batch_size, a.batches)))
+            print(json.dumps({"root": root, **input_throughput(cfg, a.device, a.batch_size, a.batches)}),
+                  flush=True)
     if a.step_model:
         import torchvision
 

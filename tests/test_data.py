@@ -441,3 +441,36 @@ def test_imagefolder_val_shards_count_each_image_once(tmp_path):
     assert sorted(a + b) == list(range(5)) and not set(a) & set(b)
     assert [len(v.sampler) for v in vals] == [3, 2]
     assert sum(len(y) for v in vals for _, y in v) == 5
+
+
+def test_input_pipeline_probe_writes_a_jpeg_imagefolder_and_times_each_decode_path(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from bench.data import _main, fake_imagefolder
+
+    # the default synthetic images are real JPEGs of ImageNet-like size
+    big = fake_imagefolder(tmp_path / "big", images=2, classes=1)
+    (f,) = sorted((big / "train").rglob("*.JPEG"))[:1]
+    with Image.open(f) as im:
+        assert im.format == "JPEG" and im.size == (500, 375) and im.mode == "RGB"
+    assert 5_000 < f.stat().st_size < 500_000
+
+    where = tmp_path / "fake"
+    args = ["--write", str(where), "--images", "8", "--classes", "2", "--size", "64x48", "--batch-size", "4",
+            "--batches", "2", "--workers", "0", "--device", "cpu"]
+    _main(args)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["decode"] for r in rows] == ["pil", "torchvision"]
+    for r in rows:
+        assert r["images"] == 8 and r["images_per_s"] > 0 and r["skipped"] == 0 and r["root"] == str(where)
+    files = sorted((where / "train").rglob("*.JPEG"))
+    assert len(files) == 8 and len(list((where / "val").rglob("*.JPEG"))) == 2
+    with Image.open(files[0]) as im:
+        assert im.size == (64, 48)
+    stamp = [p.stat().st_mtime_ns for p in files]
+    _main(args + ["--decode", "pil"])                     # a second probe reuses the folder as is
+    assert [p.stat().st_mtime_ns for p in files] == stamp
+    with pytest.raises(SystemExit):
+        _main(["--size", "500"])
