@@ -126,6 +126,17 @@ def epoch_sync(model: nn.Module, loss_sum: torch.Tensor, n_seen: int) -> tuple[t
     return t[0], int(t[1].item())
 
 
+def sum_over_ranks(n: int) -> int:
+    """``n`` summed over every rank (a collective under DDP: all ranks must call it); ``n`` itself
+    in a single-process trial."""
+    ctx = current()
+    if ctx is None:
+        return int(n)
+    t = torch.tensor([int(n)], dtype=torch.long, device=ctx.device)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
 def weights_checksum(model: nn.Module) -> str:
     """sha256 over every parameter and buffer, bit for bit, in state-dict order."""
     h = hashlib.sha256()

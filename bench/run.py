@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from bench import __version__
-from bench.distributed import DistContext, check_identical, wrap
+from bench.distributed import DistContext, check_identical, sum_over_ranks, wrap
 from bench.fs import open_append, read_bytes_io
 from bench.spec import Trial
 from bench.store import Store, atomic_torch_save
@@ -77,7 +77,7 @@ def _base_row(trial: Trial) -> dict[str, Any]:
         "latency_ms": None, "dense_latency_ms": None, "latency_speedup": None,
         "latency_device": None, "latency_dtype": None, "latency_batch": None,
         "layers": [], "wall_s": None, "gpu_hours": None,
-        "baseline_id": None, "train_device": None, "history": [],
+        "baseline_id": None, "train_device": None, "history": [], "skipped_images": None,
         "env": environment(), "spec": trial.to_dict(),
     }
 
@@ -252,8 +252,12 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
     # --- measure the deployed model next to the dense architecture ---------------------------
     small.eval()
     metrics = evaluate(small, data.val, data.num_classes)   # under DDP: summed over every rank's shard
+    skipped = sum_over_ranks(data.skipped)                   # a collective: before rank 0 goes on alone
     if not main:
         return out   # rank 0 measures cost and writes the row
+    out["skipped_images"] = skipped
+    if skipped:
+        log(f"{skipped} unreadable images skipped in all (every rank, every epoch and evaluation)")
     shape = tuple(data.input_shape)
     dense = model if trial.method == "dense" else build_model(trial.model, data.num_classes, shape, **model_opts)
     macs, dense_macs = count_macs(small, shape), count_macs(dense, shape)

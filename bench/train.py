@@ -115,6 +115,30 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     return loss.detach()
 
 
+def skipped_files(data: Any) -> dict[str, str]:
+    """Unreadable files this process's loaders skipped so far (path -> error); {} for in-memory data."""
+    out: dict[str, str] = {}
+    for loader in (getattr(data, "train", None), getattr(data, "val", None)):
+        out.update(getattr(loader, "skipped_files", None) or {})
+    return out
+
+
+def _log_skipped(data: Any, log: Callable[[str], None], phase: str, total: int, seen: set[str]) -> set[str]:
+    """Write the count of skipped images (every rank's, summed) and each newly skipped file of
+    this rank to the trial's log. Returns the files named so far."""
+    if total <= 0:
+        return seen
+    files = skipped_files(data)
+    log(f"[{phase}] {total} unreadable images skipped so far ({len(files)} distinct files on this rank; "
+        f"not trained or evaluated on)")
+    new = [p for p in files if p not in seen]
+    for p in new[:20]:
+        log(f"[{phase}] skipped {p}: {files[p]}")
+    if len(new) > 20:
+        log(f"[{phase}] ... and {len(new) - 20} more skipped files")
+    return seen | set(new)
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -146,7 +170,7 @@ def train(
     ``forward``: DDP wrapper of ``model`` for data-parallel training (``bench.distributed``); then
     the epoch's loss is averaged over ranks and only rank 0 writes the checkpoint.
     """
-    from bench.distributed import epoch_sync, is_main
+    from bench.distributed import epoch_sync, is_main, sum_over_ranks
     from bench.measure import evaluate
 
     progress = progress or Progress()
@@ -161,6 +185,7 @@ def train(
     use_amp = bool(amp) and device.type == "cuda"
 
     start_epoch = 0
+    named_skips: set[str] = set()     # unreadable files already named in the log
     if checkpoint is not None and checkpoint.exists():
         with read_bytes_io(checkpoint) as f:   # a local file, or a buffer from the storage URI
             ck = torch.load(f, map_location=device, weights_only=False)
@@ -204,6 +229,7 @@ def train(
         progress.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean_loss, "val_top1": top1,
                                  "seconds": secs})
         log(f"[{phase}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} val top-1 {top1:.2f}% {secs:.1f}s")
+        named_skips = _log_skipped(data, log, phase, sum_over_ranks(getattr(data, "skipped", 0)), named_skips)
         if checkpoint is not None and is_main():
             state = {
                 "phase": phase, "epoch": epoch + 1, "model": model.state_dict(),

@@ -474,3 +474,33 @@ def test_input_pipeline_probe_writes_a_jpeg_imagefolder_and_times_each_decode_pa
     assert [p.stat().st_mtime_ns for p in files] == stamp
     with pytest.raises(SystemExit):
         _main(["--size", "500"])
+
+
+def test_a_trial_on_an_imagefolder_with_bad_files_logs_the_skip_count_and_finishes(tmp_path):
+    from bench.run import run_trial
+    from bench.spec import parse_spec
+    from bench.store import Store
+
+    special = make_imagefolder(tmp_path / "in")
+    spec = f"""
+sweep: skips
+seeds: [0]
+data: {{name: imagenet, root: {tmp_path / 'in'}, decode: pil, workers: 0, image_size: 32, resize: 36}}
+model: cnn
+train: {{epochs: 2, batch_size: 4}}
+measure: {{latency_repeats: 1}}
+methods: [dense]
+"""
+    (trial,) = parse_spec(spec).trials
+    row = run_trial(trial, tmp_path / "results")
+    assert row["status"] == "ok", row["error"]
+    # 13 train files, 3 steps of 4 per epoch: the truncated and the corrupt file are met (at
+    # least one of them every epoch), skipped, counted; CMYK and gray val images are converted
+    assert 2 <= row["skipped_images"] <= 4
+    log = Store(tmp_path / "results", "skips").log_path(trial.id).read_text()
+    assert f"{row['skipped_images']} unreadable images skipped in all" in log
+    assert "[train] epoch 2/2" in log and "unreadable images skipped so far" in log
+    named = [line for line in log.splitlines() if "[train] skipped " in line]
+    assert named and all(("truncated.JPEG" in line or "corrupt.JPEG" in line) for line in named)
+    assert len(named) == len(set(named)) <= 2                        # each file named once
+    assert str(special["corrupt"].parent.parent) in named[0]
