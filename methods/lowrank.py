@@ -570,8 +570,71 @@ def layer_choice(model: nn.Module, scheme: str, layers: Union[str, Sequence[str]
 # --------------------------------------------------------------------------- batched projection
 
 
+SOLVERS: tuple[str, ...] = ("svd", "gram", "auto")
+# "auto" uses the Gram solver where one side is at least this many times the other: the Gram
+# matrix is then small; on square-ish matrices the float64 eigensolve costs as much as the SVD
+# (measured on CPU in BENCHMARKS.md)
+AUTO_GRAM_ASPECT = 2.0
+# LAPACK/cuSOLVER drivers torch.linalg.svd takes on CUDA only; "svd-gesvdj" etc. pick one
+CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
+
+
+def check_solver(solver: str, field: str = "solver") -> str:
+    """Validate a projection solver name: one of :data:`SOLVERS`, or ``svd-<driver>`` (CUDA)."""
+    accepted = list(SOLVERS) + [f"svd-{d}" for d in CUDA_SVD_DRIVERS]
+    if solver not in accepted:
+        raise ValueError(f"{field}: got {solver!r}; accepted: {', '.join(accepted)} (svd-* on CUDA only)")
+    return solver
+
+
+def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Optional[str]
+                 ) -> tuple[Tensor, Optional[Tensor]]:
+    """Exact: one batched ``torch.linalg.svd``; the rank enters as a mask on ``s``."""
+    with _svd_threads(batch):
+        u, s, vh = torch.linalg.svd(batch, full_matrices=False, driver=driver)
+    keep = rank_mask(s, rule).to(s.dtype)                    # (B, k), stays on device
+    proj = (u * (s * keep).unsqueeze(-2)) @ vh
+    sub = (u * keep.unsqueeze(-2)) @ vh if with_subgradient else None
+    return proj, sub
+
+
+def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """The same projection from the eigendecomposition of the small Gram matrix.
+
+    For ``X`` (m x n, m <= n; a tall matrix is transposed first), ``X X^T = U diag(s^2) U^T``
+    gives ``U`` and ``s``, and ``V^T = diag(1/s) U^T X``, so the rank-r weight is
+    ``U_r U_r^T X`` and the sub-gradient ``U_r V_r^T = U_r diag(1/s_r) U_r^T X``. An m x m
+    symmetric eigensolver plus matrix products is far cheaper than a general SVD of X.
+
+    Squaring X squares its condition number, so the Gram matrix, its eigensolve and the two
+    m x m operators run in float64; only the final ``[P; S] @ X`` (one batched product, most of
+    the arithmetic) runs in X's dtype, which matches an exact SVD to X's rounding. Singular
+    values below ``sqrt(eps64) * max(m, n) * s_max`` cannot be resolved from ``s^2``: they count
+    as zero in the sub-gradient (their ``1/s`` would only amplify rounding noise); the projection
+    never divides, so it keeps them as they are."""
+    tall = batch.shape[-2] > batch.shape[-1]
+    x = batch.mT if tall else batch
+    x64 = x.to(torch.float64)
+    with _svd_threads(x64):
+        lam, q = torch.linalg.eigh(x64 @ x64.mT)             # ascending eigenvalues
+    s, q = lam.flip(-1).clamp_min(0).sqrt(), q.flip(-1)     # descending, as rank_mask expects
+    keep = rank_mask(s, rule).to(s.dtype)
+    ops = [(q * keep.unsqueeze(-2)) @ q.mT]                  # P = U_r U_r^T, (B, m, m)
+    if with_subgradient:
+        floor = s[..., :1] * (math.sqrt(torch.finfo(torch.float64).eps) * max(x.shape[-2:]))
+        inv = torch.where(s > floor, 1.0 / s.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+        ops.append((q * (keep * inv).unsqueeze(-2)) @ q.mT)   # S = U_r diag(1/s_r) U_r^T
+    out = torch.cat(ops, dim=-2).to(x.dtype) @ x            # [P X; S X], (B, m or 2m, n)
+    if tall:
+        out = out.mT
+    m = x.shape[-2]
+    if not with_subgradient:
+        return out, None
+    return (out[..., :, :m], out[..., :, m:]) if tall else (out[..., :m, :], out[..., m:, :])
+
+
 def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
-            tiles: Union[int, Sequence[int]] = 1) -> tuple[list[Tensor], list[Optional[Tensor]]]:
+            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd") -> tuple[list[Tensor], list[Optional[Tensor]]]:
     """Project each weight onto its low-rank set under ``rule``, batched and without host sync.
 
     All matrices of one shape (and dtype/device), whatever layer, filter or tile they come
@@ -583,8 +646,15 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     to one per distinct matrix shape, and nothing else here syncs.)
 
     ``tiles`` (one int, or one per weight; see :func:`layer_tiles`): project each column tile
-    separately (DeepTwist's tiling); tiles of every layer batch together by shape."""
+    separately (DeepTwist's tiling); tiles of every layer batch together by shape.
+
+    ``solver``: ``"svd"`` (exact, the default), ``"svd-<driver>"`` (exact, a cuSOLVER driver on
+    CUDA), ``"gram"`` (eigendecomposition of the small Gram matrix in float64; same ranks and
+    agreement to the weights' rounding, faster on wide matrices: see :func:`_project_gram`) or
+    ``"auto"`` (gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
+    wider than tall or the reverse, svd for the others)."""
     rule = parse_rule(rule)
+    check_solver(solver)
     tl = [tiles] * len(weights) if isinstance(tiles, int) else list(tiles)
     groups: dict[tuple, list[int]] = {}
     mats = [to_matrix(w.detach(), scheme, t) for w, t in zip(weights, tl)]
@@ -595,11 +665,19 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     for (rows, cols, _, _), idx in groups.items():
         flats = [mats[i].reshape(-1, rows, cols) for i in idx]
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
-        with _svd_threads(batch):
-            u, s, vh = torch.linalg.svd(batch, full_matrices=False)
-        keep = rank_mask(s, rule).to(s.dtype)                    # (B, k), stays on device
-        proj = ((u * (s * keep).unsqueeze(-2)) @ vh).split([f.shape[0] for f in flats])
-        sub = ((u * keep.unsqueeze(-2)) @ vh).split([f.shape[0] for f in flats]) if with_subgradient else None
+        if solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
+            proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
+        elif solver == "auto":
+            proj_b, sub_b = _project_svd(batch, rule, with_subgradient, None)
+        else:
+            driver = solver.partition("-")[2] or None
+            if driver and batch.device.type != "cuda":
+                raise ValueError(f"solver: {solver!r} needs CUDA (the weights are on {batch.device}); "
+                                 f"accepted on CPU: {', '.join(SOLVERS)}")
+            proj_b, sub_b = _project_svd(batch, rule, with_subgradient, driver)
+        sizes = [f.shape[0] for f in flats]
+        proj = proj_b.split(sizes)
+        sub = sub_b.split(sizes) if sub_b is not None else None
         for j, i in enumerate(idx):
             wshape, mshape = weights[i].shape, mats[i].shape
             projected[i] = from_matrix(proj[j].reshape(mshape), scheme, wshape, tl[i])

@@ -3,7 +3,10 @@
 Every ``period`` steps, before the forward pass, each chosen layer's weight is replaced by its
 rank-r reconstruction (r by the energy rule, 0.9) through the batched, sync-free
 ``lowrank.project``; with ``nuclear`` > 0 the nuclear-norm sub-gradient is added to the gradient
-on the same steps (``grad += nuclear * U_r V_r^T``). After training the chosen layers are
+on the same steps (``grad += nuclear * U_r V_r^T``). ``solver`` picks how the projection is
+computed: ``auto`` (default: the Gram-matrix eigensolver where a layer's matrix is at least 2x
+wider than tall, else the exact SVD), ``gram`` or ``svd``; all keep the exact ranks and agree
+with a float64 SVD to float32 rounding (tests/test_lowrank.py, BENCHMARKS.md). After training the chosen layers are
 decomposed with the ``export`` rule (value 0.05 by default), no fine-tuning.
 
 Ablations: ``project=False`` is "Nu without TRP" (only the nuclear-norm term; the weight is not
@@ -34,7 +37,7 @@ class TRP(Method):
 
     def __init__(self, scheme: str = "channel", period: int = 1, energy: float = 0.9, nuclear: float = 0.0,
                  project: bool = True, export: str = "value:0.05", layers: str = "official",
-                 include_stride2: bool = True) -> None:
+                 include_stride2: bool = True, solver: str = "auto") -> None:
         check_param("scheme", scheme, scheme in TRP_SCHEMES, ", ".join(TRP_SCHEMES))
         check_param("period", period, isinstance(period, int) and not isinstance(period, bool) and period >= 1,
                     "an int >= 1")
@@ -45,8 +48,10 @@ class TRP(Method):
         lowrank.parse_rule(export, "export")
         check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
         check_param("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
+        lowrank.check_solver(solver)
         self.scheme, self.period, self.energy, self.nuclear = scheme, period, float(energy), float(nuclear)
         self.project, self.export, self.layers, self.include_stride2 = project, export, layers, include_stride2
+        self.solver = solver
         self.names: list[str] = []
         self._subgrads: Optional[list[Tensor]] = None
         self._subgrad_step = -1
@@ -70,7 +75,8 @@ class TRP(Method):
         # Projected: the sub-gradient of the rank-r weight is U_r V_r^T; unprojected: all of U V^T.
         rule = lowrank.Rule("energy", self.energy) if self.project else lowrank.Rule("ratio", 1.0)
         with torch.no_grad():
-            projected, subgrads = lowrank.project(weights, self.scheme, rule, with_subgradient=self.nuclear > 0)
+            projected, subgrads = lowrank.project(weights, self.scheme, rule, with_subgradient=self.nuclear > 0,
+                                                  solver=self.solver)
             if self.project:
                 for w, p in zip(weights, projected):
                     w.copy_(p)

@@ -321,13 +321,19 @@ def _layer_weights() -> list[torch.Tensor]:
     return ws
 
 
+# the Gram solver squares the matrix before its (float64) eigensolve: 1e-9 instead of 1e-10
+SOLVER_ATOL = {"svd": 1e-10, "gram": 1e-9, "auto": 1e-9}
+
+
+@pytest.mark.parametrize("solver", L.SOLVERS)
 @pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupling"])
-def test_project_matches_per_layer_svd_reference(scheme):
+def test_project_matches_per_layer_svd_reference(scheme, solver):
     weights = _layer_weights()
     if scheme != "channel":
         weights = [w for w in weights if w.shape[-1] * w.shape[-2] > 1]
     rule = "energy:0.6"
-    projected, subgrads = L.project(weights, scheme, rule, with_subgradient=True)
+    atol = SOLVER_ATOL[solver]
+    projected, subgrads = L.project(weights, scheme, rule, with_subgradient=True, solver=solver)
     for w, p, g in zip(weights, projected, subgrads):
         m = ref_matrix(w, scheme)
         ms = m if m.dim() == 3 else m.unsqueeze(0)
@@ -339,37 +345,39 @@ def test_project_matches_per_layer_svd_reference(scheme):
             ref_g.append(u[:, :r] @ vh[:r])
         rp, rg = torch.stack(ref_p).reshape(m.shape), torch.stack(ref_g).reshape(m.shape)
         assert p.shape == w.shape and g.shape == w.shape
-        assert torch.allclose(ref_matrix(p, scheme), rp, atol=1e-10)
-        assert torch.allclose(ref_matrix(g, scheme), rg, atol=1e-10)
+        assert torch.allclose(ref_matrix(p, scheme), rp, atol=atol)
+        assert torch.allclose(ref_matrix(g, scheme), rg, atol=atol)
 
 
-def test_project_tiles_match_per_tile_reference():
+@pytest.mark.parametrize("solver", L.SOLVERS)
+def test_project_tiles_match_per_tile_reference(solver):
     weights = [w for w in _layer_weights() if w.shape[1] % 2 == 0]
-    projected, subgrads = L.project(weights, "channel", "rank:2", tiles=2)
+    projected, subgrads = L.project(weights, "channel", "rank:2", tiles=2, solver=solver)
     for w, p in zip(weights, projected):
-        assert torch.allclose(p, ref_tiled_reconstruct(w, 2, 2), atol=1e-10)
+        assert torch.allclose(p, ref_tiled_reconstruct(w, 2, 2), atol=SOLVER_ATOL[solver])
     # per-weight tile counts; the untiled weight is projected whole
     mixed, _ = L.project(weights[:2], "channel", "rank:2", False, tiles=[2, 1])
     assert torch.allclose(mixed[0], ref_tiled_reconstruct(weights[0], 2, 2), atol=1e-10)
     assert torch.allclose(mixed[1], ref_reconstruct(weights[1], "channel", 2), atol=1e-10)
 
 
-def test_project_one_svd_per_shape_group_and_no_host_sync(monkeypatch):
+@pytest.mark.parametrize("solver,routine", [("svd", "svd"), ("gram", "eigh")])
+def test_project_one_svd_per_shape_group_and_no_host_sync(monkeypatch, solver, routine):
     weights = _layer_weights()  # 3 distinct matrix shapes among 5 layers
     calls = []
-    real_svd = torch.linalg.svd
+    real = getattr(torch.linalg, routine)
 
-    def counting_svd(*a, **k):
+    def counting(*a, **k):
         calls.append(a[0].shape)
-        return real_svd(*a, **k)
+        return real(*a, **k)
 
     def no_sync(*a, **k):
         raise AssertionError("host sync in project()")
 
-    monkeypatch.setattr(torch.linalg, "svd", counting_svd)
+    monkeypatch.setattr(torch.linalg, routine, counting)
     for attr in ("item", "tolist", "__bool__", "__int__", "__float__", "numpy", "cpu"):
         monkeypatch.setattr(torch.Tensor, attr, no_sync)
-    projected, subgrads = L.project(weights, "channel", "energy:0.9", with_subgradient=True)
+    projected, subgrads = L.project(weights, "channel", "energy:0.9", with_subgradient=True, solver=solver)
     monkeypatch.undo()
     assert len(calls) == 3
     assert sorted(c[0] for c in calls) == [1, 1, 3]  # the three (8, 36) layers share one batched call
@@ -378,8 +386,45 @@ def test_project_one_svd_per_shape_group_and_no_host_sync(monkeypatch):
     assert none == [None] * len(weights)
 
 
+@pytest.mark.parametrize("solver", ["gram", "auto"])
+def test_fast_solvers_on_float32_weights_keep_exact_ranks_and_float32_accuracy(solver):
+    # ResNet-20's TRP layers as float32, tall (spatial) and wide (channel) matrices alike
+    from bench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, (3, 32, 32))
+    for scheme in ("channel", "spatial"):
+        names = [n for n, why in L.layer_choice(model, scheme) if why is None]
+        weights = [model.get_submodule(n).weight.detach() for n in names]
+        ref_p, ref_g = L.project([w.double() for w in weights], scheme, "energy:0.9", solver="svd")
+        got_p, got_g = L.project(weights, scheme, "energy:0.9", solver=solver)
+        for w, rp, rg, p, g in zip(weights, ref_p, ref_g, got_p, got_g):
+            assert p.dtype == w.dtype == g.dtype
+            assert float((p.double() - rp).norm() / rp.norm()) < 1e-5
+            assert float((g.double() - rg).norm() / rg.norm()) < 1e-5
+            # same rank: the sub-gradient U_r V_r^T has r singular values equal to one
+            assert torch.linalg.matrix_rank(L.to_matrix(g.double(), scheme), atol=0.5) == \
+                torch.linalg.matrix_rank(L.to_matrix(rg, scheme), atol=0.5)
+
+
+def test_gram_solver_on_a_rank_deficient_matrix_gives_a_finite_subgradient():
+    torch.manual_seed(0)
+    w = (torch.randn(8, 2, dtype=torch.float64) @ torch.randn(2, 36, dtype=torch.float64)).reshape(8, 4, 3, 3)
+    (p,), (g,) = L.project([w], "channel", "ratio:1.0", solver="gram")
+    (rp,), (rg,) = L.project([w], "channel", "rank:2", solver="svd")
+    assert torch.allclose(p, w, atol=1e-9)
+    # only the two real directions count; the zero singular values contribute nothing, not 1/eps
+    assert torch.isfinite(g).all() and torch.allclose(g, rg, atol=1e-6)
+
+
+def test_unknown_solver_is_one_line_naming_what_is_accepted():
+    with pytest.raises(ValueError, match=r"solver: got 'qr'; accepted: svd, gram"):
+        L.project(_layer_weights(), "channel", "rank:1", solver="qr")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA sync check needs a GPU; CPU test above checks by construction")
-def test_project_does_not_sync_on_cuda():
+@pytest.mark.parametrize("solver", L.SOLVERS)
+def test_project_does_not_sync_on_cuda(solver):
     weights = [w.float().cuda() for w in _layer_weights()]
     n_groups = 3
     torch.cuda.synchronize()
@@ -387,12 +432,12 @@ def test_project_does_not_sync_on_cuda():
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            L.project(weights, "channel", "energy:0.9", with_subgradient=True)
+            L.project(weights, "channel", "energy:0.9", with_subgradient=True, solver=solver)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    # torch.linalg.svd syncs once per call (documented by PyTorch; set_sync_debug_mode("error") would
-    # raise inside it), so the check is: at most one sync per shape group, none from our own code
+    # torch.linalg.svd / eigh sync once per call (documented by PyTorch; set_sync_debug_mode("error")
+    # would raise inside them), so the check is: at most one sync per shape group, none from our own code
     assert len(syncs) <= n_groups
 
 
