@@ -218,10 +218,10 @@ def _report(argv: list[str]) -> int:
 
 
 def _speed(argv: list[str]) -> int:
+    from bench.speed import main as main_speed  # imported here: `rankbench run` does not need it
+
     try:
-        from bench.speed import main as main_speed
-    except ImportError as e:
-        print(f"error: speed: bench.speed is not available ({e}); accepted: an install with bench/speed.py",
-              file=sys.stderr)
+        return int(main_speed(argv) or 0)
+    except ValueError as e:  # a bad --model: one line, as every other user error
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return int(main_speed(argv) or 0)

@@ -1,0 +1,319 @@
+"""``rankbench speed``: the numbers that decide what an ImageNet comparison costs.
+
+Four benchmarks, each reported as a ratio measured in one process on one machine (these
+machines are noisy; absolute numbers from different runs do not compare):
+
+1. step       images/s of the harness's own training step (``bench.train.train_step``): plain
+              vs TRP (projection every step, +Nu) for each scheme and projection solver.
+2. projection one ``lowrank.project`` over all TRP layers, per solver, with the ranks and the
+              relative error against an exact float64 SVD (the accuracy a fast solver must keep).
+3. latency    measured inference speed-up of the decomposed model beside its MAC speed-up.
+4. packed     aggregate throughput of N concurrent training processes sharing one GPU vs one
+              alone, after checking that N copies fit in the GPU's memory (CUDA only).
+
+On CPU everything runs with small sizes so the command (and its test) finishes quickly; on
+CUDA it uses bf16 autocast and channels_last, as a real run would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from bench.measure import count_macs, measure_latency
+from bench.models import build_model
+from bench.train import make_optimizer, train_step
+from methods import lowrank
+from methods.base import Context
+from methods.registry import build as build_method
+
+# (model, input shape, classes, batch on CUDA, batch on CPU)
+MODELS: dict[str, tuple[tuple[int, int, int], int, int, int]] = {
+    "resnet20": ((3, 32, 32), 10, 128, 32),
+    "resnet56": ((3, 32, 32), 10, 128, 16),
+    "resnet18": ((3, 224, 224), 1000, 256, 4),
+    "resnet50": ((3, 224, 224), 1000, 256, 2),
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    device: torch.device
+    amp: bool              # bf16 autocast (CUDA only)
+    channels_last: bool
+    steps: int
+    warmup: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each of ``fns`` over ``repeats`` runs after ``warmup`` runs. The functions
+    are timed in turns (a, b, c, a, b, c, ...), so a machine that slows down mid-benchmark slows
+    every variant alike and the ratios between them stay honest."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def _model(name: str, setup: Setup) -> nn.Module:
+    shape, classes, _, _ = MODELS[name]
+    model = build_model(name, classes, shape).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _batch(name: str, batch: int, setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    shape, classes, _, _ = MODELS[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *shape), generator=g).to(setup.device)
+    if setup.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), generator=g).to(setup.device)
+    return x, y
+
+
+def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str, dict[str, Any]]]
+               ) -> list[dict[str, Any]]:
+    """Images/s of the training step for each (label, trp params or {} for plain)."""
+    x, y = _batch(name, batch, setup)
+    shape, classes, _, _ = MODELS[name]
+    steps: dict[str, Callable[[], None]] = {}
+    for label, params in variants:
+        torch.manual_seed(0)
+        model = _model(name, setup)
+        opt = make_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        method = None
+        if params:
+            method = build_method("trp", params)
+            method.attach(model, Context(input_shape=shape, num_classes=classes, steps_per_epoch=1,
+                                         epochs=1, device=setup.device))
+        steps[label] = _stepper(model, x, y, opt, method, setup.amp)
+    secs = _timed(steps, setup.device, setup.steps, setup.warmup)
+    plain = secs.get("plain")
+    return [{"model": name, "batch": batch, "variant": label, "ms": sec * 1e3, "images_per_s": batch / sec,
+             "slowdown_vs_plain": sec / plain if plain else math.nan} for label, sec in secs.items()]
+
+
+def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+             method: Any, amp: bool) -> Callable[[], None]:
+    """One training step per call, counting steps (TRP projects when step % period == 0)."""
+    step = [0]
+
+    def one() -> None:
+        train_step(model, x, y, opt, method, step[0], amp=amp)
+        step[0] += 1
+    return one
+
+
+def solvers(device: torch.device) -> list[str]:
+    """Projection solvers worth timing on ``device``: every portable one, plus cuSOLVER's drivers on CUDA."""
+    return list(lowrank.SOLVERS) + ([f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS] if device.type == "cuda" else [])
+
+
+def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: float = 0.9,
+                     repeats: int = 5) -> list[dict[str, Any]]:
+    """One projection of all TRP layers per solver: time, ranks vs exact, relative error."""
+    torch.manual_seed(0)
+    model = _model(name, setup)
+    names = [n for n, why in lowrank.layer_choice(model, scheme) if why is None]
+    weights = [model.get_submodule(n).weight.detach() for n in names]
+    rule = lowrank.Rule("energy", energy)
+    # the trusted reference: an exact float64 SVD on the CPU
+    ref_p, ref_g = lowrank.project([w.double().cpu() for w in weights], scheme, rule, solver="svd")
+    ref_ranks = [_rank(g, scheme) for g in ref_g]
+    names_ = solvers(setup.device)
+    secs = _timed({sv: (lambda sv=sv: lowrank.project(weights, scheme, rule, solver=sv)) for sv in names_},
+                  setup.device, repeats, 1)
+    rows = []
+    for solver in names_:
+        proj, sub = lowrank.project(weights, scheme, rule, solver=solver)
+        perr = max(float((p.double().cpu() - r).norm() / r.norm()) for p, r in zip(proj, ref_p))
+        gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))
+        ranks = [_rank(g, scheme) for g in sub]
+        rows.append({"model": name, "scheme": scheme, "solver": solver, "layers": len(weights),
+                     "ms": secs[solver] * 1e3, "ranks_equal_exact": ranks == ref_ranks, "rank_sum": sum(ranks),
+                     "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr})
+    return rows
+
+
+def _rank(subgrad: torch.Tensor, scheme: str) -> int:
+    """Rank a projection kept, read from its sub-gradient U_r V_r^T: exactly r singular values are 1."""
+    return int((torch.linalg.svdvals(lowrank.to_matrix(subgrad.double().cpu(), scheme)) > 0.5).sum())
+
+
+def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "channel",
+                  batches: Sequence[int] = (1,), repeats: int = 20) -> list[dict[str, Any]]:
+    """Measured latency speed-up of a model decomposed to ``speedup`` by MACs."""
+    shape = MODELS[name][0]
+    torch.manual_seed(0)
+    dense = build_model(name, MODELS[name][1], shape).eval()
+    small, _ = lowrank.decompose_model(dense, scheme, f"speedup:{speedup}", example_input=torch.zeros(1, *shape))
+    macs_dense, macs_small = count_macs(dense, shape), count_macs(small, shape)
+    dtype = "bfloat16" if setup.amp else "float32"
+    rows = []
+    for b in batches:
+        d = measure_latency(dense, shape, device=setup.device, dtype=dtype, batch=b, repeats=repeats)
+        s = measure_latency(small, shape, device=setup.device, dtype=dtype, batch=b, repeats=repeats)
+        rows.append({"model": name, "scheme": scheme, "device": d["device"], "dtype": dtype, "batch": b,
+                     "dense_ms": d["ms"], "ms": s["ms"], "latency_speedup": d["ms"] / s["ms"],
+                     "macs_speedup": macs_dense / macs_small})
+    return rows
+
+
+def _packed_worker(name: str, batch: int, steps: int, queue: Any) -> None:
+    setup = Setup(torch.device("cuda"), amp=True, channels_last=True, steps=steps, warmup=3)
+    row = bench_step(name, batch, setup, [("plain", {})])[0]
+    queue.put(row["images_per_s"])
+
+
+def peak_train_memory(name: str, batch: int, setup: Setup) -> int:
+    """Peak CUDA bytes of one training step: what a packed trial needs on its GPU."""
+    torch.cuda.reset_peak_memory_stats(setup.device)
+    bench_step(name, batch, Setup(setup.device, setup.amp, setup.channels_last, steps=1, warmup=1),
+               [("plain", {})])
+    return int(torch.cuda.max_memory_allocated(setup.device))
+
+
+def packing_fits(per_trial_bytes: int, n: int, free_bytes: int, headroom: float = 0.85) -> bool:
+    """Whether ``n`` trials of ``per_trial_bytes`` fit, leaving room for CUDA contexts and fragmentation."""
+    return n * per_trial_bytes <= headroom * free_bytes
+
+
+def bench_packed(name: str, batch: int, n: int, steps: int, setup: Setup) -> dict[str, Any]:
+    """Aggregate images/s of ``n`` processes training at once on one GPU vs one alone."""
+    peak = peak_train_memory(name, batch, setup)
+    free, _ = torch.cuda.mem_get_info(setup.device)
+    if not packing_fits(peak, n, free):
+        return {"model": name, "n": n, "skipped": f"{n} x {peak / 2**30:.1f} GiB does not fit in "
+                                                  f"{free / 2**30:.1f} GiB free"}
+    ctx = mp.get_context("spawn")
+
+    def run(k: int) -> list[float]:
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_packed_worker, args=(name, batch, steps, q)) for _ in range(k)]
+        for p in procs:
+            p.start()
+        out = [q.get() for _ in procs]
+        for p in procs:
+            p.join()
+        return out
+
+    single = run(1)[0]
+    together = run(n)
+    return {"model": name, "n": n, "batch": batch, "peak_gib_per_trial": peak / 2**30,
+            "single_images_per_s": single, "aggregate_images_per_s": sum(together),
+            "aggregate_vs_single": sum(together) / single}
+
+
+def environment() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu, "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def _fmt_rows(title: str, rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = [f"## {title}", "  ".join(c.ljust(w) for c, w in zip(cols, width))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, width)) for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:,.1f}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return str(v)
+
+
+def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
+              packed: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    cuda = dev.type == "cuda"
+    setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3), warmup=10 if cuda else 1)
+    out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],
+                           "latency": [], "packed": []}
+    for name in models:
+        if name not in MODELS:
+            raise ValueError(f"--model: {name!r}; accepted: {', '.join(MODELS)}")
+        b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
+        variants: list[tuple[str, dict[str, Any]]] = [("plain", {})]
+        for scheme in ("channel", "spatial"):
+            for solver in lowrank.SOLVERS:
+                variants.append((f"trp-{scheme}-{solver}", {"scheme": scheme, "period": 1, "nuclear": 3e-4,
+                                                          "solver": solver}))
+        log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
+        out["step"] += bench_step(name, b, setup, variants)
+        log(f"[speed] {name}: projection solvers")
+        for scheme in ("channel", "spatial"):
+            out["projection"] += bench_projection(name, setup, scheme)
+        log(f"[speed] {name}: latency")
+        out["latency"] += bench_latency(name, setup, batches=(1, 256) if cuda else (1,))
+        if cuda and packed > 1:
+            log(f"[speed] {name}: {packed} packed trials vs one")
+            out["packed"].append(bench_packed(name, b, packed, setup.steps, setup))
+    if not cuda:
+        out["packed"].append({"skipped": "packing several trials on one GPU needs CUDA"})
+    return out
+
+
+def format_report(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    head = (f"# rankbench speed on {result['device']} ({env['gpu'] or env['machine']}, torch {env['torch']}, "
+            f"{env['cpu_threads']} CPU threads)\n")
+    return head + "\n".join(s for s in (
+        _fmt_rows("training step (images/s; slowdown = TRP step / plain step)", result["step"]),
+        _fmt_rows("projection of all TRP layers (energy 0.9) vs exact float64 SVD", result["projection"]),
+        _fmt_rows("inference latency, decomposed at 2x MACs", result["latency"]),
+        _fmt_rows("packed trials on one GPU", result["packed"])) if s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rankbench speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", nargs="+", default=None,
+                   help=f"models to run (default: resnet20 resnet50 on CUDA, resnet20 on CPU); any of {', '.join(MODELS)}")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50 CUDA, 3 CPU)")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default: the paper's on CUDA, small on CPU)")
+    p.add_argument("--packed", type=int, default=4, help="trials packed on one GPU (CUDA only; 0 or 1 = skip)")
+    p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
+                            else ["resnet20"])
+    result = run_speed(models, args.device, args.steps, args.batch, args.packed)
+    print(format_report(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

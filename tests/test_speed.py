@@ -1,0 +1,73 @@
+"""`rankbench speed` on CPU with small sizes, and the fast projection solver's equivalence in training."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import speed
+from bench.run import run_trial
+from bench.spec import parse_spec
+
+SPEC = """
+sweep: solver
+seeds: [0]
+data: {name: digits}
+model: cnn
+train: {epochs: 3, batch_size: 64, lr: 0.05}
+measure: {latency_repeats: 3}
+methods:
+  - {name: trp, scheme: channel, period: 1, nuclear: 3.0e-4, export: "energy:0.9", solver: [svd, auto]}
+"""
+
+
+def test_trp_trained_with_the_fast_solver_matches_the_exact_svd_on_digits(tmp_path):
+    rows = {}
+    for t in parse_spec(SPEC).trials:
+        row = run_trial(t, tmp_path)
+        assert row["status"] == "ok", row["error"]
+        rows[t.params_dict["solver"]] = row
+    exact, gram = rows["svd"], rows["auto"]
+    # 3 epochs of projection every step: float32-level differences in the projected weights grow
+    # through SGD as any rounding difference does (measured: 2 of 360 validation images), but must
+    # not change what the model learns (within 1 point; seeds differ by more) or the ranks it keeps
+    assert abs(exact["top1"] - gram["top1"]) <= 1.0
+    assert [lay["rank"] for lay in exact["layers"]] == [lay["rank"] for lay in gram["layers"]]
+
+
+def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert speed.main(["--device", "cpu", "--model", "resnet20", "--steps", "1", "--batch", "4",
+                       "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "training step" in printed and "projection of all TRP layers" in printed
+    result = json.loads(out.read_text())
+    variants = {r["variant"] for r in result["step"]}
+    assert variants == {"plain"} | {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in ("svd", "gram", "auto")}
+    assert all(r["images_per_s"] > 0 and r["slowdown_vs_plain"] > 0 for r in result["step"])
+    proj = {(r["scheme"], r["solver"]): r for r in result["projection"]}
+    assert set(proj) == {(sc, so) for sc in ("channel", "spatial") for so in ("svd", "gram", "auto")}
+    for r in proj.values():  # every solver keeps the exact ranks, to float32 accuracy
+        assert r["ranks_equal_exact"] and r["rank_sum"] == r["exact_rank_sum"]
+        assert r["max_rel_err_weight"] < 1e-4 and r["max_rel_err_subgrad"] < 1e-4
+    (lat,) = result["latency"]
+    assert lat["macs_speedup"] == pytest.approx(2.0, rel=0.02) and lat["latency_speedup"] > 0
+    assert result["packed"] == [{"skipped": "packing several trials on one GPU needs CUDA"}]
+
+
+def test_packing_refuses_what_does_not_fit():
+    gib = 2**30
+    assert speed.packing_fits(10 * gib, 4, 79 * gib)
+    assert not speed.packing_fits(20 * gib, 4, 79 * gib)      # 80 GiB > 85% of 79 GiB
+
+
+def test_speed_names_an_unknown_model():
+    with pytest.raises(ValueError, match=r"--model: 'vgg'; accepted: resnet20"):
+        speed.run_speed(["vgg"], device="cpu")
+
+
+def test_rankbench_speed_is_a_cli_command_with_one_line_errors(capsys):
+    from bench.cli import main
+
+    assert main(["speed", "--device", "cpu", "--model", "vgg"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --model: 'vgg'; accepted: resnet20, resnet56, resnet18, resnet50"
