@@ -185,7 +185,8 @@ def _needs_run(store: Store, t: Trial) -> bool:
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
               max_concurrent: int | None = None, out: Callable[[str], None] = print) -> SweepSummary:
     """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end."""
-    from bench.run import _base_row  # failed rows for trials whose baseline failed
+    from bench.packing import check_packing, is_packed
+    from bench.run import _base_row  # failed rows for trials that cannot start
 
     t0 = time.monotonic()
     store = Store(results_root, sweep.name)
@@ -204,6 +205,16 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
             per = max(t.resources_cfg.get("cpus", 1) for t in todo)
             slots = max_concurrent or max(1, int(cpus // per))
             prog = _Progress(len(todo), slots, out)
+            if any(is_packed(t.resources_cfg) for t in todo):
+                # trials sharing a GPU: fail now the ones whose step would not fit in their share
+                refused = check_packing(todo, log=out)
+                for t in todo:
+                    if t.id in refused:
+                        row = _base_row(t)
+                        row.update(status="failed", error=refused[t.id])
+                        store.write_result(row)
+                        prog.finish(t.id, t.label, "failed", row["error"])
+                todo = [t for t in todo if t.id not in refused]
             phase1 = [t for t in todo if t.method == "dense"]
             phase2 = [t for t in todo if t.method != "dense"]
             if phase1:
