@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from bench.measure import count_macs, measure_latency
+from bench.packing import peak_step_memory, share_fits
 from bench.models import build_model
 from bench.train import make_optimizer, train_step
 from methods import lowrank
@@ -189,24 +190,13 @@ def _packed_worker(name: str, batch: int, steps: int, queue: Any) -> None:
     queue.put(row["images_per_s"])
 
 
-def peak_train_memory(name: str, batch: int, setup: Setup) -> int:
-    """Peak CUDA bytes of one training step: what a packed trial needs on its GPU."""
-    torch.cuda.reset_peak_memory_stats(setup.device)
-    bench_step(name, batch, Setup(setup.device, setup.amp, setup.channels_last, steps=1, warmup=1),
-               [("plain", {})])
-    return int(torch.cuda.max_memory_allocated(setup.device))
-
-
-def packing_fits(per_trial_bytes: int, n: int, free_bytes: int, headroom: float = 0.85) -> bool:
-    """Whether ``n`` trials of ``per_trial_bytes`` fit, leaving room for CUDA contexts and fragmentation."""
-    return n * per_trial_bytes <= headroom * free_bytes
-
-
 def bench_packed(name: str, batch: int, n: int, steps: int, setup: Setup) -> dict[str, Any]:
     """Aggregate images/s of ``n`` processes training at once on one GPU vs one alone."""
-    peak = peak_train_memory(name, batch, setup)
+    shape, classes, _, _ = MODELS[name]
+    peak, _ = peak_step_memory(name, {}, {"name": "synthetic", "shape": list(shape), "num_classes": classes},
+                               batch, setup.amp, setup.channels_last)
     free, _ = torch.cuda.mem_get_info(setup.device)
-    if not packing_fits(peak, n, free):
+    if not share_fits(peak, 1 / n, free):       # the sweep's own check (bench.packing), on free memory
         return {"model": name, "n": n, "skipped": f"{n} x {peak / 2**30:.1f} GiB does not fit in "
                                                   f"{free / 2**30:.1f} GiB free"}
     ctx = mp.get_context("spawn")

@@ -55,12 +55,6 @@ def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
     assert result["packed"] == [{"skipped": "packing several trials on one GPU needs CUDA"}]
 
 
-def test_packing_refuses_what_does_not_fit():
-    gib = 2**30
-    assert speed.packing_fits(10 * gib, 4, 79 * gib)
-    assert not speed.packing_fits(20 * gib, 4, 79 * gib)      # 80 GiB > 85% of 79 GiB
-
-
 def test_speed_names_an_unknown_model():
     with pytest.raises(ValueError, match=r"--model: 'vgg'; accepted: resnet20"):
         speed.run_speed(["vgg"], device="cpu")
