@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="{run,methods,show,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
     r.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
-    r.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a new local Ray)")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a new local Ray)")
     r.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
                    help="where rows, checkpoints, logs and Ray's state go: a local or NFS folder, or a "
                         "URI pyarrow opens (s3://bucket/dir, gs://..., file:///dir); default ./results")

@@ -634,7 +634,8 @@ def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Te
 
 
 def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
-            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd") -> tuple[list[Tensor], list[Optional[Tensor]]]:
+            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd"
+            ) -> tuple[list[Tensor], list[Optional[Tensor]]]:
     """Project each weight onto its low-rank set under ``rule``, batched and without host sync.
 
     All matrices of one shape (and dtype/device), whatever layer, filter or tile they come
