@@ -141,7 +141,14 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
             failure = e
         row["history"] = progress.history
         row = _clean(row)
-        store.write_result(row)
+        try:
+            store.write_result(row)
+        except OSError as e:
+            # no row (disk full, folder gone): the trial stays not-done and keeps its epoch
+            # checkpoint, so the next run resumes it; say why here, where `rankbench run` points
+            with contextlib.suppress(OSError):
+                _log(f"trial {trial.id}: result not written: {type(e).__name__}: {e}")
+            raise
         if row["status"] == "ok":
             # the result is safely written: resume points are no longer needed (baseline.pt stays)
             for p in (store.epoch_checkpoint(trial.id), store.checkpoint_dir(trial.id) / "finetune.pt"):

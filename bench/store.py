@@ -51,9 +51,13 @@ def atomic_write_bytes(path: Location, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename != str(path):
+            # a failed write (ENOSPC, EIO) names no file, a failed replace names the temp file:
+            # name the result that was not written, so the one-line error says where
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     # fsync the directory so the rename itself survives a power loss
     with contextlib.suppress(OSError):
