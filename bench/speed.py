@@ -241,34 +241,48 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed")
+
+
 def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
-              packed: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
+              packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     cuda = dev.type == "cuda"
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f"--only: {part!r}; accepted: {', '.join(PARTS)}")
+    for name in models:
+        if name not in MODELS:
+            raise ValueError(f"--model: {name!r}; accepted: {', '.join(MODELS)}")
     setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3), warmup=10 if cuda else 1)
     out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],
                            "latency": [], "packed": []}
     for name in models:
-        if name not in MODELS:
-            raise ValueError(f"--model: {name!r}; accepted: {', '.join(MODELS)}")
         b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
-        variants: list[tuple[str, dict[str, Any]]] = [("plain", {})]
-        for scheme in ("channel", "spatial"):
-            for solver in lowrank.SOLVERS:
-                variants.append((f"trp-{scheme}-{solver}", {"scheme": scheme, "period": 1, "nuclear": 3e-4,
-                                                          "solver": solver}))
-        log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
-        out["step"] += bench_step(name, b, setup, variants)
-        log(f"[speed] {name}: projection solvers")
-        for scheme in ("channel", "spatial"):
-            out["projection"] += bench_projection(name, setup, scheme)
-        log(f"[speed] {name}: latency")
-        out["latency"] += bench_latency(name, setup, batches=(1, 256) if cuda else (1,))
-        if cuda and packed > 1:
+        if "step" in parts:
+            variants: list[tuple[str, dict[str, Any]]] = [("plain", {})]
+            for scheme in ("channel", "spatial"):
+                for solver in lowrank.SOLVERS:
+                    variants.append((f"trp-{scheme}-{solver}", {"scheme": scheme, "period": 1, "nuclear": 3e-4,
+                                                              "solver": solver}))
+            log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
+            out["step"] += bench_step(name, b, setup, variants)
+        if "projection" in parts:
+            log(f"[speed] {name}: projection solvers")
+            for scheme in ("channel", "spatial"):
+                out["projection"] += bench_projection(name, setup, scheme)
+        if "latency" in parts:
+            log(f"[speed] {name}: latency")
+            out["latency"] += bench_latency(name, setup, batches=(1, 256) if cuda else (1,))
+            if cuda:   # deployment on a CPU too: float32, batch 1
+                cpu = Setup(torch.device("cpu"), amp=False, channels_last=False, steps=setup.steps, warmup=1)
+                out["latency"] += bench_latency(name, cpu, batches=(1,))
+        if "packed" in parts and cuda and packed > 1:
             log(f"[speed] {name}: {packed} packed trials vs one")
             out["packed"].append(bench_packed(name, b, packed, setup.steps, setup))
-    if not cuda:
+    if "packed" in parts and not cuda:
         out["packed"].append({"skipped": "packing several trials on one GPU needs CUDA"})
     return out
 
@@ -292,11 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50 CUDA, 3 CPU)")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: the paper's on CUDA, small on CPU)")
     p.add_argument("--packed", type=int, default=4, help="trials packed on one GPU (CUDA only; 0 or 1 = skip)")
+    p.add_argument("--only", nargs="+", default=list(PARTS), metavar="PART",
+                   help=f"benchmarks to run (default: all); any of {', '.join(PARTS)}")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
     models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
                             else ["resnet20"])
-    result = run_speed(models, args.device, args.steps, args.batch, args.packed)
+    result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only)
     print(format_report(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,10 @@ def test_rankbench_speed_is_a_cli_command_with_one_line_errors(capsys):
 
     assert main(["speed", "--device", "cpu", "--model", "vgg"]) == 2
     assert capsys.readouterr().err.strip() == "error: --model: 'vgg'; accepted: resnet20, resnet56, resnet18, resnet50"
+
+
+def test_only_runs_the_parts_asked_for_and_names_an_unknown_one():
+    result = speed.run_speed(["resnet20"], device="cpu", parts=["projection"], log=lambda s: None)
+    assert result["projection"] and not result["step"] and not result["latency"] and not result["packed"]
+    with pytest.raises(ValueError, match=r"--only: 'memory'; accepted: step, projection, latency, packed"):
+        speed.run_speed(["resnet20"], device="cpu", parts=["memory"])
