@@ -167,11 +167,15 @@ def _rank(subgrad: torch.Tensor, scheme: str) -> int:
 
 def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "channel",
                   batches: Sequence[int] = (1,), repeats: int = 20) -> list[dict[str, Any]]:
-    """Measured latency speed-up of a model decomposed to ``speedup`` by MACs."""
+    """Measured latency speed-up of a model decomposed to ``speedup`` by MACs. Where the TRP layers
+    cannot reach it (ResNet-50's channel scheme tops out at 1.8x with rank 1 everywhere), three
+    quarters of the reachable gain is used instead; the row's ``macs_speedup`` says what it was."""
     shape = MODELS[name][0]
     torch.manual_seed(0)
     dense = build_model(name, MODELS[name][1], shape).eval()
-    small, _ = lowrank.decompose_model(dense, scheme, f"speedup:{speedup}", example_input=torch.zeros(1, *shape))
+    example = torch.zeros(1, *shape)
+    speedup = min(speedup, 1 + 0.75 * (lowrank.max_speedup(dense, scheme, example) - 1))
+    small, _ = lowrank.decompose_model(dense, scheme, f"speedup:{speedup}", example_input=example)
     macs_dense, macs_small = count_macs(dense, shape), count_macs(small, shape)
     dtype = "bfloat16" if setup.amp else "float32"
     rows = []
@@ -294,7 +298,7 @@ def format_report(result: dict[str, Any]) -> str:
     return head + "\n".join(s for s in (
         _fmt_rows("training step (images/s; slowdown = TRP step / plain step)", result["step"]),
         _fmt_rows("projection of all TRP layers (energy 0.9) vs exact float64 SVD", result["projection"]),
-        _fmt_rows("inference latency, decomposed at 2x MACs", result["latency"]),
+        _fmt_rows("inference latency, decomposed at 2x MACs (or 3/4 of the most reachable)", result["latency"]),
         _fmt_rows("packed trials on one GPU", result["packed"])) if s)
 
 
