@@ -249,8 +249,10 @@ PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed")
 
 
 def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
-              packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment."""
+              packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
+              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
+    ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     cuda = dev.type == "cuda"
@@ -286,6 +288,8 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
         if "packed" in parts and cuda and packed > 1:
             log(f"[speed] {name}: {packed} packed trials vs one")
             out["packed"].append(bench_packed(name, b, packed, setup.steps, setup))
+        if save:
+            save(out)
     if "packed" in parts and not cuda:
         out["packed"].append({"skipped": "packing several trials on one GPU needs CUDA"})
     return out
@@ -316,11 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
                             else ["resnet20"])
-    result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only)
+
+    def save(result: dict[str, Any]) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_name(args.out.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(args.out)   # atomic: the file is always a complete JSON document
+
+    result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only, save=save)
+    save(result)
     print(format_report(result))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
         print(f"JSON: {args.out}")
     return 0
 
