@@ -17,7 +17,6 @@ import os
 import platform
 import random
 import socket
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -30,7 +29,7 @@ from bench.distributed import DistContext, check_identical, sum_over_ranks, wrap
 from bench.fs import open_append, read_bytes_io
 from bench.spec import Trial
 from bench.store import Store, atomic_torch_save
-from bench.train import Progress, TrainingDiverged, train
+from bench.train import Progress, train
 
 
 class BaselineMissing(RuntimeError):

@@ -3,7 +3,6 @@ DDP equal to TRP in one process on the same global batch, and a preempted DDP ru
 its epoch checkpoint equal to an uninterrupted one."""
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 

@@ -3,7 +3,6 @@ harness relies on, plus the training-time behaviour of TRP and DeepTwist against
 from __future__ import annotations
 
 import inspect
-import io
 import re
 from importlib import metadata
 from pathlib import Path

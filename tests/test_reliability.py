@@ -16,8 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from bench.run import run_trial
 from bench.spec import parse_spec
 from bench.store import Store
 from bench.sweep import run_sweep
+from procs import bench_run, epochs_logged, kill_session, session_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,54 +178,18 @@ def _install_plugin(where: Path) -> Path:
     return where
 
 
-def _bench(args: list[str], cwd: Path, pythonpath: str = str(ROOT)) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    env.pop("RAY_ADDRESS", None)
-    # its own session and process group: Ctrl-C goes to the group, and cleanup can find everything
-    return subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                zombie = (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-                if os.getsid(int(d.name)) == sid and not zombie:
-                    pids.append(int(d.name))
-            except (OSError, IndexError):
-                continue
-    return pids
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL, by pid, whatever the test's driver (session ``sid``) left running."""
-    for _ in range(50):
-        left = _session_pids(sid)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not left:
-            return
-        time.sleep(0.1)
-
-
 def test_a_trial_that_raises_or_goes_nan_is_failed_with_reason_and_epoch_and_the_sweep_goes_on(
         tmp_path, capsys):
     plugins = _install_plugin(tmp_path / "plugins")
     spec = tmp_path / "boom.yaml"
     spec.write_text(BOOM_SPEC)
     # two slots, three trials: the third can only start once one of the first two ended
-    p = _bench([str(spec), "--results", str(tmp_path / "res"), "--max-concurrent", "2"], tmp_path,
+    p = bench_run([str(spec), "--results", str(tmp_path / "res"), "--max-concurrent", "2"], tmp_path,
                pythonpath=os.pathsep.join([str(ROOT), str(plugins)]))
     try:
         out, _ = p.communicate(timeout=240)
     finally:
-        _kill_session(p.pid)
+        kill_session(p.pid)
     assert p.returncode == 1, out                        # 1: the sweep finished, some trials failed
     store = Store(tmp_path / "res", "boom")
     rows = {r["params"]["mode"]: r for r in store.results()}
@@ -280,13 +243,6 @@ def _pid_holding(path: Path) -> int | None:
     return None
 
 
-def _epochs_logged(log: Path) -> int:
-    try:
-        return log.read_text().count("[train] epoch ")
-    except FileNotFoundError:
-        return 0
-
-
 def test_a_killed_ray_worker_is_retried_from_its_last_epoch_checkpoint(tmp_path, ray_session):
     sweep = parse_spec(WORKER_SPEC)
     (t,) = sweep.trials
@@ -297,7 +253,7 @@ def test_a_killed_ray_worker_is_retried_from_its_last_epoch_checkpoint(tmp_path,
     def kill_worker_after_an_epoch() -> None:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not store.trial_path(t.id).exists():
-            if ck.exists() and _epochs_logged(log) >= 1:
+            if ck.exists() and epochs_logged(log) >= 1:
                 pid = _pid_holding(log)
                 if pid is not None:
                     killed["epochs"] = torch.load(ck, weights_only=False)["epoch"]
@@ -357,7 +313,7 @@ def interrupted(tmp_path_factory) -> dict:
     res = tmp / "res"
     sdir = res / "sig"
     seen: dict = {"spec": spec, "res": res, "dir": sdir}
-    p = _bench([str(spec), "--results", str(res), "--max-concurrent", "1"], tmp)
+    p = bench_run([str(spec), "--results", str(res), "--max-concurrent", "1"], tmp)
     seen["pid"] = p.pid
     try:
         deadline = time.monotonic() + 120
@@ -379,7 +335,7 @@ def interrupted(tmp_path_factory) -> dict:
         while p.poll() is None and time.monotonic() < deadline:
             rows = {f.stem for f in (sdir / "trials").glob("*.json")}
             early = [c.parent.name for c in (sdir / "checkpoints").glob("*/epoch.pt")
-                     if c.parent.name not in rows and _epochs_logged(sdir / "logs" / f"{c.parent.name}.log") <= 2]
+                     if c.parent.name not in rows and epochs_logged(sdir / "logs" / f"{c.parent.name}.log") <= 2]
             if rows and early:
                 break
             time.sleep(0.02)
@@ -388,7 +344,7 @@ def interrupted(tmp_path_factory) -> dict:
         seen["out"], _ = p.communicate(timeout=90)
         seen["rc"] = p.returncode
         for _ in range(100):                          # Ray's processes go with their driver
-            seen["left"] = _session_pids(p.pid)
+            seen["left"] = session_pids(p.pid)
             if not seen["left"]:
                 break
             time.sleep(0.1)
@@ -396,7 +352,7 @@ def interrupted(tmp_path_factory) -> dict:
         seen["partial"] = {c.parent.name for c in (sdir / "checkpoints").glob("*/epoch.pt")} - seen["done"]
         seen["logs"] = {f.stem: f.read_text() for f in (sdir / "logs").glob("*.log")}
     finally:
-        _kill_session(p.pid)
+        kill_session(p.pid)
     return seen
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from bench.fs import RemotePath, StorageURIError, location, open_append, read_by
 from bench.spec import parse_spec
 from bench.store import Store, atomic_torch_save
 from bench.sweep import run_sweep
+from procs import bench_run, epochs_logged, kill_session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,44 +133,6 @@ methods:
 """
 
 
-def _bench(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
-    env.pop("RAY_ADDRESS")
-    # its own session: the test can end the driver's whole process group if anything is left
-    return subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def _epochs_logged(log: Path) -> int:
-    try:
-        return log.read_text().count("[train] epoch ")
-    except FileNotFoundError:
-        return 0
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL each process of session ``sid`` (started by the test's driver), by its pid."""
-    for _ in range(50):
-        left = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    zombie = (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-                    if os.getsid(int(d.name)) == sid and not zombie:   # a zombie is dead already
-                        left.append(int(d.name))
-                except (OSError, IndexError):
-                    continue
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not left:
-            return
-        time.sleep(0.1)
-
-
 def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
     spec = tmp_path / "kill.yaml"
     spec.write_text(KILL_SPEC)
@@ -182,7 +143,7 @@ def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
 
     head1 = tmp_path / "head1"
     head1.mkdir()
-    p = _bench([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head1)
+    p = bench_run([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head1)
     try:
         # kill -9 once a trial is finished and another is early on its way: an epoch checkpoint,
         # no row, at most 3 of its 6 epochs done (so it cannot finish while the kill lands)
@@ -190,7 +151,7 @@ def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
         while time.monotonic() < deadline and p.poll() is None:
             rows = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
             early = [c for c in (sweep_dir / "checkpoints").glob("*/epoch.pt") if c.parent.name not in rows
-                     and _epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= 3]
+                     and epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= 3]
             if rows and early:
                 break
             time.sleep(0.05)
@@ -200,7 +161,7 @@ def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
     finally:
         # the head node is gone: end every process this driver started (Ray's raylet, agents and
         # trial workers, all in the session the driver leads), as a lost machine would
-        _kill_session(p.pid)
+        kill_session(p.pid)
     done_before = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
     partial = {c.parent.name for c in (sweep_dir / "checkpoints").glob("*/epoch.pt")} - done_before
     assert 1 <= len(done_before) < 4 and partial
@@ -208,7 +169,7 @@ def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
     # the re-run: another working directory (another head node), a fresh Ray, the same storage
     head2 = tmp_path / "head2"
     head2.mkdir()
-    q = _bench([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head2)
+    q = bench_run([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head2)
     out, _ = q.communicate(timeout=240)
     assert q.returncode == 0, out
     assert f"{len(done_before)} already done, {4 - len(done_before)} to run" in out

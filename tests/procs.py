@@ -1,0 +1,58 @@
+"""Real processes for fault-injection tests: a `rankbench run` driver in its own session, and
+cleanup that leaves nothing of it behind (Ray's helpers included)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_run(args: list[str], cwd: Path, pythonpath: str = str(ROOT)) -> subprocess.Popen:
+    """``python -m bench run ARGS`` with a new local Ray (no RAY_ADDRESS), output captured."""
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env.pop("RAY_ADDRESS", None)
+    # its own session and process group: Ctrl-C goes to the group, and cleanup can find everything
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def epochs_logged(log: Path) -> int:
+    """Epoch lines a trial's log holds so far (0 before it exists)."""
+    try:
+        return log.read_text().count("[train] epoch ")
+    except FileNotFoundError:
+        return 0
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                zombie = (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                if os.getsid(int(d.name)) == sid and not zombie:   # a zombie is dead already
+                    pids.append(int(d.name))
+            except (OSError, IndexError):
+                continue
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL, by pid, whatever the test's driver (session ``sid``) left running."""
+    for _ in range(50):
+        left = session_pids(sid)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not left:
+            return
+        time.sleep(0.1)
