@@ -144,7 +144,9 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI
     print()
-    print(results_table(store_dir, [t.id for t in sweep.trials]))
+    from reports.tables import quick_table
+
+    print(quick_table(store_dir, [t.id for t in sweep.trials]))   # this spec's trials, not every row there
     print()
     n_failed = len(summary.failed)
     print(f"{summary.total} trials: {summary.total - n_failed} ok, {n_failed} failed "
@@ -157,54 +159,6 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         else:
             print(f"failed {tid} {by_id[tid].label}: no result written (see {store_dir / 'logs' / (tid + '.log')})")
     return EXIT_TRIALS_FAILED if n_failed else 0
-
-
-def results_table(store_dir: Path, trial_ids: list[str] | None = None) -> str:
-    """reports.tables.quick_table when present; otherwise mean ± 95% CI over seeds per method."""
-    try:
-        from reports.tables import quick_table
-    except ImportError:
-        quick_table = None
-    if quick_table is not None:
-        return quick_table(store_dir)
-    return _fallback_table(store_dir, trial_ids)
-
-
-def _fallback_table(store_dir: Path, trial_ids: list[str] | None) -> str:
-    import math
-
-    import pandas as pd
-
-    from bench.store import Store
-
-    rows = Store(store_dir.parent, store_dir.name).results()
-    if trial_ids is not None:
-        keep = set(trial_ids)
-        rows = [r for r in rows if r["trial_id"] in keep]
-    df = pd.DataFrame([r for r in rows if r.get("status") == "ok"])
-    if df.empty:
-        return "(no finished trials)"
-    from scipy import stats  # scikit-learn depends on scipy, so it is always installed
-
-    cols = ["top1", "macs", "macs_speedup", "params_count", "latency_speedup"]
-
-    def cell(v: pd.Series) -> str:
-        v = v.dropna().astype(float)
-        if v.empty:
-            return "-"
-        m = v.mean()
-        fmt = (lambda x: f"{x:,.0f}") if abs(m) >= 1000 else (lambda x: f"{x:.2f}")
-        if len(v) < 2:
-            return fmt(m)
-        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-        return f"{fmt(m)} ± {fmt(half)}"
-
-    out = []
-    for (model, method, variant), g in df.groupby(["model", "method", "variant"], sort=False, dropna=False):
-        out.append({"model": model, "method": method, "variant": variant or "", "seeds": len(g),
-                    **{c: cell(g[c]) for c in cols}})
-    table = pd.DataFrame(out)
-    return "mean ± 95% CI over seeds\n" + table.to_string(index=False)
 
 
 def _report(argv: list[str]) -> int:

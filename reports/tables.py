@@ -347,9 +347,13 @@ def failed_list(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def quick_table(results_dir: str | Path | Sequence[str | Path]) -> str:
-    """The Markdown table ``rankbench run`` prints at its end, followed by any failures."""
+def quick_table(results_dir: str | Path | Sequence[str | Path], trial_ids: Sequence[str] | None = None) -> str:
+    """The Markdown table ``rankbench run`` prints at its end, followed by any failures.
+    ``trial_ids``: only these trials (a spec's), so rows of trials since removed from the spec,
+    still in the folder, do not enter the table."""
     df = load_results(results_dir)
+    if trial_ids is not None and not df.empty:
+        df = df[df["trial_id"].isin(set(trial_ids))]
     if df.empty:
         return f"(no result rows under {results_dir})\n"
     text = to_markdown(summarize(df))

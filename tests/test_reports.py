@@ -221,6 +221,15 @@ def test_write_tables_and_quick_table(tmp_path):
     assert "no result rows" in tables.quick_table(tmp_path / "out")
 
 
+def test_quick_table_of_a_spec_leaves_out_rows_of_trials_no_longer_in_it(tmp_path):
+    kept = make_row(sweep="q", method="dense", top1=90.0)
+    gone = make_row(sweep="q", method="svd", params={"scheme": "channel"}, top1=50.0)
+    write_rows(tmp_path, [kept, gone])
+    assert "| svd" in tables.quick_table(tmp_path / "q")               # a folder's report: every row
+    q = tables.quick_table(tmp_path / "q", [kept["trial_id"]])          # `rankbench run`: its spec's
+    assert "| dense" in q and "| svd" not in q and "50.00" not in q
+
+
 def test_cost_column_says_gpu_hours_when_a_gpu_was_used(tmp_path):
     write_rows(tmp_path, [make_row(seed=s, gpu_hours=0.5) for s in range(2)])
     md = tables.to_markdown(collate.summarize(collate.load_results(tmp_path)))
