@@ -76,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:
-        # disk full, results folder removed or read-only while the sweep ran
-        where = e.filename or "results"
-        print(f"error: results: {where}: {e.strerror or e}; accepted: a writable folder with free space",
-              file=sys.stderr)
+        # disk full, results folder removed or read-only while the sweep ran; the store names
+        # the file it could not write, so an error without a file name is not about the results
+        if e.filename:
+            print(f"error: results: {e.filename}: {e.strerror or e}; accepted: a writable folder with free space",
+                  file=sys.stderr)
+        else:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)

@@ -52,3 +52,14 @@ def test_missing_spec_file_and_bad_option_are_one_line_errors(tmp_path):
         f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec"
     r = rankbench("run", "--max-concurrent", "0", "--results", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --max-concurrent: 0")
+
+
+def test_an_os_error_without_a_file_is_not_blamed_on_the_results_folder(monkeypatch, capsys):
+    import bench.cli as cli
+
+    def broken(*a, **k):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_methods", broken)
+    assert cli.main(["methods"]) == 2
+    assert capsys.readouterr().err.strip() == "error: BrokenPipeError: [Errno 32] Broken pipe"
