@@ -668,9 +668,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
         if solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
             proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
-        elif solver == "auto":
-            proj_b, sub_b = _project_svd(batch, rule, with_subgradient, None)
-        else:
+        else:  # svd, auto on a square-ish group, or svd-<driver>
             driver = solver.partition("-")[2] or None
             if driver and batch.device.type != "cuda":
                 raise ValueError(f"solver: {solver!r} needs CUDA (the weights are on {batch.device}); "
