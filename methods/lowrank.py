@@ -570,13 +570,26 @@ def layer_choice(model: nn.Module, scheme: str, layers: Union[str, Sequence[str]
 # --------------------------------------------------------------------------- batched projection
 
 
-SOLVERS: tuple[str, ...] = ("svd", "gram", "auto")
+SOLVERS: tuple[str, ...] = ("svd", "gram", "auto", "warm")
 # "auto" uses the Gram solver where one side is at least this many times the other: the Gram
 # matrix is then small; on square-ish matrices the float64 eigensolve costs as much as the SVD
 # (measured on CPU in BENCHMARKS.md)
 AUTO_GRAM_ASPECT = 2.0
 # LAPACK/cuSOLVER drivers torch.linalg.svd takes on CUDA only; "svd-gesvdj" etc. pick one
 CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
+
+# "warm": TRP at period 1 projects almost the same weights at every step, and weights it has
+# projected have a few large singular values over a small tail, with a wide gap at the cut
+# (measured during training: BENCHMARKS.md). So the previous step's top eigenvectors of the Gram
+# matrix start a subspace iteration that converges in a couple of products, and a k x k
+# eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one. A residual check accepts
+# the result only where its top-r subspace provably lies within WARM_TOL of the exact one;
+# anywhere else the whole group falls back to the full Gram eigensolve, exactly as "gram".
+WARM_ITERS = 2          # subspace iterations before the check (each: one product and a thin QR)
+WARM_TOL = 1e-7         # bound on sin(angle) between the accepted and the exact top-r subspace
+WARM_GUARD = 4          # vectors kept beyond the largest rank, so the cut lies inside the block
+WARM_MAX_FRACTION = 0.5  # above this share of m the k x k solve saves too little: stay cold
+WARM_RULES: tuple[str, ...] = ("energy", "value")  # rules decidable from the top-k and the trace
 
 
 def check_solver(solver: str, field: str = "solver") -> str:
@@ -598,27 +611,27 @@ def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Opti
     return proj, sub
 
 
-def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """The same projection from the eigendecomposition of the small Gram matrix.
-
-    For ``X`` (m x n, m <= n; a tall matrix is transposed first), ``X X^T = U diag(s^2) U^T``
-    gives ``U`` and ``s``, and ``V^T = diag(1/s) U^T X``, so the rank-r weight is
-    ``U_r U_r^T X`` and the sub-gradient ``U_r V_r^T = U_r diag(1/s_r) U_r^T X``. An m x m
-    symmetric eigensolver plus matrix products is far cheaper than a general SVD of X.
-
-    Squaring X squares its condition number, so the Gram matrix, its eigensolve and the two
-    m x m operators run in float64; only the final ``[P; S] @ X`` (one batched product, most of
-    the arithmetic) runs in X's dtype, which matches an exact SVD to X's rounding. Singular
-    values below ``sqrt(eps64) * max(m, n) * s_max`` cannot be resolved from ``s^2``: they count
-    as zero in the sub-gradient (their ``1/s`` would only amplify rounding noise); the projection
-    never divides, so it keeps them as they are."""
+def _gram(batch: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """``(X, X X^T in float64, tall)``: X is the batch, transposed where tall so that X X^T is
+    the smaller Gram matrix. Squaring X squares its condition number, hence float64."""
     tall = batch.shape[-2] > batch.shape[-1]
     x = batch.mT if tall else batch
     x64 = x.to(torch.float64)
-    with _svd_threads(x64):
-        lam, q = torch.linalg.eigh(x64 @ x64.mT)             # ascending eigenvalues
-    s, q = lam.flip(-1).clamp_min(0).sqrt(), q.flip(-1)     # descending, as rank_mask expects
-    keep = rank_mask(s, rule).to(s.dtype)
+    return x, x64 @ x64.mT, tall
+
+
+def _project_from_eigs(x: Tensor, tall: bool, s: Tensor, q: Tensor, keep: Tensor, with_subgradient: bool
+                       ) -> tuple[Tensor, Optional[Tensor]]:
+    """Projection and sub-gradient of X from eigenpairs of its Gram matrix (float64; ``s`` the
+    singular values, descending, ``q`` (B, m, k) their left singular vectors, all of them or the
+    top k; ``keep`` the rule's mask on ``s``). ``V^T = diag(1/s) U^T X``, so the rank-r weight is
+    ``U_r U_r^T X`` and the sub-gradient ``U_r V_r^T = U_r diag(1/s_r) U_r^T X``: the two m x m
+    operators are built in float64 and only the final ``[P; S] @ X`` (one batched product, most
+    of the arithmetic) runs in X's dtype, which matches an exact SVD to X's rounding. Singular
+    values below ``sqrt(eps64) * max(m, n) * s_max`` cannot be resolved from ``s^2``: they count
+    as zero in the sub-gradient (their ``1/s`` would only amplify rounding noise); the projection
+    never divides, so it keeps them as they are."""
+    keep = keep.to(s.dtype)
     ops = [(q * keep.unsqueeze(-2)) @ q.mT]                  # P = U_r U_r^T, (B, m, m)
     if with_subgradient:
         floor = s[..., :1] * (math.sqrt(torch.finfo(torch.float64).eps) * max(x.shape[-2:]))
@@ -633,8 +646,85 @@ def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Te
     return (out[..., :, :m], out[..., :, m:]) if tall else (out[..., :m, :], out[..., m:, :])
 
 
+def _full_eigs(a: Tensor) -> tuple[Tensor, Tensor]:
+    """All singular values (descending) and left singular vectors from the Gram matrix ``a``."""
+    with _svd_threads(a):
+        lam, q = torch.linalg.eigh(a)                        # ascending eigenvalues
+    return lam.flip(-1).clamp_min(0).sqrt(), q.flip(-1)
+
+
+def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """The same projection from the eigendecomposition of the small Gram matrix: for ``X``
+    (m x n, m <= n; a tall matrix is transposed first), ``X X^T = U diag(s^2) U^T`` gives ``U``
+    and ``s`` (see :func:`_project_from_eigs`). An m x m symmetric eigensolver plus matrix
+    products is far cheaper than a general SVD of X."""
+    x, a, tall = _gram(batch)
+    s, q = _full_eigs(a)
+    return _project_from_eigs(x, tall, s, q, rank_mask(s, rule), with_subgradient)
+
+
+def _warm_eigs(a: Tensor, q: Tensor, rule: Rule) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
+    """Top-k eigenpairs of the Gram matrices ``a`` (B, m, m) from a start ``q`` (B, m, k), as
+    ``(s, q, keep, largest rank)`` like :func:`_full_eigs` plus the rule's mask; None where any
+    matrix fails the check (one host read-back for both answers).
+
+    Subspace iteration (``q <- qr(a q)``, :data:`WARM_ITERS` times), then Rayleigh-Ritz: Ritz
+    values ``t`` and vectors. The energy left outside the block is ``tail = trace(a) - sum(t)``;
+    with it as one extra value, the rule's mask on the top k is exactly the mask on the full
+    spectrum as long as the cut falls inside the block (checked). The check (Weyl and
+    Davis-Kahan): with ``R`` the residual ``a q - q diag(t)``, every eigenvalue of ``a`` beyond
+    the kept r is at most ``max(t_{r+1}, tail) + |R|``, so ``sep = t_r - max(t_{r+1}, tail) -
+    2|R|`` > 0 separates the top-r subspace, and ``|R_kept| / sep`` bounds the sine of its angle
+    to the exact one."""
+    for _ in range(WARM_ITERS):
+        q = torch.linalg.qr(a @ q).Q
+    with _svd_threads(a):
+        t, w = torch.linalg.eigh(q.mT @ a @ q)              # k x k: small, batched
+    t, q = t.flip(-1).clamp_min(0), q @ w.flip(-1)
+    tail = (a.diagonal(dim1=-2, dim2=-1).sum(-1) - t.sum(-1)).clamp_min(0)
+    keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
+    keep = keep_k1[..., :-1]
+    k = t.shape[-1]
+    r = keep.sum(-1, keepdim=True)                           # (B, 1)
+    cols = (a @ q - q * t.unsqueeze(-2)).norm(dim=-2)        # residual of each Ritz pair, (B, k)
+    t_r = t.gather(-1, r - 1).squeeze(-1)
+    t_next = t.gather(-1, r.clamp_max(k - 1)).squeeze(-1)
+    sep = t_r - torch.maximum(t_next, tail) - 2 * cols.norm(dim=-1)
+    ok = ~keep_k1[..., k - 1] & ~keep_k1[..., k] & (sep > 0) & ((cols * keep).norm(dim=-1) <= WARM_TOL * sep)
+    r_max = int(torch.where(ok.all(), r.max(), -1))          # the one host sync
+    return (t.sqrt(), q, keep, r_max) if r_max > 0 else None
+
+
+def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[dict], key: tuple
+                  ) -> tuple[Tensor, Optional[Tensor]]:
+    """The Gram projection, started from the factors ``state[key]`` that the previous call on
+    the same group left (see :data:`WARM_ITERS`); a cold start, a rule the top-k cannot decide,
+    or a failed check runs the full eigensolve instead. ``state["warm"]`` / ``state["cold"]``
+    count the two outcomes; ``state`` None keeps nothing: every call is ``gram``."""
+    if state is None:
+        return _project_gram(batch, rule, with_subgradient)
+    x, a, tall = _gram(batch)
+    q0 = state.get(key)
+    if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == a.shape[:-1]:
+        found = _warm_eigs(a, q0, rule)
+        if found is not None:
+            s, q, keep, r_max = found
+            state["warm"] = state.get("warm", 0) + 1
+            state[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]
+            return _project_from_eigs(x, tall, s, q, keep, with_subgradient)
+    s, q = _full_eigs(a)
+    keep = rank_mask(s, rule)
+    state["cold"] = state.get("cold", 0) + 1
+    k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else a.shape[-1]  # host sync, like eigh's
+    if k <= WARM_MAX_FRACTION * a.shape[-1]:
+        state[key] = q[..., :k]
+    else:
+        state.pop(key, None)
+    return _project_from_eigs(x, tall, s, q, keep, with_subgradient)
+
+
 def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
-            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd"
+            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd", state: Optional[dict] = None
             ) -> tuple[list[Tensor], list[Optional[Tensor]]]:
     """Project each weight onto its low-rank set under ``rule``, batched and without host sync.
 
@@ -651,9 +741,12 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
 
     ``solver``: ``"svd"`` (exact, the default), ``"svd-<driver>"`` (exact, a cuSOLVER driver on
     CUDA), ``"gram"`` (eigendecomposition of the small Gram matrix in float64; same ranks and
-    agreement to the weights' rounding, faster on wide matrices: see :func:`_project_gram`) or
+    agreement to the weights' rounding, faster on wide matrices: see :func:`_project_gram`),
     ``"auto"`` (gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
-    wider than tall or the reverse, svd for the others)."""
+    wider than tall or the reverse, svd for the others) or ``"warm"`` (the Gram solver started
+    from the factors the previous call left in ``state``, a dict the caller keeps between calls
+    on the same weights: see :data:`WARM_ITERS`; it checks its answer and falls back to the full
+    eigensolve, so it keeps gram's exactness; it reads back one flag per shape group)."""
     rule = parse_rule(rule)
     check_solver(solver)
     tl = [tiles] * len(weights) if isinstance(tiles, int) else list(tiles)
@@ -666,7 +759,9 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     for (rows, cols, _, _), idx in groups.items():
         flats = [mats[i].reshape(-1, rows, cols) for i in idx]
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
-        if solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
+        if solver == "warm":
+            proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, (rows, cols, batch.shape[0], str(batch.dtype), str(batch.device)))
+        elif solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
             proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
         else:  # svd, auto on a square-ish group, or svd-<driver>
             driver = solver.partition("-")[2] or None

@@ -5,8 +5,11 @@ rank-r reconstruction (r by the energy rule, 0.9) through the batched, sync-free
 ``lowrank.project``; with ``nuclear`` > 0 the nuclear-norm sub-gradient is added to the gradient
 on the same steps (``grad += nuclear * U_r V_r^T``). ``solver`` picks how the projection is
 computed: ``auto`` (default: the Gram-matrix eigensolver where a layer's matrix is at least 2x
-wider than tall, else the exact SVD), ``gram`` or ``svd``; all keep the exact ranks and agree
-with a float64 SVD to float32 rounding (tests/test_lowrank.py, BENCHMARKS.md). After training the chosen layers are
+wider than tall, else the exact SVD), ``gram``, ``svd``, or ``warm`` (the Gram solver started from
+the previous step's factors: a couple of matrix products and a small eigensolve while its check
+holds, the full eigensolve otherwise; the row's ``method_info.warm_start`` counts both); all
+keep the exact ranks and agree with a float64 SVD to float32 rounding (tests/test_lowrank.py,
+BENCHMARKS.md). After training the chosen layers are
 decomposed with the ``export`` rule (value 0.05 by default), no fine-tuning.
 
 Ablations: ``project=False`` is "Nu without TRP" (only the nuclear-norm term; the weight is not
@@ -56,6 +59,7 @@ class TRP(Method):
         self._subgrads: Optional[list[Tensor]] = None
         self._subgrad_step = -1
         self._reports: list[lowrank.LayerReport] = []
+        self._solver_state: dict = {}   # "warm" keeps the previous step's factors here
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
         self.ctx = ctx
@@ -76,7 +80,7 @@ class TRP(Method):
         rule = lowrank.Rule("energy", self.energy) if self.project else lowrank.Rule("ratio", 1.0)
         with torch.no_grad():
             projected, subgrads = lowrank.project(weights, self.scheme, rule, with_subgradient=self.nuclear > 0,
-                                                  solver=self.solver)
+                                                  solver=self.solver, state=self._solver_state)
             if self.project:
                 for w, p in zip(weights, projected):
                     w.copy_(p)
@@ -101,4 +105,7 @@ class TRP(Method):
         return small
 
     def report(self) -> dict[str, Any]:
-        return lowrank.method_report(self._reports, scheme=self.scheme, rule=self.export)
+        facts: dict[str, Any] = {"scheme": self.scheme, "rule": self.export}
+        if self.solver == "warm":  # how often the warm start held, in shape-group projections since start
+            facts["warm_start"] = {k: self._solver_state.get(k, 0) for k in ("warm", "cold")}
+        return lowrank.method_report(self._reports, **facts)

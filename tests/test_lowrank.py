@@ -322,7 +322,7 @@ def _layer_weights() -> list[torch.Tensor]:
 
 
 # the Gram solver squares the matrix before its (float64) eigensolve: 1e-9 instead of 1e-10
-SOLVER_ATOL = {"svd": 1e-10, "gram": 1e-9, "auto": 1e-9}
+SOLVER_ATOL = {"svd": 1e-10, "gram": 1e-9, "auto": 1e-9, "warm": 1e-9}
 
 
 @pytest.mark.parametrize("solver", L.SOLVERS)
@@ -361,7 +361,7 @@ def test_project_tiles_match_per_tile_reference(solver):
     assert torch.allclose(mixed[1], ref_reconstruct(weights[1], "channel", 2), atol=1e-10)
 
 
-@pytest.mark.parametrize("solver,routine", [("svd", "svd"), ("gram", "eigh")])
+@pytest.mark.parametrize("solver,routine", [("svd", "svd"), ("gram", "eigh"), ("warm", "eigh")])
 def test_project_one_svd_per_shape_group_and_no_host_sync(monkeypatch, solver, routine):
     weights = _layer_weights()  # 3 distinct matrix shapes among 5 layers
     calls = []
@@ -386,7 +386,7 @@ def test_project_one_svd_per_shape_group_and_no_host_sync(monkeypatch, solver, r
     assert none == [None] * len(weights)
 
 
-@pytest.mark.parametrize("solver", ["gram", "auto"])
+@pytest.mark.parametrize("solver", ["gram", "auto", "warm"])
 def test_fast_solvers_on_float32_weights_keep_exact_ranks_and_float32_accuracy(solver):
     # ResNet-20's TRP layers as float32, tall (spatial) and wide (channel) matrices alike
     from bench.models import build_model
@@ -405,6 +405,82 @@ def test_fast_solvers_on_float32_weights_keep_exact_ranks_and_float32_accuracy(s
             # same rank: the sub-gradient U_r V_r^T has r singular values equal to one
             assert torch.linalg.matrix_rank(L.to_matrix(g.double(), scheme), atol=0.5) == \
                 torch.linalg.matrix_rank(L.to_matrix(rg, scheme), atol=0.5)
+
+
+def _trp_steady(dtype: torch.dtype, seed: int = 0, scheme: str = "channel") -> list[torch.Tensor]:
+    """Weights as period-1 TRP leaves them: in the scheme's matrix form, a few large singular
+    values over a small tail."""
+    g = torch.Generator().manual_seed(seed)
+    ws = []
+    for out, inp, rank in [(16, 16, 3), (16, 16, 4), (32, 16, 5), (64, 32, 6), (64, 32, 4)]:
+        rows, cols = L.to_matrix(torch.empty(out, inp, 3, 3), scheme).shape
+        u, v = torch.randn(rows, rank, generator=g), torch.randn(rank, cols, generator=g)
+        m = (u * torch.linspace(3, 1, rank)) @ v + 1e-3 * torch.randn(rows, cols, generator=g)
+        ws.append(L.from_matrix(m, scheme, (out, inp, 3, 3)).to(dtype))
+    return ws
+
+
+def _nudge(ws: list[torch.Tensor], size: float, seed: int) -> list[torch.Tensor]:
+    """A training step's worth of change: ``size`` times each weight's RMS, per element."""
+    g = torch.Generator().manual_seed(seed)
+    return [w + size * w.pow(2).mean().sqrt() * torch.randn(w.shape, generator=g, dtype=w.dtype) for w in ws]
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_warm_solver_starts_from_the_last_step_and_stays_exact(scheme):
+    state: dict = {}
+    weights = _trp_steady(torch.float64, scheme=scheme)
+    L.project(weights, scheme, "energy:0.9", solver="warm", state=state)
+    assert state["cold"] == 3 and "warm" not in state        # 3 shape groups, nothing to start from
+    for step in range(3):
+        weights = _nudge(weights, 1e-3, step)
+        p, g = L.project(weights, scheme, "energy:0.9", solver="warm", state=state)
+        rp, rg = L.project(weights, scheme, "energy:0.9", solver="svd")
+        # a stale subspace would be off by about the step (1e-3); the check bounds the angle by 1e-7
+        for a, b in zip(p + g, rp + rg):
+            assert float((a - b).norm() / b.norm()) < 1e-9
+    assert state["warm"] == 9 and state["cold"] == 3
+
+
+def test_warm_check_rejects_a_start_that_misses_the_top_subspace():
+    # a start spanning only the bottom eigenvectors of a diagonal Gram matrix stays there under
+    # subspace iteration (exactly: zeros stay zero), so its Ritz values look like a clean small
+    # spectrum; the energy left outside the block (trace - Ritz values) is what must expose it
+    lam = torch.linspace(10, 1, 16, dtype=torch.float64)
+    a = torch.diag(lam).unsqueeze(0)
+    bottom = torch.eye(16, dtype=torch.float64)[:, -6:].unsqueeze(0)
+    assert L._warm_eigs(a, bottom, L.Rule("energy", 0.9)) is None
+    top = torch.eye(16, dtype=torch.float64)[:, :6].unsqueeze(0)
+    assert L._warm_eigs(torch.diag(torch.cat([lam[:3] * 100, lam[3:] * 1e-6])).unsqueeze(0), top,
+                        L.Rule("energy", 0.9)) is not None
+
+
+def test_warm_solver_falls_back_when_the_weights_jump_and_the_rank_outgrows_the_block():
+    state: dict = {}
+    L.project(_trp_steady(torch.float64), "channel", "energy:0.9", solver="warm", state=state)
+    assert len([k for k in state if isinstance(k, tuple)]) == 3     # a start kept for each group
+    jumped = [w + 10 * torch.randn_like(w) for w in _trp_steady(torch.float64)]  # noise-dominated spectrum
+    p, g = L.project(jumped, "channel", "energy:0.9", solver="warm", state=state)
+    rp, rg = L.project(jumped, "channel", "energy:0.9", solver="svd")
+    assert state.get("warm", 0) == 0 and state["cold"] == 6
+    assert not [k for k in state if isinstance(k, tuple)]  # ranks above half of m: no warm start kept
+    for a, b in zip(p + g, rp + rg):
+        assert float((a - b).norm() / b.norm()) < 1e-9
+
+
+def test_warm_solver_keeps_float32_ranks_on_trp_steady_weights():
+    state: dict = {}
+    weights = _trp_steady(torch.float32)
+    L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+    weights = _nudge(weights, 1e-3, 0)
+    p, g = L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+    rp, rg = L.project([w.double() for w in weights], "channel", "energy:0.9", solver="svd")
+    assert state["warm"] == 3
+    for a, b in zip(p + g, rp + rg):
+        assert a.dtype == torch.float32 and float((a.double() - b).norm() / b.norm()) < 1e-5
+    for a, b in zip(g, rg):
+        assert torch.linalg.matrix_rank(L.to_matrix(a.double(), "channel"), atol=0.5) == \
+            torch.linalg.matrix_rank(L.to_matrix(b, "channel"), atol=0.5)
 
 
 def test_gram_solver_on_a_rank_deficient_matrix_gives_a_finite_subgradient():
@@ -439,6 +515,27 @@ def test_project_does_not_sync_on_cuda(solver):
     # torch.linalg.svd / eigh sync once per call (documented by PyTorch; set_sync_debug_mode("error")
     # would raise inside them), so the check is: at most one sync per shape group, none from our own code
     assert len(syncs) <= n_groups
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA sync check needs a GPU")
+def test_warm_solver_reads_back_a_few_flags_per_group_on_cuda():
+    state: dict = {}
+    L.project([w.float().cuda() for w in _trp_steady(torch.float64)], "channel", "energy:0.9", solver="warm",
+              state=state)
+    weights = [w.float().cuda() for w in _nudge(_trp_steady(torch.float64), 1e-3, 0)]
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert state["warm"] == 3
+    # per group: the k x k eigh's own check, one read-back (accepted? largest rank), and at most
+    # one per thin QR if cuSOLVER's is checked; never one per layer or per matrix
+    assert len(syncs) <= 3 * (2 + L.WARM_ITERS)
 
 
 # --- layer choice and whole-model decomposition -------------------------------------------------
