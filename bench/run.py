@@ -76,7 +76,7 @@ def _base_row(trial: Trial) -> dict[str, Any]:
         "latency_ms": None, "dense_latency_ms": None, "latency_speedup": None,
         "latency_device": None, "latency_dtype": None, "latency_batch": None,
         "layers": [], "wall_s": None, "gpu_hours": None,
-        "baseline_id": None, "train_device": None, "history": [], "skipped_images": None,
+        "baseline_id": None, "train_device": None, "history": [], "skipped_images": None, "method_info": {},
         "env": environment(), "spec": trial.to_dict(),
     }
 
@@ -287,6 +287,8 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
     for k in ("scheme", "rule"):
         if isinstance(report.get(k), str):
             out[k] = report[k]
+    # whatever else the method reports (e.g. how often TRP's warm start held) rides along as is
+    out["method_info"] = {k: v for k, v in report.items() if k not in ("layers", "skipped", "scheme", "rule")}
     return out
 
 
