@@ -24,7 +24,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -102,6 +102,7 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
     x, y = _batch(name, batch, setup)
     shape, classes, _, _ = MODELS[name]
     steps: dict[str, Callable[[], None]] = {}
+    methods: dict[str, Any] = {}
     for label, params in variants:
         torch.manual_seed(0)
         model = _model(name, setup)
@@ -111,11 +112,19 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
             method = build_method("trp", params)
             method.attach(model, Context(input_shape=shape, num_classes=classes, steps_per_epoch=1,
                                          epochs=1, device=setup.device))
-        steps[label] = _stepper(model, x, y, opt, method, setup.amp)
+        steps[label], methods[label] = _stepper(model, x, y, opt, method, setup.amp), method
     secs = _timed(steps, setup.device, setup.steps, setup.warmup)
     plain = secs.get("plain")
     return [{"model": name, "batch": batch, "variant": label, "ms": sec * 1e3, "images_per_s": batch / sec,
-             "slowdown_vs_plain": sec / plain if plain else math.nan} for label, sec in secs.items()]
+             "slowdown_vs_plain": sec / plain if plain else math.nan, "warm_share": _warm_share(methods[label])}
+            for label, sec in secs.items()]
+
+
+def _warm_share(method: Any) -> Optional[float]:
+    """Share of a ``warm`` TRP's shape-group projections (warm-up steps included) that took the
+    warm path; None for other variants."""
+    counts = method.report().get("warm_start") if method is not None else None
+    return counts["warm"] / max(1, counts["warm"] + counts["cold"]) if counts else None
 
 
 def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
@@ -134,29 +143,55 @@ def solvers(device: torch.device) -> list[str]:
     return list(lowrank.SOLVERS) + ([f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS] if device.type == "cuda" else [])
 
 
+def trp_steady_weights(weights: Sequence[torch.Tensor], scheme: str, rule: lowrank.Rule, steps: int = 30,
+                       noise: float = 1e-3) -> list[torch.Tensor]:
+    """Weights as period-1 TRP leaves them: projected at every step with a small random update
+    between (``noise`` times the weight's RMS per element), so the spectrum has the few large
+    values over a small tail that TRP training produces. The cost of the ``warm`` solver depends
+    on it; He-initialised weights (full spectrum, no gap) are its worst case."""
+    g = torch.Generator(device=weights[0].device).manual_seed(0)
+    out = [w.clone() for w in weights]
+    for _ in range(steps):
+        out, _ = lowrank.project(out, scheme, rule, with_subgradient=False, solver="gram")
+        out = [w + noise * w.pow(2).mean().sqrt() * torch.randn(w.shape, generator=g, device=w.device, dtype=w.dtype)
+               for w in out]
+    return out
+
+
 def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: float = 0.9,
                      repeats: int = 5) -> list[dict[str, Any]]:
-    """One projection of all TRP layers per solver: time, ranks vs exact, relative error."""
+    """One projection of all TRP layers per solver, on He-initialised weights and on TRP-steady
+    ones (:func:`trp_steady_weights`): time, ranks vs exact, relative error. ``warm`` keeps its
+    state across the timed calls, as in training; ``warm_share`` says how many of its shape-group
+    projections took the warm path (the rest fell back to the full eigensolve)."""
     torch.manual_seed(0)
     model = _model(name, setup)
     names = [n for n, why in lowrank.layer_choice(model, scheme) if why is None]
-    weights = [model.get_submodule(n).weight.detach() for n in names]
     rule = lowrank.Rule("energy", energy)
-    # the trusted reference: an exact float64 SVD on the CPU
-    ref_p, ref_g = lowrank.project([w.double().cpu() for w in weights], scheme, rule, solver="svd")
-    ref_ranks = [_rank(g, scheme) for g in ref_g]
-    names_ = solvers(setup.device)
-    secs = _timed({sv: (lambda sv=sv: lowrank.project(weights, scheme, rule, solver=sv)) for sv in names_},
-                  setup.device, repeats, 1)
+    init = [model.get_submodule(n).weight.detach() for n in names]
     rows = []
-    for solver in names_:
-        proj, sub = lowrank.project(weights, scheme, rule, solver=solver)
-        perr = max(float((p.double().cpu() - r).norm() / r.norm()) for p, r in zip(proj, ref_p))
-        gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))
-        ranks = [_rank(g, scheme) for g in sub]
-        rows.append({"model": name, "scheme": scheme, "solver": solver, "layers": len(weights),
-                     "ms": secs[solver] * 1e3, "ranks_equal_exact": ranks == ref_ranks, "rank_sum": sum(ranks),
-                     "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr})
+    for kind, weights in (("init", init), ("trp-steady", trp_steady_weights(init, scheme, rule))):
+        # the trusted reference: an exact float64 SVD on the CPU
+        ref_p, ref_g = lowrank.project([w.double().cpu() for w in weights], scheme, rule, solver="svd")
+        ref_ranks = [_rank(g, scheme) for g in ref_g]
+        names_ = solvers(setup.device)
+        states: dict[str, dict] = {sv: {} for sv in names_}
+        for sv in names_:  # prime warm's state, as the previous training step would have
+            lowrank.project(weights, scheme, rule, solver=sv, state=states[sv])
+            states[sv].update(warm=0, cold=0)
+        secs = _timed({sv: (lambda sv=sv: lowrank.project(weights, scheme, rule, solver=sv, state=states[sv]))
+                       for sv in names_}, setup.device, repeats, 1)
+        for solver in names_:
+            st = states[solver]
+            share = st["warm"] / (st["warm"] + st["cold"]) if solver == "warm" else None
+            proj, sub = lowrank.project(weights, scheme, rule, solver=solver, state=st)
+            perr = max(float((p.double().cpu() - r).norm() / r.norm()) for p, r in zip(proj, ref_p))
+            gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))
+            ranks = [_rank(g, scheme) for g in sub]
+            rows.append({"model": name, "scheme": scheme, "weights": kind, "solver": solver, "layers": len(weights),
+                         "ms": secs[solver] * 1e3, "ranks_equal_exact": ranks == ref_ranks, "rank_sum": sum(ranks),
+                         "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr,
+                         "warm_share": share})
     return rows
 
 
