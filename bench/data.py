@@ -1,4 +1,4 @@
-"""Datasets: digits (embedded), CIFAR-10/100 (python pickles), ImageNet (ImageFolder), synthetic.
+"""Datasets: digits (embedded), CIFAR-10/100 (python pickles), ImageNet (ImageFolder, .tar shards), synthetic.
 
 ``build_data(cfg, seed, batch_size, augment, device) -> Data`` is the only entry point the
 harness uses; ``check_data(cfg)`` validates a data config (names, options, files on disk)
@@ -7,13 +7,15 @@ without loading anything, so a spec fails before any training starts.
 Small datasets (digits, CIFAR, synthetic) live as one tensor on the training device and are
 batched, augmented and normalized there by ``TensorLoader``: no worker processes, no per-image
 Python, no host-to-device copy per step. ImageNet streams from disk (section at the bottom):
-worker processes read files and, on the PIL path, decode and crop them; on CUDA the default
-path decodes whole batches with nvJPEG. Unreadable files are skipped and counted.
+worker processes read files (or members of WebDataset .tar shards: ``bench.shards``) and, on
+the PIL path, decode and crop them; on CUDA the default path decodes whole batches with nvJPEG.
+Unreadable images are skipped and counted.
 
 Run ``python -m bench.data`` to measure the ImageNet input pipeline's images/s.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -73,6 +75,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "cifar100": {"root": None, "labels": "fine"},
     "imagenet": {
         "root": None,
+        "layout": "auto",         # imagefolder | tar | auto (tar when root/train holds .tar files)
         "workers": None,          # DataLoader workers; None -> min(8, cpu count)
         "decode": "auto",         # pil | torchvision | auto (torchvision on CUDA, else pil)
         "image_size": 224,
@@ -143,7 +146,7 @@ def _options(cfg: dict) -> tuple[str, dict[str, Any]]:
     if name in ("cifar10", "cifar100", "imagenet"):
         if opts["root"] in (None, ""):
             want = _CIFAR_LAYOUT[name]["expected"] if name in _CIFAR_LAYOUT else (
-                "an ImageFolder tree root/train/<class>/*.JPEG and root/val/<class>/*")
+                f"{_IMAGEFOLDER}, or WebDataset shards root/train/*.tar and root/val/*.tar")
             raise ValueError(f"data.root: missing; dataset {name!r} needs root: a folder with {want}")
     elif opts["root"] is not None:
         raise _bad("root", opts["root"], f"null (dataset {name!r} needs no files)")
@@ -158,6 +161,8 @@ def _options(cfg: dict) -> tuple[str, dict[str, Any]]:
         if opts["labels"] not in ("fine", "coarse"):
             raise _bad("labels", opts["labels"], "fine (100 classes), coarse (20 superclasses)")
     elif name == "imagenet":
+        if opts["layout"] not in IMAGENET_LAYOUTS:
+            raise _bad("layout", opts["layout"], "auto (tar when root/train holds .tar files), imagefolder, tar")
         if opts["workers"] is not None and not (_is_int(opts["workers"]) and opts["workers"] >= 0):
             raise _bad("workers", opts["workers"], "an integer >= 0 or null")
         if opts["decode"] not in ("auto", "pil", "torchvision"):
@@ -213,7 +218,13 @@ def check_data(cfg: dict) -> None:
             if not (folder / fname).is_file():
                 raise ValueError(f"data.root: {folder} has no {fname} (expected {lay['expected']})")
     elif name == "imagenet":
-        _imagenet_classes(Path(opts["root"]).expanduser())
+        root, layout = _imagenet_root(opts)
+        if layout == "tar":
+            from bench import shards
+
+            shards.check_shards(root)
+        else:
+            _imagenet_classes(root)
 
 
 def describe(cfg: dict) -> tuple[tuple[int, ...], int]:
@@ -227,7 +238,13 @@ def describe(cfg: dict) -> tuple[tuple[int, ...], int]:
         nc = 20 if name == "cifar100" and opts["labels"] == "coarse" else _CIFAR_LAYOUT[name]["num_classes"]
         return (3, 32, 32), nc
     if name == "imagenet":
-        classes = _imagenet_classes(Path(opts["root"]).expanduser())
+        root, layout = _imagenet_root(opts)
+        if layout == "tar":
+            from bench import shards
+
+            classes = shards.shard_classes(root)
+        else:
+            classes = _imagenet_classes(root)
         return (3, opts["image_size"], opts["image_size"]), len(classes)
     return tuple(opts["shape"]), int(opts["num_classes"])
 
@@ -504,7 +521,21 @@ def build_data(cfg: dict, seed: int, batch_size: int, augment: bool, device: str
 # --------------------------------------------------------------------------- ImageNet
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_LAYOUTS = ("auto", "imagefolder", "tar")
 _IMAGEFOLDER = "an ImageFolder tree root/train/<class>/*.JPEG and root/val/<class>/*"
+
+
+def _imagenet_root(opts: dict) -> tuple[Path, str]:
+    """(root, layout) with ``auto`` resolved; an explicit ``imagefolder`` over shards is named
+    here, where the reason is known, rather than as a missing class folder."""
+    from bench import shards
+
+    root = Path(opts["root"]).expanduser()
+    layout = shards.resolve_layout(root, opts["layout"])
+    train = root / "train"
+    if layout == "imagefolder" and train.is_dir() and shards.tar_files(train) and not _class_dirs(train):
+        raise _bad("layout", layout, f"tar or auto ({train} holds .tar shards, no class folders)")
+    return root, layout
 
 
 def _class_dirs(split: Path) -> list[str]:
@@ -574,21 +605,30 @@ class ImageFolderSamples(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, str | None]:
-        from PIL import Image
-
         path, label = self.samples[i]
-        try:
-            if self.raw_bytes:
-                with open(path, "rb") as f:
-                    data = f.read()
-                if not data:
-                    raise OSError("empty file")
-                return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, path, None
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")          # forces the full decode: truncation raises here
-            return self.transform(rgb), label, path, None
-        except Exception as e:                   # PIL raises OSError, SyntaxError, ValueError, ...
-            return None, label, path, f"{type(e).__name__}: {e}"
+        return load_sample(Path(path).read_bytes, label, path, None if self.raw_bytes else self.transform)
+
+
+def load_sample(read: Callable[[], bytes], label: int, name: str,
+                transform: Callable | None) -> tuple[torch.Tensor | None, int, str, str | None]:
+    """One ImageNet item, ``(payload, label, name, error)``, from a file's bytes (an ImageFolder
+    file or a shard member: one code path, so both layouts convert and skip alike).
+    ``transform=None``: the bytes as a uint8 tensor, decoded later in batches; else PIL's
+    decode converted to RGB and passed through ``transform``. Any failure, reading included,
+    gives ``payload=None`` and the error text."""
+    from PIL import Image
+
+    try:
+        data = read()
+        if not data:
+            raise OSError("empty file")
+        if transform is None:
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, name, None
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB")              # forces the full decode: truncation raises here
+        return transform(rgb), label, name, None
+    except Exception as e:                       # PIL raises OSError, SyntaxError, ValueError, ...
+        return None, label, name, f"{type(e).__name__}: {e}"
 
 
 def collate_samples(batch: list) -> tuple[Any, torch.Tensor, list[str], list[tuple[str, str]]]:
@@ -791,7 +831,7 @@ class StreamLoader:
 
     def __init__(
         self,
-        dataset: ImageFolderSamples,
+        dataset: torch.utils.data.Dataset,     # ImageFolderSamples or shards.TarSamples
         batch_size: int,
         *,
         shuffle: bool,
@@ -855,10 +895,18 @@ def _imagenet_data(opts: dict, seed: int, batch_size: int, augment: bool, device
                    rank: int = 0, world_size: int = 1) -> Data:
     from torchvision import transforms as T
 
-    root = Path(opts["root"]).expanduser()
-    classes = _imagenet_classes(root)
-    train_s = _scan(root / "train", classes, opts["train_per_class"])
-    val_s = _scan(root / "val", classes, opts["val_per_class"])
+    root, layout = _imagenet_root(opts)
+    samples: Callable[..., torch.utils.data.Dataset]
+    if layout == "tar":
+        from bench import shards
+
+        train_s, val_s, classes = shards.load_splits(root, opts["train_per_class"], opts["val_per_class"])
+        samples = shards.TarSamples
+    else:
+        classes = _imagenet_classes(root)
+        train_s = _scan(root / "train", classes, opts["train_per_class"])
+        val_s = _scan(root / "val", classes, opts["val_per_class"])
+        samples = ImageFolderSamples
     decode = opts["decode"]
     if decode == "auto":
         decode = "torchvision" if device.type == "cuda" else "pil"
@@ -867,10 +915,10 @@ def _imagenet_data(opts: dict, seed: int, batch_size: int, augment: bool, device
     if decode == "pil":
         val_t = T.Compose([T.Resize(resize), T.CenterCrop(size), T.PILToTensor()])
         train_t = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()]) if augment else val_t
-        dtr, dva = ImageFolderSamples(train_s, train_t), ImageFolderSamples(val_s, val_t)
+        dtr, dva = samples(train_s, train_t), samples(val_s, val_t)
         dec_tr = dec_va = None
     else:
-        dtr, dva = ImageFolderSamples(train_s, raw_bytes=True), ImageFolderSamples(val_s, raw_bytes=True)
+        dtr, dva = samples(train_s, raw_bytes=True), samples(val_s, raw_bytes=True)
         dec_tr = TensorDecoder(device, train=augment, size=size, resize=resize, seed=seed)
         dec_va = TensorDecoder(device, train=False, size=size, resize=resize, seed=seed)
     common = dict(seed=seed, workers=workers, device=device, rank=rank, world_size=world_size)
@@ -880,7 +928,7 @@ def _imagenet_data(opts: dict, seed: int, batch_size: int, augment: bool, device
     val = StreamLoader(dva, batch_size, shuffle=False, drop_last=False, decoder=dec_va, pad=False, **common)
     return Data(train=train, val=val, input_shape=(3, size, size), num_classes=len(classes),
                 steps_per_epoch=len(train), name="imagenet", train_size=len(train_s), val_size=len(val_s),
-                class_names=classes, info={"decode": decode, "workers": workers})
+                class_names=classes, info={"decode": decode, "workers": workers, "layout": layout})
 
 
 # --------------------------------------------------------------------------- input-pipeline benchmark
