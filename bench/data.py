@@ -979,7 +979,8 @@ def input_throughput(cfg: dict, device: str | torch.device = "cpu", batch_size: 
             n += len(x)
     dt = time.perf_counter() - t0
     return {"images_per_s": n / dt, "images": n, "seconds": dt, "decode": data.info.get("decode"),
-            "workers": data.info.get("workers"), "batch": batch_size, "device": str(device),
+            "workers": data.info.get("workers"), "layout": data.info.get("layout"), "batch": batch_size,
+            "device": str(device),
             "skipped": data.skipped}
 
 
@@ -1005,6 +1006,34 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{text!r}: accepted: WIDTHxHEIGHT, e.g. 500x375")
+
+
+def _synthetic_roots(a: Any, base: Path) -> dict[str, str]:
+    """layout -> root of the synthetic JPEGs in each layout the probe times; the shards are a
+    conversion of the same ImageFolder, so both layouts hold the very same files."""
+    folder = fake_imagefolder(base, a.images, a.classes, a.size)
+    roots = {}
+    for layout in a.layout or ["imagefolder"]:
+        if layout == "tar":
+            from bench.shards import imagefolder_to_shards, tar_files
+
+            if not ((base / "shards" / "train").is_dir() and tar_files(base / "shards" / "train")):
+                imagefolder_to_shards(folder, base / "shards", a.shard_size)
+            roots["tar"] = str(base / "shards")
+        else:
+            roots["imagefolder"] = str(folder)
+    return roots
+
+
+def _probe_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median images/s per (layout, decode) over the rounds, and tar / imagefolder per decode."""
+    runs: dict[str, list[float]] = {}
+    for r in rows:
+        runs.setdefault(f"{r['layout']}/{r['decode']}", []).append(round(r["images_per_s"], 1))
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    ratio = {k.split("/")[1]: round(v / med[f"imagefolder/{k.split('/')[1]}"], 3) for k, v in med.items()
+             if k.startswith("tar/") and f"imagefolder/{k.split('/')[1]}" in med}
+    return {"median_images_per_s": med, "runs": runs, "tar_over_imagefolder": ratio}
 
 
 def _main(argv: list[str] | None = None) -> None:
@@ -1034,13 +1063,48 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(8, cpus))")
     p.add_argument("--step-model", default=None, choices=["resnet18", "resnet50"],
                    help="also time that model's bf16 training step (images/s the pipeline must match)")
+    p.add_argument("--layout", nargs="+", default=None, choices=["imagefolder", "tar"],
+                   help="layouts to time: imagefolder, tar (WebDataset shards). The synthetic data is written "
+                        "in each (shards under DIR/shards; default imagefolder); --root is timed in its own "
+                        "layout (auto-detected unless one --layout is given)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every (layout, decode) pair this many rounds, alternating, then print the medians "
+                        "and the tar / imagefolder ratio (default 1)")
+    p.add_argument("--write-shards", metavar="DIR",
+                   help="convert the ImageFolder at --root into WebDataset shards in DIR (train/, val/, "
+                        "classes.txt) and exit without timing")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="images per shard when writing shards (default 1000)")
     a = p.parse_args(argv)
+    if a.write_shards:
+        from bench.shards import imagefolder_to_shards
+
+        if not a.root:
+            p.error("--write-shards needs --root, the ImageFolder to convert")
+        try:
+            counts = imagefolder_to_shards(a.root, a.write_shards, a.shard_size)
+        except ValueError as e:               # a bad root or shard size: one line, no traceback
+            p.error(str(e))
+        print(json.dumps({"shards": a.write_shards, **counts}))
+        return
+    if a.root and a.layout and len(a.layout) > 1:
+        p.error("--root holds one layout; to compare, convert it with --write-shards and time each root")
     with tempfile.TemporaryDirectory() as tmp:
-        root = a.root or str(fake_imagefolder(a.write or tmp, a.images, a.classes, a.size))
-        for decode in a.decode:
-            cfg = {"name": "imagenet", "root": root, "decode": decode, "workers": a.workers}
-            print(json.dumps({"root": root, **input_throughput(cfg, a.device, a.batch_size, a.batches)}),
-                  flush=True)
+        if a.root:
+            roots = {a.layout[0] if a.layout else "auto": a.root}
+        else:
+            roots = _synthetic_roots(a, Path(a.write or tmp))
+        rows = []
+        for r in range(a.rounds):
+            # ABBA order: a drift in machine load (2 shared cores) biases neither layout
+            for layout, root in (roots.items() if r % 2 == 0 else reversed(roots.items())):
+                for decode in a.decode:
+                    cfg = {"name": "imagenet", "root": root, "layout": layout, "decode": decode,
+                           "workers": a.workers}
+                    rows.append({"root": root, **input_throughput(cfg, a.device, a.batch_size, a.batches)})
+                    print(json.dumps(rows[-1]), flush=True)
+        if a.rounds > 1 or len(roots) > 1:
+            print(json.dumps(_probe_summary(rows)), flush=True)
     if a.step_model:
         import torchvision
 

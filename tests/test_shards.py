@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_data import SMALL, _gradient, _pixels, make_imagefolder
 
-from bench.data import build_data, check_data, describe
+from bench.data import _main, build_data, check_data, describe
 from bench.shards import imagefolder_to_shards, write_fake_shards
 
 
@@ -235,3 +237,26 @@ def test_a_truncated_shard_skips_its_lost_images_instead_of_failing(tmp_path, ca
     assert any("is truncated" in r.message and shard.name in r.message for r in caplog.records)
     assert sum(len(y) for _, y in d.train) == 3 and d.skipped == 1
     assert "truncated shard" in next(iter(d.train.skipped_files.values()))
+
+
+def test_probe_times_imagefolder_and_shards_alternating_and_converts_a_root(tmp_path, capsys):
+    args = ["--write", str(tmp_path / "fake"), "--images", "8", "--classes", "2", "--size", "64x48",
+            "--batch-size", "4", "--batches", "1", "--workers", "0", "--device", "cpu", "--decode", "pil",
+            "--layout", "imagefolder", "tar", "--rounds", "2", "--shard-size", "3"]
+    _main(args)
+    *rows, summary = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["layout"] for r in rows] == ["imagefolder", "tar", "tar", "imagefolder"]        # ABBA
+    assert rows[1]["root"] == str(tmp_path / "fake" / "shards") and all(r["skipped"] == 0 for r in rows)
+    assert len(list((tmp_path / "fake" / "shards" / "train").glob("*.tar"))) == 3
+    assert summary["tar_over_imagefolder"]["pil"] > 0 and len(summary["runs"]["tar/pil"]) == 2
+
+    _main(["--root", str(tmp_path / "fake"), "--write-shards", str(tmp_path / "mine"), "--shard-size", "5"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["train_images"] == 8 and out["train_shards"] == 2 and out["val_shards"] == 1
+    assert (tmp_path / "mine" / "classes.txt").read_text() == "n00000000\nn00000001\n"
+    with tarfile.open(tmp_path / "mine" / "train" / "imagenet-train-000000.tar") as tar:
+        names = tar.getnames()
+    assert len(names) == 10 and names[0].endswith(".cls") and names[1] == names[0][:-4] + ".jpg"
+    with pytest.raises(SystemExit):
+        _main(["--write-shards", str(tmp_path / "x")])                  # needs --root
+    assert np.isfinite(summary["median_images_per_s"]["imagefolder/pil"])
