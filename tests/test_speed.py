@@ -48,13 +48,18 @@ def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
     assert "training step" in printed and "projection of all TRP layers" in printed
     result = json.loads(out.read_text())
     variants = {r["variant"] for r in result["step"]}
-    assert variants == {"plain"} | {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in ("svd", "gram", "auto")}
+    solvers = ("svd", "gram", "auto", "warm")
+    assert variants == {"plain"} | {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in solvers}
     assert all(r["images_per_s"] > 0 and r["slowdown_vs_plain"] > 0 for r in result["step"])
-    proj = {(r["scheme"], r["solver"]): r for r in result["projection"]}
-    assert set(proj) == {(sc, so) for sc in ("channel", "spatial") for so in ("svd", "gram", "auto")}
+    assert all((r["warm_share"] is not None) == r["variant"].endswith("-warm") for r in result["step"])
+    proj = {(r["weights"], r["scheme"], r["solver"]): r for r in result["projection"]}
+    assert set(proj) == {(w, sc, so) for w in ("init", "trp-steady") for sc in ("channel", "spatial") for so in solvers}
     for r in proj.values():  # every solver keeps the exact ranks, to float32 accuracy
         assert r["ranks_equal_exact"] and r["rank_sum"] == r["exact_rank_sum"]
         assert r["max_rel_err_weight"] < 1e-4 and r["max_rel_err_subgrad"] < 1e-4
+    # He-initialised weights fill their spectrum (no warm start is kept); TRP-steady ones take it
+    assert proj[("init", "channel", "warm")]["warm_share"] == 0
+    assert proj[("trp-steady", "channel", "warm")]["warm_share"] > 0.5
     (lat,) = result["latency"]
     assert lat["macs_speedup"] == pytest.approx(2.0, rel=0.02) and lat["latency_speedup"] > 0
     assert result["packed"] == [{"skipped": "packing several trials on one GPU needs CUDA"}]
