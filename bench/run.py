@@ -204,7 +204,8 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
     if main:
         ckdir.mkdir(parents=True, exist_ok=True)
     fit = dict(momentum=tc["momentum"], weight_decay=tc["weight_decay"], amp=tc["amp"],
-               channels_last=tc["channels_last"], device=device, progress=progress, log=log)
+               channels_last=tc["channels_last"], compile=tc.get("compile", False), device=device,
+               progress=progress, log=log)
     out: dict[str, Any] = {"train_device": str(device)}
     sync_bn = bool(tc.get("sync_bn", False))
     train_epochs = 0

@@ -40,7 +40,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # batch norm statistics over the global batch of a data-parallel trial (GPU only); left
     # out of the Trial while false, so trials that never set it keep their ids
     "sync_bn": False,
+    # torch.compile the training forward: true (inductor), a compile mode or a dynamo backend;
+    # left out of the Trial while false, like sync_bn
+    "compile": False,
 }
+# what train.compile takes besides true/false: torch.compile's modes (inductor) ...
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # cpus and gpus are for the whole trial; workers > 1 (or gpus > 1) trains it data-parallel,
 # each worker taking an equal share (bench.distributed)
 RESOURCES_DEFAULTS: dict[str, Any] = {"cpus": 1, "gpus": 0, "workers": 1}
@@ -303,9 +308,23 @@ def _normalize_train(where: str, t: dict) -> dict:
         raise _fail(f"{where}.milestones", ms, "a list of increasing epoch numbers >= 1, e.g. [81, 122]")
     for k in ("augment", "amp", "channels_last", "sync_bn"):
         out[k] = _bool(f"{where}.{k}", out[k])
-    if not out["sync_bn"]:
-        del out["sync_bn"]
+    out["compile"] = _compile_choice(f"{where}.compile", out["compile"])
+    for k in ("sync_bn", "compile"):
+        if not out[k]:
+            del out[k]
     return out
+
+
+def _compile_choice(where: str, v: Any) -> bool | str:
+    """false, true (inductor's default mode), one of :data:`COMPILE_MODES`, or a dynamo backend."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v in COMPILE_MODES:
+        return v
+    import torch._dynamo  # only when asked for: the import takes a second or two
+
+    # the default backends, plus the two debugging ones that tell a compiler fault from a model's
+    return _choice(where, v, ["true", "false", *COMPILE_MODES, *torch._dynamo.list_backends(), "eager", "aot_eager"])
 
 
 def _normalize_resources(where: str, r: dict) -> dict:

@@ -139,6 +139,18 @@ def _log_skipped(data: Any, log: Callable[[str], None], phase: str, total: int, 
     return seen | set(new)
 
 
+def compiled(module: nn.Module, how: bool | str) -> nn.Module:
+    """``torch.compile(module)`` as ``train.compile`` asks: true -> inductor, a mode name ->
+    inductor in that mode, anything else -> that dynamo backend (names checked at spec time)."""
+    from bench.spec import COMPILE_MODES
+
+    if how is True:
+        return torch.compile(module)
+    if how in COMPILE_MODES:
+        return torch.compile(module, mode=str(how))
+    return torch.compile(module, backend=str(how))
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -152,6 +164,7 @@ def train(
     gamma: float = 0.1,
     amp: bool = False,
     channels_last: bool = False,
+    compile: bool | str = False,
     method: Any = None,
     device: torch.device | str = "cpu",
     checkpoint: Path | None = None,
@@ -169,6 +182,10 @@ def train(
     ``epoch_offset``: numbering for ``progress.last_good_epoch`` when this is a later phase.
     ``forward``: DDP wrapper of ``model`` for data-parallel training (``bench.distributed``); then
     the epoch's loss is averaged over ranks and only rank 0 writes the checkpoint.
+    ``compile``: ``torch.compile`` the training forward (``forward`` or ``model``): true for
+    inductor, a mode name (``"reduce-overhead"``: CUDA graphs) or a dynamo backend. Only the
+    training forward is compiled; evaluation and checkpoints use ``model`` itself. The method's
+    hooks change the weights in place between steps, which a compiled forward reads as inputs.
     """
     from bench.distributed import epoch_sync, is_main, sum_over_ranks
     from bench.measure import evaluate
@@ -179,6 +196,8 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     spe = int(data.steps_per_epoch)
+    if compile:
+        forward = compiled(forward or model, compile)
     opt = make_optimizer(model, lr, momentum, weight_decay)
     sched = make_scheduler(opt, schedule, epochs, spe, milestones, gamma)
     # bf16 autocast needs no loss scaling; on CPU it is slower, so amp only applies on CUDA

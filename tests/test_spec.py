@@ -177,3 +177,14 @@ def test_cifar_root_names_the_missing_file(tmp_path):
 def test_missing_spec_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="no such file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_train_compile_takes_true_a_mode_or_a_backend_and_false_keeps_the_trial_id():
+    plain = spec(BASE)
+    assert [t.id for t in spec(BASE.replace("lr: 0.05}", "lr: 0.05, compile: false}"))] == [t.id for t in plain]
+    for value, kept in (("true", True), ("reduce-overhead", "reduce-overhead"), ("aot_eager", "aot_eager")):
+        t = spec(BASE.replace("lr: 0.05}", f"lr: 0.05, compile: {value}}}"))[0]
+        assert t.train_cfg["compile"] == kept and t.id != plain[0].id
+    with pytest.raises(SpecError, match=r"^train.compile: 'inductr': unknown \(did you mean 'inductor'\?\); "
+                                        r"accepted: true, false, default, reduce-overhead, .*inductor"):
+        spec(BASE.replace("lr: 0.05}", "lr: 0.05, compile: inductr}"))

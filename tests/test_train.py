@@ -111,3 +111,24 @@ def test_channels_last_cnn_trains_and_returns_to_contiguous_weights():
     assert prog.history[0]["loss"] < 2.3            # learned something (ln 10 = 2.30 at chance)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()               # saved / measured in the default layout
+
+
+def test_a_compiled_forward_sees_trps_in_place_projection_and_trains_like_eager():
+    # aot_eager traces through dynamo and AOTAutograd like inductor does, without generating code
+    # (inductor would take a minute of C++ compilation here); a graph that had frozen the weights
+    # as constants would train on stale, unprojected weights and drift from eager at once
+    from methods.base import Context
+    from methods.trp import TRP
+
+    def run(compile):
+        data, _ = setup()
+        torch.manual_seed(0)
+        model = build_model("cnn", data.num_classes, data.input_shape)
+        trp = TRP(scheme="channel", nuclear=3e-4, export="energy:0.9")
+        trp.attach(model, Context(data.input_shape, data.num_classes, data.steps_per_epoch, 1))
+        train(model, data, epochs=1, method=trp, compile=compile, log=lambda s: None, **FIT)
+        return model
+
+    eager, comp = run(False), run("aot_eager")
+    for (name, a), b in zip(eager.state_dict().items(), comp.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name
