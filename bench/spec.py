@@ -308,14 +308,14 @@ def _normalize_train(where: str, t: dict) -> dict:
         raise _fail(f"{where}.milestones", ms, "a list of increasing epoch numbers >= 1, e.g. [81, 122]")
     for k in ("augment", "amp", "channels_last", "sync_bn"):
         out[k] = _bool(f"{where}.{k}", out[k])
-    out["compile"] = _compile_choice(f"{where}.compile", out["compile"])
+    out["compile"] = check_compile(f"{where}.compile", out["compile"])
     for k in ("sync_bn", "compile"):
         if not out[k]:
             del out[k]
     return out
 
 
-def _compile_choice(where: str, v: Any) -> bool | str:
+def check_compile(where: str, v: Any) -> bool | str:
     """false, true (inductor's default mode), one of :data:`COMPILE_MODES`, or a dynamo backend."""
     if isinstance(v, bool):
         return v

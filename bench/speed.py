@@ -32,7 +32,8 @@ from torch import nn
 from bench.measure import count_macs, measure_latency
 from bench.packing import peak_step_memory, share_fits
 from bench.models import build_model
-from bench.train import make_optimizer, train_step
+from bench.spec import check_compile
+from bench.train import compiled, make_optimizer, train_step
 from methods import lowrank
 from methods.base import Context
 from methods.registry import build as build_method
@@ -96,14 +97,15 @@ def _batch(name: str, batch: int, setup: Setup) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
-def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str, dict[str, Any]]]
+def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str, dict[str, Any], bool | str]]
                ) -> list[dict[str, Any]]:
-    """Images/s of the training step for each (label, trp params or {} for plain)."""
+    """Images/s of the training step for each (label, trp params or {} for plain, train.compile);
+    a compiled variant compiles during the warm-up steps, which are not timed."""
     x, y = _batch(name, batch, setup)
     shape, classes, _, _ = MODELS[name]
     steps: dict[str, Callable[[], None]] = {}
     methods: dict[str, Any] = {}
-    for label, params in variants:
+    for label, params, compile in variants:
         torch.manual_seed(0)
         model = _model(name, setup)
         opt = make_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -112,7 +114,8 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
             method = build_method("trp", params)
             method.attach(model, Context(input_shape=shape, num_classes=classes, steps_per_epoch=1,
                                          epochs=1, device=setup.device))
-        steps[label], methods[label] = _stepper(model, x, y, opt, method, setup.amp), method
+        forward = compiled(model, compile) if compile else None
+        steps[label], methods[label] = _stepper(model, x, y, opt, method, setup.amp, forward), method
     secs = _timed(steps, setup.device, setup.steps, setup.warmup)
     plain = secs.get("plain")
     return [{"model": name, "batch": batch, "variant": label, "ms": sec * 1e3, "images_per_s": batch / sec,
@@ -128,12 +131,12 @@ def _warm_share(method: Any) -> Optional[float]:
 
 
 def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-             method: Any, amp: bool) -> Callable[[], None]:
+             method: Any, amp: bool, forward: nn.Module | None = None) -> Callable[[], None]:
     """One training step per call, counting steps (TRP projects when step % period == 0)."""
     step = [0]
 
     def one() -> None:
-        train_step(model, x, y, opt, method, step[0], amp=amp)
+        train_step(model, x, y, opt, method, step[0], amp=amp, forward=forward)
         step[0] += 1
     return one
 
@@ -285,8 +288,9 @@ PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed")
 
 def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
               packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
-              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False) -> dict[str, Any]:
     """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
+    ``compile`` (a ``train.compile`` value) adds compiled plain and TRP (channel, warm) steps.
     ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -303,11 +307,14 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     for name in models:
         b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
         if "step" in parts:
-            variants: list[tuple[str, dict[str, Any]]] = [("plain", {})]
+            trp = {"period": 1, "nuclear": 3e-4}
+            variants: list[tuple[str, dict[str, Any], bool | str]] = [("plain", {}, False)]
             for scheme in ("channel", "spatial"):
                 for solver in lowrank.SOLVERS:
-                    variants.append((f"trp-{scheme}-{solver}", {"scheme": scheme, "period": 1, "nuclear": 3e-4,
-                                                              "solver": solver}))
+                    variants.append((f"trp-{scheme}-{solver}", {**trp, "scheme": scheme, "solver": solver}, False))
+            if compile:
+                variants += [("plain-compiled", {}, compile),
+                             ("trp-channel-warm-compiled", {**trp, "scheme": "channel", "solver": "warm"}, compile)]
             log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
             out["step"] += bench_step(name, b, setup, variants)
         if "projection" in parts:
@@ -352,7 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", default=list(PARTS), metavar="PART",
                    help=f"benchmarks to run (default: all); any of {', '.join(PARTS)}")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="also time compiled steps: true, a torch.compile mode (reduce-overhead: CUDA graphs) or backend")
     args = p.parse_args(argv)
+    compile = False if args.compile is None else check_compile("--compile", {"true": True}.get(args.compile, args.compile))
     models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
                             else ["resnet20"])
 
@@ -363,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp.write_text(json.dumps(result, indent=2))
             tmp.replace(args.out)   # atomic: the file is always a complete JSON document
 
-    result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only, save=save)
+    result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only, save=save,
+                       compile=compile)
     save(result)
     print(format_report(result))
     if args.out:

@@ -106,7 +106,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     if method is not None:
         method.before_step(model, step)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = nn.functional.cross_entropy((forward or model)(x), y)
+        loss = nn.functional.cross_entropy((model if forward is None else forward)(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if method is not None:
@@ -197,7 +197,7 @@ def train(
         model.to(memory_format=torch.channels_last)
     spe = int(data.steps_per_epoch)
     if compile:
-        forward = compiled(forward or model, compile)
+        forward = compiled(model if forward is None else forward, compile)
     opt = make_optimizer(model, lr, momentum, weight_decay)
     sched = make_scheduler(opt, schedule, epochs, spe, milestones, gamma)
     # bf16 autocast needs no loss scaling; on CPU it is slower, so amp only applies on CUDA

@@ -43,15 +43,16 @@ def test_trp_trained_with_the_fast_solver_matches_the_exact_svd_on_digits(tmp_pa
 def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert speed.main(["--device", "cpu", "--model", "resnet20", "--steps", "1", "--batch", "4",
-                       "--out", str(out)]) == 0
+                       "--compile", "aot_eager", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "training step" in printed and "projection of all TRP layers" in printed
     result = json.loads(out.read_text())
     variants = {r["variant"] for r in result["step"]}
     solvers = ("svd", "gram", "auto", "warm")
-    assert variants == {"plain"} | {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in solvers}
+    assert variants == {"plain", "plain-compiled", "trp-channel-warm-compiled"} | \
+        {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in solvers}
     assert all(r["images_per_s"] > 0 and r["slowdown_vs_plain"] > 0 for r in result["step"])
-    assert all((r["warm_share"] is not None) == r["variant"].endswith("-warm") for r in result["step"])
+    assert all((r["warm_share"] is not None) == ("-warm" in r["variant"]) for r in result["step"])
     proj = {(r["weights"], r["scheme"], r["solver"]): r for r in result["projection"]}
     assert set(proj) == {(w, sc, so) for w in ("init", "trp-steady") for sc in ("channel", "spatial") for so in solvers}
     for r in proj.values():  # every solver keeps the exact ranks, to float32 accuracy
