@@ -75,6 +75,7 @@ def _base_row(trial: Trial) -> dict[str, Any]:
         "params_count": None, "dense_params_count": None,
         "latency_ms": None, "dense_latency_ms": None, "latency_speedup": None,
         "latency_device": None, "latency_dtype": None, "latency_batch": None,
+        "latency_layout": None, "dense_latency_layout": None, "latency_layouts": None,
         "layers": [], "wall_s": None, "gpu_hours": None,
         "baseline_id": None, "train_device": None, "history": [], "skipped_images": None, "method_info": {},
         "env": environment(), "spec": trial.to_dict(),
@@ -170,7 +171,7 @@ def _resolve(path: Any, base_dir: Path) -> Any:
 def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], None],
          base_dir: Path, dist: DistContext | None = None) -> dict[str, Any]:
     from bench.data import build_data
-    from bench.measure import count_macs, count_params, evaluate, measure_latency
+    from bench.measure import compare_latency, count_macs, count_params, evaluate
     from bench.models import build_model
     from methods.base import Context
     from methods.registry import build
@@ -268,10 +269,13 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
     shape = tuple(data.input_shape)
     dense = model if trial.method == "dense" else build_model(trial.model, data.num_classes, shape, **model_opts)
     macs, dense_macs = count_macs(small, shape), count_macs(dense, shape)
-    lat_kw = dict(device=mc["latency_device"], dtype=mc["latency_dtype"], batch=mc["latency_batch"],
-                  repeats=mc["latency_repeats"])
-    lat = measure_latency(small, shape, **lat_kw)
-    dense_lat = lat if trial.method == "dense" else measure_latency(dense, shape, **lat_kw)
+    # dense and compressed timed in one round-robin run, each on its fastest layout of one menu
+    models = {"compressed": small} if trial.method == "dense" else {"compressed": small, "dense": dense}
+    lats = compare_latency(models, shape, device=mc["latency_device"], dtype=mc["latency_dtype"],
+                           batch=mc["latency_batch"], repeats=mc["latency_repeats"],
+                           layout=mc.get("latency_layout", "auto"))
+    lat = lats["compressed"]
+    dense_lat = lats.get("dense", lat)
     report = method.report() or {}
     gpus = trial.resources_cfg.get("gpus", 0) if device.type == "cuda" else 0
     out.update({
@@ -282,6 +286,9 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
         "latency_ms": lat["ms"], "dense_latency_ms": dense_lat["ms"],
         "latency_speedup": dense_lat["ms"] / lat["ms"] if lat["ms"] else None,
         "latency_device": lat["device"], "latency_dtype": lat["dtype"], "latency_batch": lat["batch"],
+        "latency_layout": lat["layout"], "dense_latency_layout": dense_lat["layout"],
+        # every layout's median ms (and why any was skipped), so the choice can be checked
+        "latency_layouts": {k: {"ms": v["candidates"], "skipped": v["skipped"]} for k, v in lats.items()},
         "layers": list(report.get("layers", [])),
         "wall_s": wall_s, "gpu_hours": wall_s / 3600.0 * float(gpus),
     })

@@ -49,8 +49,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # cpus and gpus are for the whole trial; workers > 1 (or gpus > 1) trains it data-parallel,
 # each worker taking an equal share (bench.distributed)
 RESOURCES_DEFAULTS: dict[str, Any] = {"cpus": 1, "gpus": 0, "workers": 1}
+# latency_layout: "auto" (each model timed on its fastest layout of the device's menu, see
+# bench.inference), one layout, or a list; left out of the Trial while "auto", so trials keep their ids
 MEASURE_DEFAULTS: dict[str, Any] = {"latency_device": "cpu", "latency_dtype": "float32",
-                                    "latency_batch": 1, "latency_repeats": 30}
+                                    "latency_batch": 1, "latency_repeats": 30, "latency_layout": "auto"}
 SCHEDULES = ("cosine", "step")
 LATENCY_DEVICES = ("cpu", "cuda")
 LATENCY_DTYPES = ("float32", "float16", "bfloat16")
@@ -355,6 +357,15 @@ def _normalize_measure(where: str, m: dict) -> dict:
     out["latency_dtype"] = _choice(f"{where}.latency_dtype", out["latency_dtype"], LATENCY_DTYPES)
     out["latency_batch"] = _int(f"{where}.latency_batch", out["latency_batch"], 1)
     out["latency_repeats"] = _int(f"{where}.latency_repeats", out["latency_repeats"], 1)
+    lay = out["latency_layout"]
+    if lay in ("auto", ["auto"]):
+        del out["latency_layout"]
+    else:
+        from bench.inference import accepted_layouts   # imports torch: only when a layout is named
+
+        for name in (lay if isinstance(lay, list) and lay else [lay]):
+            _choice(f"{where}.latency_layout", name,
+                    accepted_layouts() if isinstance(lay, list) else ["auto", *accepted_layouts()])
     return out
 
 

@@ -83,14 +83,15 @@ def _tiny_imagefolder(root: Path, classes: int = 2, per_class: int = 2) -> Path:
 
 
 def _shrink(spec: dict, data: dict, batch: int) -> dict:
-    """One seed, one epoch of one step, CPU latency with one repeat; everything else as shipped."""
+    """One seed, one epoch of one step, CPU latency with one repeat on one layout (building the
+    whole layout menu costs ~2 s per ResNet trial); everything else as shipped."""
     s = copy.deepcopy(spec)
     s["seeds"] = [0]
     s["data"] = data
     s["train"].update(batch_size=batch, epochs=min(1, s["train"]["epochs"]))
     s["resources"] = {"cpus": 1, "gpus": 0}
     s["measure"] = {"latency_device": "cpu", "latency_dtype": "float32", "latency_batch": 1,
-                    "latency_repeats": 1}
+                    "latency_repeats": 1, "latency_layout": "contiguous"}
     for entry in s["methods"]:
         if "train" in entry and "epochs" in entry["train"]:
             entry["train"]["epochs"] = min(1, entry["train"]["epochs"])

@@ -29,7 +29,7 @@ CONTRACT_KEYS = {
     "trial_id", "sweep", "status", "error", "last_good_epoch", "dataset", "model", "method", "seed",
     "params", "variant", "scheme", "rule", "top1", "top5", "f1", "macs", "dense_macs", "macs_speedup",
     "params_count", "dense_params_count", "latency_ms", "dense_latency_ms", "latency_speedup",
-    "latency_device", "latency_dtype", "latency_batch", "layers", "wall_s", "gpu_hours", "env", "spec",
+    "latency_device", "latency_dtype", "latency_batch", "latency_layout", "dense_latency_layout", "layers", "wall_s", "gpu_hours", "env", "spec",
 }
 
 
@@ -84,6 +84,14 @@ def test_dense_then_svd_from_the_saved_baseline(tmp_path, trials):
     assert s["variant"] == "finetune_epochs=1,rule=speedup:2.0,scheme=channel"
     assert s["scheme"] == "channel" and s["rule"] == "speedup:2.0"
     assert any(layer.get("rank") for layer in s["layers"])
+    # latency: dense and compressed timed together on one menu, each on its fastest layout, named
+    from bench.inference import CPU_LAYOUTS
+    assert set(s["latency_layouts"]) == {"compressed", "dense"} and set(d["latency_layouts"]) == {"compressed"}
+    for which, layout in (("compressed", s["latency_layout"]), ("dense", s["dense_latency_layout"])):
+        timed = s["latency_layouts"][which]["ms"]
+        assert set(timed) | set(s["latency_layouts"][which]["skipped"]) == set(CPU_LAYOUTS)
+        assert layout in timed and s["latency_speedup"] == pytest.approx(s["dense_latency_ms"] / s["latency_ms"])
+    assert s["latency_ms"] == s["latency_layouts"]["compressed"]["ms"][s["latency_layout"]]
     # the row on disk is the row returned, and the resume checkpoints are gone once it is written
     assert json.loads(store.trial_path(svd.id).read_text()) == s
     assert not store.epoch_checkpoint(dense.id).exists()

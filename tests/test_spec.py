@@ -138,6 +138,8 @@ ERRORS = [
     ("sweep: t\ntrain: {amp: 1}\nmethods: [{name: dense}]\n", ["train.amp", "true or false"]),
     ("sweep: t\nresources: {gpus: -1}\nmethods: [{name: dense}]\n", ["resources.gpus", "-1"]),
     ("sweep: t\nmeasure: {latency_dtype: int8}\nmethods: [{name: dense}]\n", ["measure.latency_dtype", "float32"]),
+    ("sweep: t\nmeasure: {latency_layout: nhwc}\nmethods: [{name: dense}]\n",
+     ["measure.latency_layout", "'nhwc'", "auto, contiguous", "channels_last+jit"]),
     ("sweep: t\nmeasure: {latency_device: cuda}\nmethods: [{name: dense}]\n",
      ["measure.latency_device", "'cuda'", "resources.gpus > 0"]),
     ("sweep: t\nseeds: [0, 0]\nmethods: [{name: dense}]\n", ["seeds", "distinct"]),
@@ -188,3 +190,13 @@ def test_train_compile_takes_true_a_mode_or_a_backend_and_false_keeps_the_trial_
     with pytest.raises(SpecError, match=r"^train.compile: 'inductr': unknown \(did you mean 'inductor'\?\); "
                                         r"accepted: true, false, default, reduce-overhead, .*inductor"):
         spec(BASE.replace("lr: 0.05}", "lr: 0.05, compile: inductr}"))
+
+
+def test_measure_latency_layout_auto_keeps_the_trial_id_and_a_named_one_is_kept():
+    plain = spec(BASE)
+    auto = spec(BASE.replace("methods:", "measure: {latency_layout: auto}\nmethods:"))
+    assert [t.id for t in auto] == [t.id for t in plain] and "latency_layout" not in auto[0].measure_cfg
+    one = spec(BASE.replace("methods:", "measure: {latency_layout: channels_last+jit}\nmethods:"))[0]
+    assert one.measure_cfg["latency_layout"] == "channels_last+jit" and one.id != plain[0].id
+    menu = spec(BASE.replace("methods:", "measure: {latency_layout: [contiguous, contiguous+folded]}\nmethods:"))[0]
+    assert list(menu.measure_cfg["latency_layout"]) == ["contiguous", "contiguous+folded"]
