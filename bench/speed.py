@@ -7,7 +7,8 @@ machines are noisy; absolute numbers from different runs do not compare):
               vs TRP (projection every step, +Nu) for each scheme and projection solver.
 2. projection one ``lowrank.project`` over all TRP layers, per solver, with the ranks and the
               relative error against an exact float64 SVD (the accuracy a fast solver must keep).
-3. latency    measured inference speed-up of the decomposed model beside its MAC speed-up.
+3. latency    measured inference speed-up of the decomposed model beside its MAC speed-up, each
+              model on its fastest layout (``bench.inference``: memory format, BN folding, jit).
 4. packed     aggregate throughput of N concurrent training processes sharing one GPU vs one
               alone, after checking that N copies fit in the GPU's memory (CUDA only).
 
@@ -29,7 +30,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from bench.measure import count_macs, measure_latency
+from bench.inference import layout_menu
+from bench.measure import compare_latency, count_macs
 from bench.packing import peak_step_memory, share_fits
 from bench.models import build_model
 from bench.spec import check_compile
@@ -204,10 +206,17 @@ def _rank(subgrad: torch.Tensor, scheme: str) -> int:
 
 
 def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "channel",
-                  batches: Sequence[int] = (1,), repeats: int = 20) -> list[dict[str, Any]]:
+                  batches: Sequence[int] = (1,), repeats: int = 20, layout: str | Sequence[str] = "auto"
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Measured latency speed-up of a model decomposed to ``speedup`` by MACs. Where the TRP layers
     cannot reach it (ResNet-50's channel scheme tops out at 1.8x with rank 1 everywhere), three
-    quarters of the reachable gain is used instead; the row's ``macs_speedup`` says what it was."""
+    quarters of the reachable gain is used instead; the row's ``macs_speedup`` says what it was.
+
+    Dense and decomposed are timed in one round-robin run (``compare_latency``), each on its
+    fastest ``layout``; ``eager_speedup`` is the same pair both in plain eager PyTorch as rankbench
+    timed them before layouts were chosen (contiguous on CPU, channels_last on CUDA), from the
+    same run (a median of the screening runs only, when eager was not a finalist). Returns the
+    rows and every layout's time (the second list)."""
     shape = MODELS[name][0]
     torch.manual_seed(0)
     dense = build_model(name, MODELS[name][1], shape).eval()
@@ -216,14 +225,25 @@ def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "
     small, _ = lowrank.decompose_model(dense, scheme, f"speedup:{speedup}", example_input=example)
     macs_dense, macs_small = count_macs(dense, shape), count_macs(small, shape)
     dtype = "bfloat16" if setup.amp else "float32"
-    rows = []
+    eager = "channels_last" if setup.device.type == "cuda" else "contiguous"
+    rows, layouts = [], []
     for b in batches:
-        d = measure_latency(dense, shape, device=setup.device, dtype=dtype, batch=b, repeats=repeats)
-        s = measure_latency(small, shape, device=setup.device, dtype=dtype, batch=b, repeats=repeats)
+        r = compare_latency({"dense": dense, "decomposed": small}, shape, device=setup.device, dtype=dtype,
+                            batch=b, repeats=repeats, layout=layout)
+        d, s = r["dense"], r["decomposed"]
+        de, se = d["candidates"].get(eager), s["candidates"].get(eager)
         rows.append({"model": name, "scheme": scheme, "device": d["device"], "dtype": dtype, "batch": b,
                      "dense_ms": d["ms"], "ms": s["ms"], "latency_speedup": d["ms"] / s["ms"],
-                     "macs_speedup": macs_dense / macs_small})
-    return rows
+                     "macs_speedup": macs_dense / macs_small, "dense_layout": d["layout"], "layout": s["layout"],
+                     "eager_speedup": de / se if de and se else None})
+        for which, res in r.items():
+            for lay, ms in res["candidates"].items():
+                layouts.append({"model": name, "batch": b, "dtype": dtype, "which": which, "layout": lay,
+                                "ms": ms, "chosen": lay == res["layout"]})
+            for lay, why in res["skipped"].items():
+                layouts.append({"model": name, "batch": b, "dtype": dtype, "which": which, "layout": lay,
+                                "ms": None, "chosen": False, "skipped": why})
+    return rows, layouts
 
 
 def _packed_worker(name: str, batch: int, steps: int, queue: Any) -> None:
@@ -288,9 +308,11 @@ PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed")
 
 def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
               packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
-              save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False) -> dict[str, Any]:
+              save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False,
+              layout: str | Sequence[str] = "auto") -> dict[str, Any]:
     """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
     ``compile`` (a ``train.compile`` value) adds compiled plain and TRP (channel, warm) steps.
+    ``layout`` is the latency menu (``bench.inference``; "auto": the device's default menu).
     ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -303,7 +325,7 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
             raise ValueError(f"--model: {name!r}; accepted: {', '.join(MODELS)}")
     setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3), warmup=10 if cuda else 1)
     out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],
-                           "latency": [], "packed": []}
+                           "latency": [], "latency_layouts": [], "packed": []}
     for name in models:
         b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
         if "step" in parts:
@@ -323,10 +345,14 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
                 out["projection"] += bench_projection(name, setup, scheme)
         if "latency" in parts:
             log(f"[speed] {name}: latency")
-            out["latency"] += bench_latency(name, setup, batches=(1, 256) if cuda else (1,))
+            runs = [(setup, (1, 256) if cuda else (1,))]
             if cuda:   # deployment on a CPU too: float32, batch 1
-                cpu = Setup(torch.device("cpu"), amp=False, channels_last=False, steps=setup.steps, warmup=1)
-                out["latency"] += bench_latency(name, cpu, batches=(1,))
+                runs.append((Setup(torch.device("cpu"), amp=False, channels_last=False, steps=setup.steps,
+                                   warmup=1), (1,)))
+            for where, batches in runs:
+                rows, layouts = bench_latency(name, where, batches=batches, layout=layout)
+                out["latency"] += rows
+                out["latency_layouts"] += layouts
         if "packed" in parts and cuda and packed > 1:
             log(f"[speed] {name}: {packed} packed trials vs one")
             out["packed"].append(bench_packed(name, b, packed, setup.steps, setup))
@@ -344,7 +370,10 @@ def format_report(result: dict[str, Any]) -> str:
     return head + "\n".join(s for s in (
         _fmt_rows("training step (images/s; slowdown = TRP step / plain step)", result["step"]),
         _fmt_rows("projection of all TRP layers (energy 0.9) vs exact float64 SVD", result["projection"]),
-        _fmt_rows("inference latency, decomposed at 2x MACs (or 3/4 of the most reachable)", result["latency"]),
+        _fmt_rows("inference latency, decomposed at 2x MACs (or 3/4 of the most reachable), each model on its "
+                  "fastest layout; eager_speedup: both in plain eager", result["latency"]),
+        _fmt_rows("latency of every layout tried (ms: median)",
+                  [{k: v for k, v in r.items() if k != "skipped"} for r in result.get("latency_layouts", [])]),
         _fmt_rows("packed trials on one GPU", result["packed"])) if s)
 
 
@@ -361,7 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="also time compiled steps: true, a torch.compile mode (reduce-overhead: CUDA graphs) or backend")
+    p.add_argument("--layout", nargs="+", default=["auto"], metavar="LAYOUT",
+                   help="latency: the layouts to time each model on (default auto: the device's menu); "
+                        "contiguous alone is plain eager; any of contiguous|channels_last[+folded|+jit|+compiled]")
     args = p.parse_args(argv)
+    # names checked here, before any benchmark runs
+    layout = "auto" if args.layout == ["auto"] else layout_menu(args.layout, "cpu", "--layout")
     compile = False if args.compile is None else check_compile("--compile", {"true": True}.get(args.compile, args.compile))
     models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
                             else ["resnet20"])
@@ -374,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp.replace(args.out)   # atomic: the file is always a complete JSON document
 
     result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only, save=save,
-                       compile=compile)
+                       compile=compile, layout=layout)
     save(result)
     print(format_report(result))
     if args.out:

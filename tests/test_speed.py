@@ -63,6 +63,13 @@ def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
     assert proj[("trp-steady", "channel", "warm")]["warm_share"] > 0.5
     (lat,) = result["latency"]
     assert lat["macs_speedup"] == pytest.approx(2.0, rel=0.02) and lat["latency_speedup"] > 0
+    # each model on its fastest layout of one shared menu, named; plain eager beside it, same run
+    from bench.inference import CPU_LAYOUTS
+    assert lat["layout"] in CPU_LAYOUTS and lat["dense_layout"] in CPU_LAYOUTS and lat["eager_speedup"] > 0
+    tried = {(r["which"], r["layout"]): r for r in result["latency_layouts"]}
+    assert set(tried) == {(w, lay) for w in ("dense", "decomposed") for lay in CPU_LAYOUTS}
+    assert tried[("decomposed", lat["layout"])]["chosen"] and tried[("decomposed", lat["layout"])]["ms"] == lat["ms"]
+    assert "latency of every layout tried" in printed
     assert result["packed"] == [{"skipped": "packing several trials on one GPU needs CUDA"}]
 
 
