@@ -141,7 +141,6 @@ def compare_latency(
     repeats: int = 30,
     warmup: int = 5,
     layout: str | list[str] | tuple[str, ...] = "auto",
-    finalists: int = 2,
 ) -> dict[str, dict[str, Any]]:
     """Latency of each of ``models`` on its fastest layout (``bench.inference``), timed together.
 
@@ -149,10 +148,9 @@ def compare_latency(
     a list fixes it). Each candidate is built once (compile time is not timed) and its output
     checked against the eager float32 model on the same input; one that cannot be built or
     disagrees is skipped, with the reason in ``skipped``. Then all candidates of all models run
-    in turns (a, b, c, a, b, c, ...: a machine that slows down slows every variant alike): a
-    short screening of ``max(3, repeats // 5)`` rounds keeps each model's ``finalists`` fastest
-    (by their fastest run), which then run ``repeats`` more rounds. A model's latency is the lowest median among its
-    candidates (median over all of that candidate's timed runs); every run is timed from the
+    ``repeats`` rounds in turns (a, b, c, a, b, c, ...: a machine that slows down slows every
+    variant alike), so the cost is (models x layouts x repeats) runs; fix ``layout`` to bound it.
+    A model's latency is the lowest median among its candidates; every run is timed from the
     call to its result being ready (``torch.cuda.synchronize`` on CUDA), in milliseconds.
 
     Returns, per model name: ``ms``, ``layout`` (the winner), ``candidates`` ({layout: ms}),
@@ -206,25 +204,14 @@ def compare_latency(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times: dict[tuple[str, str], list[float]] = {k: [] for k in cands}
-        live = list(cands)
-        if any(sum(n == name for n, _ in cands) > finalists for name in models):
-            for _ in range(max(3, repeats // 5)):
-                for key in live:
-                    times[key].append(run(key))
-            live = []
-            for name in models:
-                # by the fastest screening run: another process's burst only ever adds time, and a
-                # median of 3-6 runs on a shared machine was seen to rank a 2x-slower spike first
-                mine = sorted((k for k in cands if k[0] == name), key=lambda k: min(times[k]))
-                live += mine[:max(1, finalists)]
         for _ in range(repeats):
-            for key in live:
+            for key in cands:
                 times[key].append(run(key))
 
     out: dict[str, dict[str, Any]] = {}
     for name in models:
         ms = {lay: float(statistics.median(times[(n, lay)])) for n, lay in cands if n == name}
-        best = min((k for k in live if k[0] == name), key=lambda k: statistics.median(times[k]))[1]
+        best = min(ms, key=ms.__getitem__)
         out[name] = {"ms": ms[best], "layout": best, "candidates": ms, "skipped": skipped[name],
                      "device": device_name(device), "dtype": dtype, "batch": int(batch), "repeats": int(repeats)}
     return out

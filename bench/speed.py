@@ -215,8 +215,7 @@ def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "
     Dense and decomposed are timed in one round-robin run (``compare_latency``), each on its
     fastest ``layout``; ``eager_speedup`` is the same pair both in plain eager PyTorch as rankbench
     timed them before layouts were chosen (contiguous on CPU, channels_last on CUDA), from the
-    same run (a median of the screening runs only, when eager was not a finalist). Returns the
-    rows and every layout's time (the second list)."""
+    same run. Returns the rows and every layout's time (the second list)."""
     shape = MODELS[name][0]
     torch.manual_seed(0)
     dense = build_model(name, MODELS[name][1], shape).eval()
