@@ -28,8 +28,8 @@ GRAPHS: tuple[str, ...] = ("folded", "jit", "compiled")
 # for dense and factorized alike, +folded close behind on the CIFAR nets, and the memory format
 # of eager and folded won or lost by a few percent depending on the model, so both are on the
 # menu. channels_last+jit is not: optimize_for_inference moves every conv into oneDNN's own
-# blocked layout, it timed the same as contiguous+jit (within 2%) and costs another trace and
-# freeze (0.7 s for ResNet-56). +compiled was never faster than +jit there and costs 5-30 s of
+# blocked layout, and against contiguous+jit it differed by under 10% either way with no
+# consistent order over 8 pairs, while costing another trace and freeze (0.7 s for ResNet-56). +compiled was never faster than +jit there and costs 5-30 s of
 # compiling per model and layout: opt-in only, like channels_last+jit.
 CPU_LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "contiguous+folded", "channels_last+folded",
                                 "contiguous+jit")
