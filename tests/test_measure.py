@@ -298,6 +298,16 @@ def test_compare_latency_gives_both_models_the_same_menu_and_each_its_fastest():
         assert res["device"].startswith("cpu") and res["batch"] == 1 and res["repeats"] == 4
 
 
+def test_rewritten_layouts_pass_the_numerics_check_in_bfloat16_too():
+    from bench.measure import compare_latency
+
+    dense, small = _tiny_resnet_pair()
+    layouts = ["contiguous", "channels_last+folded", "contiguous+jit"]
+    r = compare_latency({"dense": dense, "compressed": small}, (3, 16, 16), dtype="bfloat16", repeats=1,
+                        warmup=1, layout=layouts)
+    assert all(res["skipped"] == {} and list(res["candidates"]) == layouts for res in r.values())
+
+
 def test_compare_latency_fixed_layout_and_bad_layouts():
     from bench.measure import compare_latency, measure_latency
 
