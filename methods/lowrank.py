@@ -585,7 +585,7 @@ CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 # eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one. A residual check accepts
 # the result only where its top-r subspace provably lies within WARM_TOL of the exact one;
 # anywhere else the whole group falls back to the full Gram eigensolve, exactly as "gram".
-WARM_ITERS = 2          # subspace iterations before the check (each: one product and a thin QR)
+WARM_ITERS = 2          # subspace iterations before the check (each: two thin products and a thin QR)
 WARM_TOL = 1e-7         # bound on sin(angle) between the accepted and the exact top-r subspace
 WARM_GUARD = 4          # vectors kept beyond the largest rank, so the cut lies inside the block
 WARM_MAX_FRACTION = 0.5  # above this share of m the k x k solve saves too little: stay cold
@@ -611,32 +611,39 @@ def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Opti
     return proj, sub
 
 
-def _gram(batch: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """``(X, X X^T in float64, tall)``: X is the batch, transposed where tall so that X X^T is
-    the smaller Gram matrix. Squaring X squares its condition number, hence float64."""
+def _wide(batch: Tensor) -> tuple[Tensor, bool]:
+    """``(X, tall)``: the batch, transposed where tall, so that X X^T is the smaller Gram matrix."""
     tall = batch.shape[-2] > batch.shape[-1]
-    x = batch.mT if tall else batch
+    return (batch.mT if tall else batch), tall
+
+
+def _gram(x: Tensor) -> Tensor:
+    """X X^T in float64: squaring X squares its condition number."""
     x64 = x.to(torch.float64)
-    return x, x64 @ x64.mT, tall
+    return x64 @ x64.mT
+
+
+def _inverse_s(s: Tensor, dims: Sequence[int]) -> Tensor:
+    """``1/s`` for the singular values that the Gram matrix resolves, 0 for the rest: values
+    below ``sqrt(eps64) * max(m, n) * s_max`` cannot be told from rounding in ``s^2``, and their
+    ``1/s`` in the sub-gradient would only amplify that noise."""
+    floor = s[..., :1] * (math.sqrt(torch.finfo(torch.float64).eps) * max(dims))
+    return torch.where(s > floor, 1.0 / s.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
 def _project_from_eigs(x: Tensor, tall: bool, s: Tensor, q: Tensor, keep: Tensor, with_subgradient: bool
                        ) -> tuple[Tensor, Optional[Tensor]]:
-    """Projection and sub-gradient of X from eigenpairs of its Gram matrix (float64; ``s`` the
-    singular values, descending, ``q`` (B, m, k) their left singular vectors, all of them or the
-    top k; ``keep`` the rule's mask on ``s``). ``V^T = diag(1/s) U^T X``, so the rank-r weight is
-    ``U_r U_r^T X`` and the sub-gradient ``U_r V_r^T = U_r diag(1/s_r) U_r^T X``: the two m x m
-    operators are built in float64 and only the final ``[P; S] @ X`` (one batched product, most
-    of the arithmetic) runs in X's dtype, which matches an exact SVD to X's rounding. Singular
-    values below ``sqrt(eps64) * max(m, n) * s_max`` cannot be resolved from ``s^2``: they count
-    as zero in the sub-gradient (their ``1/s`` would only amplify rounding noise); the projection
-    never divides, so it keeps them as they are."""
+    """Projection and sub-gradient of X from all eigenpairs of its Gram matrix (float64; ``s``
+    the singular values, descending, ``q`` (B, m, m) the left singular vectors, ``keep`` the
+    rule's mask on ``s``). ``V^T = diag(1/s) U^T X``, so the rank-r weight is ``U_r U_r^T X``
+    and the sub-gradient ``U_r V_r^T = U_r diag(1/s_r) U_r^T X``: the two m x m operators are
+    built in float64 and only the final ``[P; S] @ X`` (one batched product, most of the
+    arithmetic) runs in X's dtype, which matches an exact SVD to X's rounding. The projection
+    never divides, so it keeps values below the sub-gradient's floor (:func:`_inverse_s`)."""
     keep = keep.to(s.dtype)
     ops = [(q * keep.unsqueeze(-2)) @ q.mT]                  # P = U_r U_r^T, (B, m, m)
     if with_subgradient:
-        floor = s[..., :1] * (math.sqrt(torch.finfo(torch.float64).eps) * max(x.shape[-2:]))
-        inv = torch.where(s > floor, 1.0 / s.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-        ops.append((q * (keep * inv).unsqueeze(-2)) @ q.mT)   # S = U_r diag(1/s_r) U_r^T
+        ops.append((q * (keep * _inverse_s(s, x.shape[-2:])).unsqueeze(-2)) @ q.mT)  # U_r diag(1/s_r) U_r^T
     out = torch.cat(ops, dim=-2).to(x.dtype) @ x            # [P X; S X], (B, m or 2m, n)
     if tall:
         out = out.mT
@@ -644,6 +651,19 @@ def _project_from_eigs(x: Tensor, tall: bool, s: Tensor, q: Tensor, keep: Tensor
     if not with_subgradient:
         return out, None
     return (out[..., :, :m], out[..., :, m:]) if tall else (out[..., :m, :], out[..., m:, :])
+
+
+def _project_from_top(x: Tensor, tall: bool, s: Tensor, q: Tensor, keep: Tensor, with_subgradient: bool
+                      ) -> tuple[Tensor, Optional[Tensor]]:
+    """The same from the top k eigenpairs only (``q`` (B, m, k), k >= every kept rank):
+    ``Y = U_k^T X`` once, then ``U_k diag(keep) Y`` and ``U_k diag(keep / s) Y``, 3mkn products
+    in X's dtype instead of the m x m operators' 2m^2 n."""
+    keep = keep.to(s.dtype)
+    coefs = [keep] + ([keep * _inverse_s(s, x.shape[-2:])] if with_subgradient else [])
+    y = q.mT.to(x.dtype) @ x                                 # (B, k, n)
+    outs = [((q * c.unsqueeze(-2)).to(x.dtype) @ y) for c in coefs]
+    outs = [o.mT for o in outs] if tall else outs
+    return outs[0], (outs[1] if with_subgradient else None)
 
 
 def _full_eigs(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -658,35 +678,38 @@ def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Te
     (m x n, m <= n; a tall matrix is transposed first), ``X X^T = U diag(s^2) U^T`` gives ``U``
     and ``s`` (see :func:`_project_from_eigs`). An m x m symmetric eigensolver plus matrix
     products is far cheaper than a general SVD of X."""
-    x, a, tall = _gram(batch)
-    s, q = _full_eigs(a)
+    x, tall = _wide(batch)
+    s, q = _full_eigs(_gram(x))
     return _project_from_eigs(x, tall, s, q, rank_mask(s, rule), with_subgradient)
 
 
-def _warm_eigs(a: Tensor, q: Tensor, rule: Rule) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
-    """Top-k eigenpairs of the Gram matrices ``a`` (B, m, m) from a start ``q`` (B, m, k), as
-    ``(s, q, keep, largest rank)`` like :func:`_full_eigs` plus the rule's mask; None where any
-    matrix fails the check (one host read-back for both answers).
+def _warm_eigs(x64: Tensor, q: Tensor, rule: Rule) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
+    """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
+    start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
+    vectors, the rule's mask; None where any matrix fails the check (one host read-back for
+    both answers). A is never formed: ``A v = X (X^T v)`` costs 2mnk, not the Gram's m^2 n.
 
-    Subspace iteration (``q <- qr(a q)``, :data:`WARM_ITERS` times), then Rayleigh-Ritz: Ritz
-    values ``t`` and vectors. The energy left outside the block is ``tail = trace(a) - sum(t)``;
+    Subspace iteration (``q <- qr(A q)``, :data:`WARM_ITERS` times), then Rayleigh-Ritz: Ritz
+    values ``t`` and vectors. The energy left outside the block is ``tail = |X|_F^2 - sum(t)``;
     with it as one extra value, the rule's mask on the top k is exactly the mask on the full
     spectrum as long as the cut falls inside the block (checked). The check (Weyl and
-    Davis-Kahan): with ``R`` the residual ``a q - q diag(t)``, every eigenvalue of ``a`` beyond
-    the kept r is at most ``max(t_{r+1}, tail) + |R|``, so ``sep = t_r - max(t_{r+1}, tail) -
-    2|R|`` > 0 separates the top-r subspace, and ``|R_kept| / sep`` bounds the sine of its angle
-    to the exact one."""
+    Davis-Kahan): with ``R`` the residual ``A q - q diag(t)``, every eigenvalue of A beyond the
+    kept r is at most ``max(t_{r+1}, tail) + |R|``, so ``sep = t_r - max(t_{r+1}, tail) - 2|R|``
+    > 0 separates the top-r subspace, and ``|R_kept| / sep`` bounds the sine of its angle to
+    the exact one."""
     for _ in range(WARM_ITERS):
-        q = torch.linalg.qr(a @ q).Q
-    with _svd_threads(a):
-        t, w = torch.linalg.eigh(q.mT @ a @ q)              # k x k: small, batched
-    t, q = t.flip(-1).clamp_min(0), q @ w.flip(-1)
-    tail = (a.diagonal(dim1=-2, dim2=-1).sum(-1) - t.sum(-1)).clamp_min(0)
+        q = torch.linalg.qr(x64 @ (q.mT @ x64).mT).Q         # (q^T X)^T: the fast side for BLAS
+    yt = q.mT @ x64                                          # (B, k, n): A q = X yt^T
+    with _svd_threads(x64):
+        t, w = torch.linalg.eigh(yt @ yt.mT)                 # q^T A q, k x k: small, batched
+    t, w = t.flip(-1).clamp_min(0), w.flip(-1)
+    q, y = q @ w, yt.mT @ w
+    tail = (torch.linalg.vector_norm(x64, dim=(-2, -1)).square() - t.sum(-1)).clamp_min(0)  # |X|_F^2 = trace(A)
     keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
     keep = keep_k1[..., :-1]
     k = t.shape[-1]
     r = keep.sum(-1, keepdim=True)                           # (B, 1)
-    cols = (a @ q - q * t.unsqueeze(-2)).norm(dim=-2)        # residual of each Ritz pair, (B, k)
+    cols = (x64 @ y - q * t.unsqueeze(-2)).norm(dim=-2)      # residual of each Ritz pair, (B, k)
     t_r = t.gather(-1, r - 1).squeeze(-1)
     t_next = t.gather(-1, r.clamp_max(k - 1)).squeeze(-1)
     sep = t_r - torch.maximum(t_next, tail) - 2 * cols.norm(dim=-1)
@@ -703,20 +726,22 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
     count the two outcomes; ``state`` None keeps nothing: every call is ``gram``."""
     if state is None:
         return _project_gram(batch, rule, with_subgradient)
-    x, a, tall = _gram(batch)
+    x, tall = _wide(batch)
+    m = x.shape[-2]
     q0 = state.get(key)
-    if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == a.shape[:-1]:
-        found = _warm_eigs(a, q0, rule)
+    if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == (*x.shape[:-2], m):
+        found = _warm_eigs(x.to(torch.float64), q0, rule)
         if found is not None:
             s, q, keep, r_max = found
             state["warm"] = state.get("warm", 0) + 1
             state[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]
-            return _project_from_eigs(x, tall, s, q, keep, with_subgradient)
-    s, q = _full_eigs(a)
+            top = slice(0, r_max)                            # nothing past the largest rank is kept
+            return _project_from_top(x, tall, s[..., top], q[..., top], keep[..., top], with_subgradient)
+    s, q = _full_eigs(_gram(x))
     keep = rank_mask(s, rule)
     state["cold"] = state.get("cold", 0) + 1
-    k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else a.shape[-1]  # host sync, like eigh's
-    if k <= WARM_MAX_FRACTION * a.shape[-1]:
+    k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else m  # host sync, like eigh's
+    if k <= WARM_MAX_FRACTION * m:
         state[key] = q[..., :k]
     else:
         state.pop(key, None)
