@@ -306,6 +306,7 @@ PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed")
 
 
 def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
+              warmup: int | None = None,
               packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
               save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False,
               layout: str | Sequence[str] = "auto") -> dict[str, Any]:
@@ -322,7 +323,8 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     for name in models:
         if name not in MODELS:
             raise ValueError(f"--model: {name!r}; accepted: {', '.join(MODELS)}")
-    setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3), warmup=10 if cuda else 1)
+    setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3),
+                  warmup=(10 if cuda else 1) if warmup is None else warmup)
     out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],
                            "latency": [], "latency_layouts": [], "packed": []}
     for name in models:
@@ -382,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"models to run (default: resnet20 resnet50 on CUDA, resnet20 on CPU); any of {', '.join(MODELS)}")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50 CUDA, 3 CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps per variant first (default 10 CUDA, 1 CPU); TRP's ranks settle in a few "
+                        "dozen steps, which is when the warm solver starts to hold (its rows say how often it did)")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: the paper's on CUDA, small on CPU)")
     p.add_argument("--packed", type=int, default=4, help="trials packed on one GPU (CUDA only; 0 or 1 = skip)")
     p.add_argument("--only", nargs="+", default=list(PARTS), metavar="PART",
@@ -406,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp.write_text(json.dumps(result, indent=2))
             tmp.replace(args.out)   # atomic: the file is always a complete JSON document
 
-    result = run_speed(models, args.device, args.steps, args.batch, args.packed, args.only, save=save,
+    result = run_speed(models, args.device, args.steps, args.batch, args.warmup, args.packed, args.only, save=save,
                        compile=compile, layout=layout)
     save(result)
     print(format_report(result))
