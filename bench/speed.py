@@ -180,15 +180,15 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
         ref_p, ref_g = lowrank.project([w.double().cpu() for w in weights], scheme, rule, solver="svd")
         ref_ranks = [_rank(g, scheme) for g in ref_g]
         names_ = solvers(setup.device)
-        states: dict[str, dict] = {sv: {} for sv in names_}
+        states = {sv: lowrank.WarmStart() for sv in names_}
         for sv in names_:  # prime warm's state, as the previous training step would have
             lowrank.project(weights, scheme, rule, solver=sv, state=states[sv])
-            states[sv].update(warm=0, cold=0)
+            states[sv].warm = states[sv].cold = 0
         secs = _timed({sv: (lambda sv=sv: lowrank.project(weights, scheme, rule, solver=sv, state=states[sv]))
                        for sv in names_}, setup.device, repeats, 1)
         for solver in names_:
             st = states[solver]
-            share = st["warm"] / (st["warm"] + st["cold"]) if solver == "warm" else None
+            share = st.warm / (st.warm + st.cold) if solver == "warm" else None
             proj, sub = lowrank.project(weights, scheme, rule, solver=solver, state=st)
             perr = max(float((p.double().cpu() - r).norm() / r.norm()) for p, r in zip(proj, ref_p))
             gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Optional, Sequence, TypedDict, Union
 
 import torch
@@ -718,38 +718,49 @@ def _warm_eigs(x64: Tensor, q: Tensor, rule: Rule) -> Optional[tuple[Tensor, Ten
     return (t.sqrt(), q, keep, r_max) if r_max > 0 else None
 
 
-def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[dict], key: tuple
+@dataclass
+class WarmStart:
+    """What ``solver="warm"`` keeps between calls on the same weights: the top eigenvectors of
+    each shape group's Gram matrices, and how many group projections took the warm path or ran
+    the full eigensolve (so a report can say how often the fast path held)."""
+
+    starts: dict[tuple, Tensor] = field(default_factory=dict)
+    warm: int = 0
+    cold: int = 0
+
+
+def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[WarmStart], key: tuple
                   ) -> tuple[Tensor, Optional[Tensor]]:
-    """The Gram projection, started from the factors ``state[key]`` that the previous call on
-    the same group left (see :data:`WARM_ITERS`); a cold start, a rule the top-k cannot decide,
-    or a failed check runs the full eigensolve instead. ``state["warm"]`` / ``state["cold"]``
-    count the two outcomes; ``state`` None keeps nothing: every call is ``gram``."""
+    """The Gram projection, started from the factors ``state.starts[key]`` that the previous
+    call on the same group left (see :data:`WARM_ITERS`); a cold start, a rule the top-k cannot
+    decide, or a failed check runs the full eigensolve instead. ``state`` None keeps nothing:
+    every call is ``gram``."""
     if state is None:
         return _project_gram(batch, rule, with_subgradient)
     x, tall = _wide(batch)
     m = x.shape[-2]
-    q0 = state.get(key)
+    q0 = state.starts.get(key)
     if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == (*x.shape[:-2], m):
         found = _warm_eigs(x.to(torch.float64), q0, rule)
         if found is not None:
             s, q, keep, r_max = found
-            state["warm"] = state.get("warm", 0) + 1
-            state[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]
+            state.warm += 1
+            state.starts[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]
             top = slice(0, r_max)                            # nothing past the largest rank is kept
             return _project_from_top(x, tall, s[..., top], q[..., top], keep[..., top], with_subgradient)
     s, q = _full_eigs(_gram(x))
     keep = rank_mask(s, rule)
-    state["cold"] = state.get("cold", 0) + 1
+    state.cold += 1
     k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else m  # host sync, like eigh's
     if k <= WARM_MAX_FRACTION * m:
-        state[key] = q[..., :k]
+        state.starts[key] = q[..., :k]
     else:
-        state.pop(key, None)
+        state.starts.pop(key, None)
     return _project_from_eigs(x, tall, s, q, keep, with_subgradient)
 
 
 def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
-            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd", state: Optional[dict] = None
+            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd", state: Optional[WarmStart] = None
             ) -> tuple[list[Tensor], list[Optional[Tensor]]]:
     """Project each weight onto its low-rank set under ``rule``, batched and without host sync.
 
@@ -769,7 +780,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     agreement to the weights' rounding, faster on wide matrices: see :func:`_project_gram`),
     ``"auto"`` (gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
     wider than tall or the reverse, svd for the others) or ``"warm"`` (the Gram solver started
-    from the factors the previous call left in ``state``, a dict the caller keeps between calls
+    from the factors the previous call left in ``state``, a :class:`WarmStart` the caller keeps between calls
     on the same weights: see :data:`WARM_ITERS`; it checks its answer and falls back to the full
     eigensolve, so it keeps gram's exactness; it reads back one flag per shape group)."""
     rule = parse_rule(rule)
@@ -785,7 +796,8 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
         flats = [mats[i].reshape(-1, rows, cols) for i in idx]
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
         if solver == "warm":
-            proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, (rows, cols, batch.shape[0], str(batch.dtype), str(batch.device)))
+            key = (rows, cols, batch.shape[0], str(batch.dtype), str(batch.device))
+            proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, key)
         elif solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
             proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
         else:  # svd, auto on a square-ish group, or svd-<driver>

@@ -59,7 +59,7 @@ class TRP(Method):
         self._subgrads: Optional[list[Tensor]] = None
         self._subgrad_step = -1
         self._reports: list[lowrank.LayerReport] = []
-        self._solver_state: dict = {}   # "warm" keeps the previous step's factors here
+        self._warm = lowrank.WarmStart()   # solver "warm": the previous step's factors
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
         self.ctx = ctx
@@ -80,7 +80,7 @@ class TRP(Method):
         rule = lowrank.Rule("energy", self.energy) if self.project else lowrank.Rule("ratio", 1.0)
         with torch.no_grad():
             projected, subgrads = lowrank.project(weights, self.scheme, rule, with_subgradient=self.nuclear > 0,
-                                                  solver=self.solver, state=self._solver_state)
+                                                  solver=self.solver, state=self._warm)
             if self.project:
                 for w, p in zip(weights, projected):
                     w.copy_(p)
@@ -107,5 +107,5 @@ class TRP(Method):
     def report(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"scheme": self.scheme, "rule": self.export}
         if self.solver == "warm":  # how often the warm start held, in shape-group projections since start
-            facts["warm_start"] = {k: self._solver_state.get(k, 0) for k in ("warm", "cold")}
+            facts["warm_start"] = {"warm": self._warm.warm, "cold": self._warm.cold}
         return lowrank.method_report(self._reports, **facts)

@@ -428,10 +428,10 @@ def _nudge(ws: list[torch.Tensor], size: float, seed: int) -> list[torch.Tensor]
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_warm_solver_starts_from_the_last_step_and_stays_exact(scheme):
-    state: dict = {}
+    state = L.WarmStart()
     weights = _trp_steady(torch.float64, scheme=scheme)
     L.project(weights, scheme, "energy:0.9", solver="warm", state=state)
-    assert state["cold"] == 3 and "warm" not in state        # 3 shape groups, nothing to start from
+    assert state.cold == 3 and state.warm == 0               # 3 shape groups, nothing to start from
     for step in range(3):
         weights = _nudge(weights, 1e-3, step)
         p, g = L.project(weights, scheme, "energy:0.9", solver="warm", state=state)
@@ -439,7 +439,7 @@ def test_warm_solver_starts_from_the_last_step_and_stays_exact(scheme):
         # a stale subspace would be off by about the step (1e-3); the check bounds the angle by 1e-7
         for a, b in zip(p + g, rp + rg):
             assert float((a - b).norm() / b.norm()) < 1e-9
-    assert state["warm"] == 9 and state["cold"] == 3
+    assert state.warm == 9 and state.cold == 3
 
 
 def test_warm_check_rejects_a_start_that_misses_the_top_subspace():
@@ -456,26 +456,26 @@ def test_warm_check_rejects_a_start_that_misses_the_top_subspace():
 
 
 def test_warm_solver_falls_back_when_the_weights_jump_and_the_rank_outgrows_the_block():
-    state: dict = {}
+    state = L.WarmStart()
     L.project(_trp_steady(torch.float64), "channel", "energy:0.9", solver="warm", state=state)
-    assert len([k for k in state if isinstance(k, tuple)]) == 3     # a start kept for each group
+    assert len(state.starts) == 3                             # a start kept for each group
     jumped = [w + 10 * torch.randn_like(w) for w in _trp_steady(torch.float64)]  # noise-dominated spectrum
     p, g = L.project(jumped, "channel", "energy:0.9", solver="warm", state=state)
     rp, rg = L.project(jumped, "channel", "energy:0.9", solver="svd")
-    assert state.get("warm", 0) == 0 and state["cold"] == 6
-    assert not [k for k in state if isinstance(k, tuple)]  # ranks above half of m: no warm start kept
+    assert state.warm == 0 and state.cold == 6
+    assert not state.starts                  # ranks above half of m: no warm start kept
     for a, b in zip(p + g, rp + rg):
         assert float((a - b).norm() / b.norm()) < 1e-9
 
 
 def test_warm_solver_keeps_float32_ranks_on_trp_steady_weights():
-    state: dict = {}
+    state = L.WarmStart()
     weights = _trp_steady(torch.float32)
     L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
     weights = _nudge(weights, 1e-3, 0)
     p, g = L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
     rp, rg = L.project([w.double() for w in weights], "channel", "energy:0.9", solver="svd")
-    assert state["warm"] == 3
+    assert state.warm == 3
     for a, b in zip(p + g, rp + rg):
         assert a.dtype == torch.float32 and float((a.double() - b).norm() / b.norm()) < 1e-5
     for a, b in zip(g, rg):
@@ -519,7 +519,7 @@ def test_project_does_not_sync_on_cuda(solver):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA sync check needs a GPU")
 def test_warm_solver_reads_back_a_few_flags_per_group_on_cuda():
-    state: dict = {}
+    state = L.WarmStart()
     L.project([w.float().cuda() for w in _trp_steady(torch.float64)], "channel", "energy:0.9", solver="warm",
               state=state)
     weights = [w.float().cuda() for w in _nudge(_trp_steady(torch.float64), 1e-3, 0)]
@@ -532,7 +532,7 @@ def test_warm_solver_reads_back_a_few_flags_per_group_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert state["warm"] == 3
+    assert state.warm == 3
     # per group: the k x k eigh's own check, one read-back (accepted? largest rank), and at most
     # one per thin QR if cuSOLVER's is checked; never one per layer or per matrix
     assert len(syncs) <= 3 * (2 + L.WARM_ITERS)
