@@ -21,8 +21,8 @@ ROW_KEYS: tuple[str, ...] = (
     "top1", "top5", "f1",
     "macs", "dense_macs", "macs_speedup", "params_count", "dense_params_count",
     "latency_ms", "dense_latency_ms", "latency_speedup",
-    "latency_device", "latency_dtype", "latency_batch",
-    "layers", "wall_s", "gpu_hours", "env", "spec",
+    "latency_device", "latency_dtype", "latency_batch", "latency_layout", "dense_latency_layout",
+    "layers", "wall_s", "gpu_hours", "skipped_images", "env", "spec",
 )
 
 GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
@@ -259,6 +259,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             rec["latency_device"] = _joined(g["latency_device"])
             rec["latency_dtype"] = _joined(g["latency_dtype"])
             rec["latency_batch"] = _joined(g["latency_batch"])
+            # the layout each model was fastest in; seeds may differ between near-equal layouts
+            rec["latency_layout"] = _joined(g["latency_layout"])
+            rec["dense_latency_layout"] = _joined(g["dense_latency_layout"])
             rec["gpu"] = _joined(g["env.gpu"]) if "env.gpu" in g else None
             rec["sweeps"] = _joined(g["sweep"])
             rec["mixed_recipes"] = len({_recipe(s) for s in g["spec"]}) > 1

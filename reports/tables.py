@@ -206,6 +206,9 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
     if lat_setting:
         notes.append("Measured speed-up = dense median latency / median latency"
                      + (f" on {next(iter(lat_setting))}." if lat_uniform else ", setting per cell."))
+        if "latency_layout" in s and s["latency_layout"].notna().any():
+            notes.append("Latency: dense and compressed timed on the same menu of inference layouts (memory "
+                         "format, BN folded, jit), each on its fastest; results.csv names the winners.")
     if cost == "cpu":
         notes.append("Compression cost is wall time on CPU (no GPU was used), "
                      "training + compression + fine-tuning.")
@@ -296,7 +299,7 @@ CSV_COLUMNS = (
     "top1_mean", "top1_std", "top1_ci95", "top5_mean", "top5_std", "top5_ci95",
     "macs_mean", "dense_macs_mean", "macs_speedup_mean", "macs_speedup_ci95",
     "latency_ms_mean", "latency_speedup_mean", "latency_speedup_ci95",
-    "latency_device", "latency_dtype", "latency_batch",
+    "latency_device", "latency_dtype", "latency_batch", "latency_layout", "dense_latency_layout",
     "params_count_mean", "gpu_hours_mean", "wall_s_mean", "gpu", "mixed_recipes",
 )
 

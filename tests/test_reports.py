@@ -209,6 +209,23 @@ def test_csv_keeps_raw_numbers(tmp_path):
     assert len(out) == 5
 
 
+def test_latency_layouts_reach_the_csv_and_a_note_says_each_model_ran_on_its_fastest(tmp_path):
+    import io
+    note = "each on its fastest; results.csv names the winners"
+    assert note not in tables.to_markdown(_summary(tmp_path / "old"))   # rows from before layouts
+    rows = [make_row(seed=s, latency_layout="contiguous+jit", dense_latency_layout="contiguous+jit")
+            for s in range(2)]
+    rows += [make_row(method="trp", params={"scheme": "channel"}, seed=s, latency_ms=1.5,
+                      latency_layout=lay, dense_latency_layout="contiguous+jit")
+             for s, lay in enumerate(["contiguous+folded", "contiguous+jit"])]
+    summary = collate.summarize(collate.load_results(write_rows(tmp_path / "new", rows)))
+    assert note in tables.to_markdown(summary)
+    out = pd.read_csv(io.StringIO(tables.to_csv(summary))).set_index("method")
+    # seeds that won on different (near-equal) layouts are both named
+    assert out.loc["trp", "latency_layout"] == "contiguous+folded/contiguous+jit"
+    assert out.loc["dense", "dense_latency_layout"] == "contiguous+jit"
+
+
 def test_write_tables_and_quick_table(tmp_path):
     s = _summary(tmp_path)
     written = tables.write_tables(s, tmp_path / "out")
