@@ -318,7 +318,9 @@ def _normalize_train(where: str, t: dict) -> dict:
 
 
 def check_compile(where: str, v: Any) -> bool | str:
-    """false, true (inductor's default mode), one of :data:`COMPILE_MODES`, or a dynamo backend."""
+    """false, true (inductor's default mode), one of :data:`COMPILE_MODES`, or a dynamo backend.
+    The words "true"/"false" (a quoted YAML value, a command-line flag) mean the booleans."""
+    v = {"true": True, "false": False}.get(v, v) if isinstance(v, str) else v
     if isinstance(v, bool):
         return v
     if isinstance(v, str) and v in COMPILE_MODES:

@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     # names checked here, before any benchmark runs
     layout = "auto" if args.layout == ["auto"] else layout_menu(args.layout, "cpu", "--layout")
-    compile = False if args.compile is None else check_compile("--compile", {"true": True}.get(args.compile, args.compile))
+    compile = False if args.compile is None else check_compile("--compile", args.compile)
     models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
                             else ["resnet20"])
 
