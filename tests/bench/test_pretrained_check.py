@@ -12,7 +12,7 @@ from bench.data import write_fake_imagefolder
 from bench.models import build_model
 from bench.spec import SpecError, load_spec, parse_spec
 
-CONFIGS = Path(__file__).parents[1] / "bench" / "configs"
+CONFIGS = Path(__file__).parents[2] / "bench" / "configs"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ and resources are overridden; methods, schemes, rank rules and models are the sp
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import yaml
 from bench.spec import load_spec, parse_spec
 from reports import paper
 
-CONFIGS = Path(__file__).parents[1] / "bench" / "configs"
+CONFIGS = Path(__file__).parents[2] / "bench" / "configs"
 CIFAR = ("trp-cifar10-resnet20", "trp-cifar10-resnet32", "trp-cifar10-resnet56")
 IMAGENET = ("trp-imagenet-resnet18", "trp-imagenet-resnet50")
 
@@ -125,12 +124,8 @@ def test_cifar_spec_trials_run_on_tiny_cifar(name, tmp_path):
 
 # The ImageNet trials keep their full-size ResNet-18/50 weights: TRP's projection and the
 # speed-up bisection run CPU SVDs of every layer, about 4 minutes per spec on 2 cores (both
-# passed when this was written). Too slow for every commit; run with RANKBENCH_SLOW=1.
-SLOW = pytest.mark.skipif(os.environ.get("RANKBENCH_SLOW") != "1",
-                          reason="~4 min per ImageNet spec on CPU; set RANKBENCH_SLOW=1 to run")
-
-
-@SLOW
+# passed when last run). Too slow for every commit: marked slow, run with `pytest -m slow`.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGENET)
 def test_imagenet_spec_trials_run_on_tiny_imagefolder(name, tmp_path):
     import torch

@@ -18,7 +18,7 @@ from bench.store import Store, atomic_torch_save
 from bench.sweep import run_sweep
 from procs import bench_run, epochs_logged, kill_session
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _no_temp_files(root: Path) -> bool:

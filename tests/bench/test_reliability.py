@@ -30,7 +30,7 @@ from bench.store import Store
 from bench.sweep import run_sweep
 from procs import bench_run, epochs_logged, kill_session, session_pids
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
