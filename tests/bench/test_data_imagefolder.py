@@ -2,6 +2,7 @@
 palette) through both decode paths, layout errors, data-parallel shares, a whole trial."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from data_files import SMALL, make_imagefolder, pixels
 
 from bench.data import build_data, check_data
+from bench.data.base import usable_cpus
 
 
 @pytest.mark.parametrize("decode", ["pil", "torchvision"])
@@ -74,27 +76,34 @@ def test_imagefolder_with_worker_processes_counts_skips(tmp_path):
     assert x.shape == (4, 3, 32, 32)
 
 
+def test_workers_default_to_the_cpus_this_process_may_use(tmp_path):
+    make_imagefolder(tmp_path)
+    d = build_data({"name": "imagenet", "root": str(tmp_path), "decode": "pil", **SMALL},
+                   seed=0, batch_size=4, augment=False, device="cpu")        # no iteration: no worker starts
+    assert d.info["workers"] == min(8, usable_cpus()) and 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
 def test_imagenet_layout_errors_name_the_folder(tmp_path):
-    with pytest.raises(ValueError, match=r"data.root: .*/none does not exist \(expected an ImageFolder tree"):
+    with pytest.raises(ValueError, match=r"data.root: '.*/none': does not exist; accepted: an ImageFolder tree"):
         check_data({"name": "imagenet", "root": str(tmp_path / "none")})
     (tmp_path / "train" / "n01").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"data.root: .* has no val/ folder"):
+    with pytest.raises(ValueError, match=r"data.root: '.*': has no val/ folder; accepted: an ImageFolder tree"):
         check_data({"name": "imagenet", "root": str(tmp_path)})
     (tmp_path / "val").mkdir()
     (tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"\xff\xd8")
-    with pytest.raises(ValueError, match=r"val has no class folders: it holds loose images; sort the ILSVRC val"):
+    with pytest.raises(ValueError, match=r"val': has no class folders \(it holds loose images: sort the ILSVRC val"):
         check_data({"name": "imagenet", "root": str(tmp_path)})
     (tmp_path / "val" / "n99").mkdir()
-    with pytest.raises(ValueError, match=r"val has class folder 'n99' that train/ lacks"):
+    with pytest.raises(ValueError, match=r"val': has class folder 'n99' that train/ lacks \(1 such\); accepted: val classes"):
         check_data({"name": "imagenet", "root": str(tmp_path)})
     (tmp_path / "val" / "n99").rmdir()
     (tmp_path / "val" / "n01").mkdir()
     check_data({"name": "imagenet", "root": str(tmp_path)})          # layout fine; files are not listed
-    with pytest.raises(ValueError, match=r"data.root: .*train has no image files"):
+    with pytest.raises(ValueError, match=r"data.root: '.*train': has no image files in its class folders; accepted:"):
         build_data({"name": "imagenet", "root": str(tmp_path)}, 0, 4, False, "cpu")
-    with pytest.raises(ValueError, match="data.decode: 'dali' is not accepted; accepted: auto, pil, torchvision"):
+    with pytest.raises(ValueError, match="data.decode: 'dali'; accepted: auto, pil, torchvision"):
         check_data({"name": "imagenet", "root": str(tmp_path), "decode": "dali"})
-    with pytest.raises(ValueError, match="data.resize: 200 is not accepted; accepted: an integer >= image_size"):
+    with pytest.raises(ValueError, match=r"data.resize: 200; accepted: an integer >= image_size \(224\)"):
         check_data({"name": "imagenet", "root": str(tmp_path), "resize": 200})
 
 

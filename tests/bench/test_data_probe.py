@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +64,10 @@ def test_probe_times_imagefolder_and_shards_alternating_and_converts_a_root(tmp_
     with pytest.raises(SystemExit):
         main(["--write-shards", str(tmp_path / "x")])                  # needs --root
     assert np.isfinite(summary["median_images_per_s"]["imagefolder/pil"])
+
+
+def test_python_dash_m_bench_data_runs_the_probe_command():
+    out = subprocess.run([sys.executable, "-m", "bench.data", "--help"], cwd=Path(__file__).parents[2],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m bench.data") and "--write-shards" in out.stdout

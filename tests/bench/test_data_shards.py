@@ -182,27 +182,28 @@ methods: [dense]
 
 def test_bad_layouts_and_shards_are_one_line_errors_that_name_the_field(tmp_path):
     folder, root = _converted(tmp_path)
-    with pytest.raises(ValueError, match=r"data.layout: 'zip' is not accepted; accepted: auto \(tar when "
+    with pytest.raises(ValueError, match=r"data.layout: 'zip'; accepted: auto \(tar when "
                                          r"root/train holds .tar files\), imagefolder, tar"):
         check_data({"name": "imagenet", "root": str(root), "layout": "zip"})
-    with pytest.raises(ValueError, match=r"data.root: .*folder/train has no .tar shards \(data.layout: tar; "
-                                         r"expected WebDataset shards"):
+    with pytest.raises(ValueError, match=r"data.root: '.*folder/train': has no .tar shards \(data.layout: tar\); "
+                                         r"accepted: WebDataset shards"):
         check_data({"name": "imagenet", "root": str(folder), "layout": "tar"})
-    with pytest.raises(ValueError, match=r"data.layout: 'imagefolder' is not accepted; accepted: tar or auto "
+    with pytest.raises(ValueError, match=r"data.layout: 'imagefolder'; accepted: tar or auto "
                                          r"\(.*shards/train holds .tar shards, no class folders\)"):
         check_data({"name": "imagenet", "root": str(root), "layout": "imagefolder"})
     # ImageNet's per-class train archives left beside their extracted folders: still an ImageFolder
     (folder / "train" / "n01.tar").write_bytes(b"")
     assert build_data({"name": "imagenet", "root": str(folder), **SMALL}, 0, 4, False).info["layout"] == "imagefolder"
-    with pytest.raises(ValueError, match=r"already holds .tar shards; accepted: a folder without shards"):
+    with pytest.raises(ValueError, match=r"dst \(--write-shards\): '.*shards': train/ already holds .tar shards; "
+                                         r"accepted: a folder without .tar shards"):
         imagefolder_to_shards(folder, root)
 
     (root / "classes.txt").write_text("n01\nn02\n")
-    with pytest.raises(ValueError, match=r"data.root: .*\.tar/n03/.* has class 2, but .*classes.txt names 2 "
-                                         r"classes \(accepted: 0..1\)"):
+    with pytest.raises(ValueError, match=r"data.root: '.*\.tar/n03/.*': has class 2, but .*classes.txt names 2 "
+                                         r"classes; accepted: 0..1"):
         build_data({"name": "imagenet", "root": str(root)}, 0, 4, False)
     (root / "classes.txt").write_text("n01\n\nn03\n")
-    with pytest.raises(ValueError, match=r"classes.txt line 2 is empty"):
+    with pytest.raises(ValueError, match=r"classes.txt': line 2 is empty; accepted: one distinct class name a line"):
         check_data({"name": "imagenet", "root": str(root)})
     (root / "classes.txt").unlink()
     assert describe({"name": "imagenet", "root": str(root)})[1] == 3                # from the .cls labels
@@ -210,15 +211,15 @@ def test_bad_layouts_and_shards_are_one_line_errors_that_name_the_field(tmp_path
     bad = tmp_path / "bad"
     _tar(bad / "val" / "v.tar", [("a.cls", b"0"), ("a.jpg", _jpeg(8, 8, 0))])
     _tar(bad / "train" / "t.tar", [("a.cls", b"zero"), ("a.jpg", _jpeg(8, 8, 0))])
-    with pytest.raises(ValueError, match=r"data.root: .*t.tar/a.cls: b'zero' is not a class index \(accepted: "
-                                         r"a non-negative integer as ASCII text\)"):
+    with pytest.raises(ValueError, match=r"data.root: '.*t.tar/a.cls': b'zero' is not a class index; accepted: "
+                                         r"a non-negative integer as ASCII text"):
         build_data({"name": "imagenet", "root": str(bad)}, 0, 4, False)
     _tar(bad / "train" / "t.tar", [("a.jpg", _jpeg(8, 8, 0)), ("b.cls", b"0"), ("b.jpg", _jpeg(8, 8, 0))])
-    with pytest.raises(ValueError, match=r"data.root: .*t.tar/a.jpg has no a.cls member"):
+    with pytest.raises(ValueError, match=r"data.root: '.*t.tar/a.jpg': has no a.cls member; accepted: WebDataset"):
         build_data({"name": "imagenet", "root": str(bad)}, 0, 4, False)
     (bad / "train" / "t.tar").write_bytes(b"not a tar" * 100)
     _tar(bad / "train" / "u.tar", [("a.cls", b"0"), ("a.jpg", _jpeg(8, 8, 0))])     # 2 shards: 2 processes
-    with pytest.raises(ValueError, match=r"data.root: .*t.tar is not a readable tar"):
+    with pytest.raises(ValueError, match=r"data.root: '.*t.tar': not a readable tar"):
         build_data({"name": "imagenet", "root": str(bad)}, 0, 4, False)
 
 
