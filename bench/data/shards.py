@@ -38,9 +38,9 @@ from .imagefolder import IMAGE_EXTENSIONS, class_dirs, imagefolder_classes, scan
 log = logging.getLogger(__name__)
 EXPECTED = ("WebDataset shards root/train/*.tar and root/val/*.tar, members KEY.jpg (or .jpeg, .png, "
             ".webp) + KEY.cls (class index), optional root/classes.txt")
+CLASSES_TXT = "one distinct class name a line"
 # processes that index shards, and threads that read files when writing them
 _INDEX_PROCS = 16
-CLASSES_TXT = "one distinct class name a line"
 _IO_THREADS = 16
 
 
