@@ -1,7 +1,7 @@
 """``rankbench speed``: the numbers that decide what an ImageNet comparison costs.
 
-Four benchmarks, each reported as a ratio measured in one process on one machine (these
-machines are noisy; absolute numbers from different runs do not compare):
+Four benchmarks, each reported as a ratio measured in one process on one machine (timings are
+noisy and machines differ, so absolute numbers from different runs do not compare):
 
 1. step       images/s of the harness's own training step (``bench.train.train_step``): plain
               vs TRP (projection every step, +Nu) for each scheme and projection solver.
