@@ -1,7 +1,7 @@
 """``rankbench speed``: the numbers that decide what an ImageNet comparison costs.
 
-Four benchmarks, each reported as a ratio measured in one process on one machine (these
-machines are noisy; absolute numbers from different runs do not compare):
+Four benchmarks, each reported as a ratio measured in one process on one machine (timings are
+noisy and machines differ, so absolute numbers from different runs do not compare):
 
 1. step       images/s of the harness's own training step (``bench.train.train_step``): plain
               vs TRP (projection every step, +Nu) for each scheme and projection solver.
@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from bench.checks import bad
 from bench.inference import layout_menu
 from bench.measure import compare_latency, count_macs
 from bench.packing import peak_step_memory, share_fits
@@ -319,10 +320,10 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     cuda = dev.type == "cuda"
     for part in parts:
         if part not in PARTS:
-            raise ValueError(f"--only: {part!r}; accepted: {', '.join(PARTS)}")
+            raise bad("--only", part, ", ".join(PARTS))
     for name in models:
         if name not in MODELS:
-            raise ValueError(f"--model: {name!r}; accepted: {', '.join(MODELS)}")
+            raise bad("--model", name, ", ".join(MODELS))
     setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3),
                   warmup=(10 if cuda else 1) if warmup is None else warmup)
     out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],

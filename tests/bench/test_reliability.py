@@ -287,13 +287,14 @@ def test_a_killed_ray_worker_is_retried_from_its_last_epoch_checkpoint(tmp_path,
 
 # ------------------------------------- 2. faults: the driver interrupted; two sweeps at once
 
-SIGINT_SPEC = """
+SIGINT_EPOCHS = 8
+SIGINT_SPEC = f"""
 sweep: sig
 seeds: [0, 1]
-data: {name: digits}
+data: {{name: digits}}
 model: cnn
-train: {epochs: 5, batch_size: 32, lr: 0.05}
-measure: {latency_repeats: 2}
+train: {{epochs: {SIGINT_EPOCHS}, batch_size: 32, lr: 0.05}}
+measure: {{latency_repeats: 2}}
 methods: [dense]
 """
 
@@ -302,8 +303,9 @@ methods: [dense]
 def interrupted(tmp_path_factory) -> dict:
     """``rankbench run`` in a subprocess (driver A, one trial at a time); while A holds the
     folder, this process starts the same sweep on it; then Ctrl-C reaches A's process group once
-    one trial is finished and the other is on its way (1 or 2 of its 5 epochs checkpointed: the
-    rest cannot finish in the second its Ray worker takes to go)."""
+    one trial is finished and the other is on its way (1 or 2 of its 8 epochs checkpointed). The
+    6 epochs left are a wide window, but how long the signal takes to land is up to the machine,
+    so the test accepts the second trial finished too (see the test)."""
     import contextlib
     import io
 
@@ -372,15 +374,21 @@ def test_ctrl_c_mid_sweep_then_the_same_command_resumes_and_runs_each_trial_once
     assert interrupted["rc"] == 130, interrupted["out"]
     assert "interrupted: finished trials are kept; run the same command again to resume" in interrupted["out"]
     assert interrupted["left"] == []                  # no Ray process outlives the interrupted driver
+    trials = parse_spec(SIGINT_SPEC).trials
     done, partial = interrupted["done"], interrupted["partial"]
-    assert len(done) == 1 and len(partial) == 1
+    # Ctrl-C came with one trial finished and the other checkpointed mid-way; before the signal
+    # landed that one may have finished too (a fast machine). Either way nothing is lost: every
+    # trial has its row or its epoch checkpoint.
+    assert len(done) >= 1, (done, partial)
+    assert done | partial == {t.id for t in trials}, (done, partial)
 
-    # the same command again (in this process, on the test session's Ray)
+    # the same command again (in this process, on the test session's Ray): runs exactly the
+    # trials without a row, each resuming from its checkpoint
     rc, out, _ = _cli(["run", str(interrupted["spec"]), "--results", str(interrupted["res"])], capsys)
     assert rc == 0, out
-    assert "2 trials, 1 already done, 1 to run" in out
+    assert f"2 trials, {len(done)} already done, {len(partial)} to run" in out
     store = Store(interrupted["res"], "sig")
-    for t in parse_spec(SIGINT_SPEC).trials:
+    for t in trials:
         row = store.read_result(t.id)
         assert row is not None and row["status"] == "ok", (t.id, row)
         log = store.log_path(t.id).read_text()
@@ -390,7 +398,7 @@ def test_ctrl_c_mid_sweep_then_the_same_command_resumes_and_runs_each_trial_once
         else:
             assert log.count(f"trial {t.id}: dense") == 2         # the cut attempt and the resume
             assert "[train] resumed from epoch " in log.split(f"trial {t.id}: dense")[2]
-            assert [h["epoch"] for h in row["history"]] == [1, 2, 3, 4, 5]
+        assert [h["epoch"] for h in row["history"]] == list(range(1, SIGINT_EPOCHS + 1))   # each epoch once
     assert len(list((store.dir / "trials").iterdir())) == 2
 
 
