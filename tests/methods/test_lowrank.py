@@ -449,10 +449,10 @@ def test_warm_check_rejects_a_start_that_misses_the_top_subspace():
     lam = torch.linspace(10, 1, 16, dtype=torch.float64)
     x = torch.diag(lam.sqrt()).unsqueeze(0)                  # X X^T = diag(lam)
     bottom = torch.eye(16, dtype=torch.float64)[:, -6:].unsqueeze(0)
-    assert L._warm_eigs(x, bottom, L.Rule("energy", 0.9)) is None
+    assert L.warm_eigs(x, bottom, L.Rule("energy", 0.9)) is None
     top = torch.eye(16, dtype=torch.float64)[:, :6].unsqueeze(0)
     gapped = torch.diag(torch.cat([lam[:3] * 100, lam[3:] * 1e-6]).sqrt()).unsqueeze(0)
-    assert L._warm_eigs(gapped, top, L.Rule("energy", 0.9)) is not None
+    assert L.warm_eigs(gapped, top, L.Rule("energy", 0.9)) is not None
 
 
 def test_warm_solver_falls_back_when_the_weights_jump_and_the_rank_outgrows_the_block():
