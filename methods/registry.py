@@ -12,11 +12,11 @@ none gets the key as its ``name`` when registered.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from importlib import metadata
 from typing import Any, Callable, TypeVar
 
+from bench.checks import unknown
 from methods.base import Method
 
 ENTRY_POINT_GROUP = "rankbench.methods"
@@ -66,9 +66,8 @@ def available() -> list[str]:
 def get_method(name: str) -> type[Method]:
     names = available()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"method: unknown method {name!r}{hint}; accepted: {', '.join(names)}")
+        # a KeyError (a lookup), in the one-line format of bench.checks
+        raise KeyError(str(unknown("method", name, names, "unknown method")))
     return _REGISTRY[name]
 
 
@@ -84,7 +83,5 @@ def build(name: str, params: dict[str, Any]) -> Method:
     known = parameters(name)
     for key in params:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"methods.{name}.{key}: unknown parameter{hint}; accepted: {', '.join(known) or 'none'}")
+            raise unknown(f"methods.{name}", key, known, "unknown parameter")
     return get_method(name)(**params)

@@ -14,6 +14,8 @@ from typing import Optional, Sequence, TypedDict, Union
 import torch
 from torch import Tensor, nn
 
+from bench.checks import bad, missing
+
 from methods.lowrank.factorized import factorize
 from methods.lowrank.layers import layer_choice, set_module
 from methods.lowrank.macs import Probe, dense_macs, factorized_macs, probe_layers
@@ -115,7 +117,7 @@ def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
     reports, e.g. to load a saved state dict."""
     rule = parse_rule(rule)
     if rule.is_global and example_input is None:
-        raise ValueError(f"example_input: required for rule {rule} (MACs are counted on it)")
+        raise missing("example_input", f"an example batch: rule {rule} counts MACs on it")
     out = copy.deepcopy(model)
     plan = _plan(out, scheme, layers, example_input, include_stride2, tiles)
     reports = plan.reports
@@ -156,8 +158,8 @@ def check_reachable(model: nn.Module, scheme: str, rule: Union[str, Rule], examp
     if rule.is_global:
         best = max_speedup(model, scheme, example_input, layers, include_stride2, tiles)
         if rule.value > best:
-            raise ValueError(f"{field}: {rule} is not reachable with scheme {scheme!r} on these layers; "
-                             f"accepted: speedup up to {best:.3f} (rank 1 everywhere)")
+            raise bad(field, str(rule), f"speedup up to {best:.3f} (rank 1 everywhere)",
+                      f"not reachable with scheme {scheme!r} on these layers")
 
 
 def _ranks_for_speedup(plan: _Plan, spectra: list[Tensor], speedup: float) -> list[int]:
@@ -181,8 +183,8 @@ def _ranks_for_speedup(plan: _Plan, spectra: list[Tensor], speedup: float) -> li
     lo, hi = 0.0, 1.0
     if total(ranks_at(lo)) > target:
         best = plan.dense_total / total(ranks_at(lo))
-        raise ValueError(f"rule: speedup:{speedup} is not reachable with these layers; "
-                         f"accepted: speedup up to {best:.3f} (rank 1 everywhere)")
+        raise bad("rule", f"speedup:{speedup}", f"speedup up to {best:.3f} (rank 1 everywhere)",
+                  "not reachable with these layers")
     for _ in range(60):  # 2^-60: far below the gap between two distinct cumulative energies
         mid = (lo + hi) / 2
         if total(ranks_at(mid)) <= target:

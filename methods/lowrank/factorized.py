@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.checks import bad
+
 from methods.lowrank.schemes import from_matrix, full_rank, scheme_for, svd_threads, to_matrix
 
 
@@ -75,10 +77,10 @@ def factorize(module: nn.Module, scheme: str, rank: int, tiles: int = 1) -> Fact
     conv ``tiles*r -> N`` sums the tiles."""
     reason = scheme_for(module, scheme)
     if reason is not None:
-        raise ValueError(f"layer: cannot factorize with scheme {scheme!r}: {reason}")
+        raise bad("scheme", scheme, "a scheme this layer takes", f"cannot factorize the layer: {reason}")
     full = full_rank(module, scheme, tiles)
     if not isinstance(rank, int) or not 1 <= rank <= full:
-        raise ValueError(f"rank: got {rank!r}; accepted: an int in [1, {full}] for this layer and scheme")
+        raise bad("rank", rank, f"an int in [1, {full}] for this layer and scheme")
     w = module.weight.detach()
     kw_ = {"device": w.device, "dtype": w.dtype}
     padding = _numeric_padding(module) if isinstance(module, nn.Conv2d) else None

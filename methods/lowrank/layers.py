@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
+from bench.checks import bad
+
 from methods.lowrank.schemes import check_scheme, pair, scheme_for
 
 
@@ -18,7 +20,7 @@ def layer_reasons(model: nn.Module, kinds: Sequence[str] = ("conv",), min_kernel
     """Every Conv2d/Linear in ``model`` with None (chosen) or the reason it is not chosen."""
     for k in kinds:
         if k not in ("conv", "linear"):
-            raise ValueError(f"kinds: got {k!r}; accepted: 'conv', 'linear'")
+            raise bad("kinds", k, "'conv', 'linear'")
     out: list[tuple[str, Optional[str]]] = []
     first_conv_seen = False
     for name, m in model.named_modules():
@@ -68,7 +70,7 @@ def layer_choice(model: nn.Module, scheme: str, layers: Union[str, Sequence[str]
     check_scheme(scheme)
     if isinstance(layers, str):
         if layers not in LAYER_CHOICES:
-            raise ValueError(f"layers: got {layers!r}; accepted: {', '.join(LAYER_CHOICES)} or a list of layer names")
+            raise bad("layers", layers, f"{', '.join(LAYER_CHOICES)} or a list of layer names")
         official = layers == "official"
         rows = layer_reasons(model, default_kinds(scheme), min_kernel=2 if official else 1,
                              skip_first=official, include_stride2=include_stride2)
@@ -78,8 +80,8 @@ def layer_choice(model: nn.Module, scheme: str, layers: Union[str, Sequence[str]
         unknown = [n for n in layers if n not in known]
         if unknown:
             names = [n for n, _ in rows]  # model order reads best
-            raise ValueError(f"layers: {unknown} are not Conv2d/Linear layers of the model; accepted: "
-                             f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+            raise bad("layers", unknown, f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}",
+                      "not Conv2d/Linear layers of the model")
         wanted = set(layers)
         rows = [(n, None if n in wanted else "not in layers") for n, _ in rows]
     return [(n, r if r is not None else scheme_for(model.get_submodule(n), scheme)) for n, r in rows]

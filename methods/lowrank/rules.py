@@ -15,6 +15,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from bench.checks import bad
+
 RULE_KINDS: tuple[str, ...] = ("energy", "value", "ratio", "rank", "entropy", "speedup")
 ACCEPTED_RULES = ('"energy:E" (0<E<=1), "value:T" (T>=0), "ratio:Q" (0<Q<=1), "rank:R" (int R>=1), '
                   '"entropy:TAU" (0<TAU<=1), "speedup:S" (S>1)')
@@ -38,19 +40,19 @@ class Rule:
 
 
 def parse_rule(text: Union[str, Rule], field: str = "rule") -> Rule:
-    """Parse ``"kind:value"``; bad input -> ValueError naming ``field``, the value and what is accepted."""
+    """Parse ``"kind:value"``; bad input -> ``bench.checks.UserError`` naming ``field``, the value and what is accepted."""
     if isinstance(text, Rule):
         return text
     if not isinstance(text, str) or ":" not in text:
-        raise ValueError(f"{field}: got {text!r}; accepted: {ACCEPTED_RULES}")
+        raise bad(field, text, ACCEPTED_RULES)
     kind, _, raw = text.partition(":")
     kind = kind.strip().lower()
     if kind not in RULE_KINDS:
-        raise ValueError(f"{field}: unknown kind {kind!r} in {text!r}; accepted: {ACCEPTED_RULES}")
+        raise bad(field, text, ACCEPTED_RULES, f"unknown kind {kind!r}")
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{field}: value {raw!r} in {text!r} is not a number; accepted: {ACCEPTED_RULES}") from None
+        raise bad(field, text, ACCEPTED_RULES, f"value {raw!r} is not a number") from None
     ok = math.isfinite(value) and {
         "energy": 0.0 < value <= 1.0,
         "entropy": 0.0 < value <= 1.0,
@@ -60,7 +62,7 @@ def parse_rule(text: Union[str, Rule], field: str = "rule") -> Rule:
         "speedup": value > 1.0,   # 1.0 would compress nothing: not a target
     }[kind]
     if not ok:
-        raise ValueError(f"{field}: {text!r} is out of range; accepted: {ACCEPTED_RULES}")
+        raise bad(field, text, ACCEPTED_RULES, "out of range")
     return Rule(kind, value)
 
 
@@ -97,8 +99,8 @@ def rank_mask(s: Tensor, rule: Union[str, Rule]) -> Tensor:
         r = math.ceil(rule.value * k) if rule.kind == "ratio" else int(rule.value)
         mask = (idx < min(max(r, 1), k)).expand(s.shape)
     else:
-        raise ValueError(f"rule: {rule} is a whole-model rule; use decompose_model(..., example_input=...) "
-                         f"or a per-layer rule: energy, value, ratio, rank, entropy")
+        raise bad("rule", str(rule), "a per-layer rule: energy, value, ratio, rank, entropy",
+                  "a whole-model rule, applied by decompose_model(..., example_input=...)")
     return mask | (idx == 0)
 
 

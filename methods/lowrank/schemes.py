@@ -24,6 +24,8 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from bench.checks import bad, is_int
+
 Scheme = Literal["channel", "spatial", "linear", "decoupling"]
 SCHEMES: tuple[str, ...] = ("channel", "spatial", "linear", "decoupling")
 CONV_SCHEMES: tuple[str, ...] = ("channel", "spatial", "decoupling")
@@ -37,7 +39,7 @@ def pair(v: Any) -> tuple[int, int]:
 def check_scheme(scheme: str) -> str:
     """``scheme`` if it is one of :data:`SCHEMES`; else the one-line error."""
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme: got {scheme!r}; accepted: {', '.join(SCHEMES)}")
+        raise bad("scheme", scheme, ", ".join(SCHEMES))
     return scheme
 
 
@@ -58,13 +60,13 @@ def scheme_for(module: nn.Module, scheme: str) -> Optional[str]:
 
 def check_tiles(scheme: str, tiles: int, in_channels: Optional[int] = None) -> int:
     """Validate a tile count: only the channel scheme tiles, and tiles must split the input channels."""
-    if not isinstance(tiles, int) or isinstance(tiles, bool) or tiles < 1:
-        raise ValueError(f"tiles: got {tiles!r}; accepted: an int >= 1 (1 = no tiling)")
+    if not is_int(tiles) or tiles < 1:
+        raise bad("tiles", tiles, "an int >= 1 (1 = no tiling)")
     if tiles > 1 and scheme != "channel":
-        raise ValueError(f"tiles: got {tiles} with scheme {scheme!r}; accepted: tiles > 1 only with 'channel'")
+        raise bad("tiles", tiles, "tiles > 1 only with scheme 'channel'", f"with scheme {scheme!r}")
     if tiles > 1 and in_channels is not None and in_channels % tiles:
-        raise ValueError(f"tiles: {tiles} does not divide the layer's {in_channels} input channels; "
-                         f"accepted: a divisor of {in_channels}")
+        raise bad("tiles", tiles, f"a divisor of {in_channels}",
+                  f"does not divide the layer's {in_channels} input channels")
     return tiles
 
 

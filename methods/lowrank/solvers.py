@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from bench.checks import bad
+
 from methods.lowrank.rules import Rule, parse_rule, rank_mask
 from methods.lowrank.schemes import from_matrix, svd_threads, to_matrix
 
@@ -45,7 +47,7 @@ def check_solver(solver: str, field: str = "solver") -> str:
     """Validate a projection solver name: one of :data:`SOLVERS`, or ``svd-<driver>`` (CUDA)."""
     accepted = list(SOLVERS) + [f"svd-{d}" for d in CUDA_SVD_DRIVERS]
     if solver not in accepted:
-        raise ValueError(f"{field}: got {solver!r}; accepted: {', '.join(accepted)} (svd-* on CUDA only)")
+        raise bad(field, solver, f"{', '.join(accepted)} (svd-* on CUDA only)")
     return solver
 
 
@@ -261,8 +263,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
         else:  # svd, auto on a square-ish group, or svd-<driver>
             driver = solver.partition("-")[2] or None
             if driver and batch.device.type != "cuda":
-                raise ValueError(f"solver: {solver!r} needs CUDA (the weights are on {batch.device}); "
-                                 f"accepted on CPU: {', '.join(SOLVERS)}")
+                raise bad("solver", solver, f"on {batch.device}: {', '.join(SOLVERS)}", "needs CUDA")
             proj_b, sub_b = _project_svd(batch, rule, with_subgradient, driver)
         sizes = [f.shape[0] for f in flats]
         proj = proj_b.split(sizes)

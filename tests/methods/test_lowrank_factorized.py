@@ -75,11 +75,11 @@ def test_tiled_channel_factorization_full_rank_and_rank_r(case):
 
 
 def test_tiles_errors_name_the_field():
-    with pytest.raises(ValueError, match="tiles: 4 does not divide the layer's 6 input channels"):
+    with pytest.raises(ValueError, match="^tiles: 4: does not divide the layer's 6 input channels; accepted: a divisor of 6"):
         L.to_matrix(torch.randn(7, 6, 3, 3), "channel", 4)
-    with pytest.raises(ValueError, match="tiles: got 2 with scheme 'spatial'; accepted: tiles > 1 only with 'channel'"):
+    with pytest.raises(ValueError, match="^tiles: 2: with scheme 'spatial'; accepted: tiles > 1 only with scheme 'channel'"):
         L.check_tiles("spatial", 2)
-    with pytest.raises(ValueError, match="tiles: got 0; accepted: an int >= 1"):
+    with pytest.raises(ValueError, match="^tiles: 0; accepted: an int >= 1"):
         L.check_tiles("channel", 0)
     assert L.layer_tiles(nn.Conv2d(6, 4, 3), "channel", 4) == 1  # does not divide: untiled
     assert L.layer_tiles(nn.Conv2d(8, 4, 3), "channel", 4) == 4
@@ -92,9 +92,9 @@ def test_scheme_for_reports_why_a_layer_stays_dense():
     assert L.scheme_for(nn.Conv2d(4, 4, 1), "channel") is None  # a 1x1 conv is a matrix: channel SVD works
     assert "nn.Linear" in L.scheme_for(nn.Conv2d(4, 4, 3), "linear")
     assert "Conv2d" in L.scheme_for(nn.Linear(4, 4), "channel")
-    with pytest.raises(ValueError, match=r"scheme: got 'tucker'; accepted: channel, spatial, linear, decoupling"):
+    with pytest.raises(ValueError, match=r"^scheme: 'tucker'; accepted: channel, spatial, linear, decoupling"):
         L.scheme_for(nn.Linear(4, 4), "tucker")
-    with pytest.raises(ValueError, match=r"rank: got 0; accepted: an int in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"^rank: 0; accepted: an int in \[1, 4\]"):
         L.factorize(nn.Conv2d(4, 4, 3), "channel", 0)
     with pytest.raises(ValueError, match="grouped"):
         L.factorize(nn.Conv2d(4, 4, 3, groups=4), "channel", 1)

@@ -39,9 +39,9 @@ def test_rank_mask_is_batched_prefix_and_rowwise():
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("energy", "rule: got 'energy'"), ("tucker:1", "unknown kind 'tucker'"), ("energy:abc", "not a number"),
+    ("energy", "rule: 'energy'; accepted: "), ("tucker:1", "rule: 'tucker:1': unknown kind 'tucker'; accepted: "), ("energy:abc", "not a number"),
     ("energy:1.5", "out of range"), ("rank:2.5", "out of range"), ("rank:inf", "out of range"),
-    ("speedup:0.5", "out of range"), ("value:-1", "out of range"), (0.9, "rule: got 0.9"),
+    ("speedup:0.5", "out of range"), ("value:-1", "out of range"), (0.9, "rule: 0.9; accepted: "),
 ])
 def test_parse_rule_errors_name_field_value_and_accepted(text, needle):
     with pytest.raises(ValueError, match="accepted") as e:
