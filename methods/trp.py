@@ -7,10 +7,11 @@ on the same steps (``grad += nuclear * U_r V_r^T``). ``solver`` picks how the pr
 computed: ``auto`` (default: the Gram-matrix eigensolver where a layer's matrix is at least 2x
 wider than tall, else the exact SVD), ``gram``, ``svd``, or ``warm`` (the Gram solver started from
 the previous step's factors: a couple of matrix products and a small eigensolve while its check
-holds, the full eigensolve otherwise; the row's ``method_info.warm_start`` counts both); all
-keep the exact ranks and agree with a float64 SVD to float32 rounding (tests/test_lowrank.py,
-BENCHMARKS.md). After training the chosen layers are
-decomposed with the ``export`` rule (value 0.05 by default), no fine-tuning.
+holds, the full eigensolve otherwise; the row's ``method_info.warm_start`` counts both, and
+the warm factors are the method's ``state_dict``, so a resumed run starts warm); all keep the
+exact ranks and agree with a float64 SVD to float32 rounding (tests/methods/test_lowrank_solvers.py,
+BENCHMARKS.md). After training the chosen layers are decomposed with the ``export`` rule
+(value 0.05 by default), no fine-tuning.
 
 Ablations: ``project=False`` is "Nu without TRP" (only the nuclear-norm term; the weight is not
 projected, so the sub-gradient is the full ``U V^T`` of ``||W||_*``, as the official nuclear

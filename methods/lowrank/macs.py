@@ -4,8 +4,8 @@ The one counter is fvcore's (:func:`model_macs`: its jit tracer with the op hand
 :func:`mac_handles`). The result row's count (``bench.measure.count_macs``) and every target set
 here (a ``speedup:`` rule, :func:`probe_layers`' cost of the layers a decomposition leaves alone)
 come from it, so a target is hit on the number the row reports. :func:`dense_macs` and
-:func:`factorized_macs` are the closed formulas for one layer (reference/methods.md); the tests
-hold them to the counter.
+:func:`factorized_macs` are the closed formulas for one layer (the layer shapes of
+``methods.lowrank.schemes``); the tests hold them to the counter.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def dense_macs(module: nn.Module, out_hw: Sequence[int], out_rows: int = 1) -> i
 
 def factorized_macs(module: nn.Module, scheme: str, rank: int, out_hw: Sequence[int] = (1, 1),
                     in_hw: Optional[Sequence[int]] = None, out_rows: int = 1, tiles: int = 1) -> int:
-    """MACs per image of ``factorize(module, scheme, rank)`` (formulas of reference/methods.md).
+    """MACs per image of ``factorize(module, scheme, rank)`` (the layer shapes of ``methods.lowrank.schemes``).
 
     ``spatial``: the kh x 1 conv runs at (H_out, W_in); ``decoupling``: the 1x1 conv runs at the
     input resolution. ``in_hw`` defaults to the smallest input giving ``out_hw`` (exact for

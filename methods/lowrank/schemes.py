@@ -1,6 +1,6 @@
 """Schemes: the matrix view a layer's weight is decomposed in, and which layers take which.
 
-For a conv weight ``W`` of shape ``(N, C, kh, kw)`` (see ``reference/methods.md``):
+For a conv weight ``W`` of shape ``(N, C, kh, kw)``:
 
 - ``channel``    ``W.reshape(N, C*kh*kw)``; conv ``C->r`` (kh x kw, original stride/padding/dilation)
                  then conv 1x1 ``r->N`` carrying the bias.

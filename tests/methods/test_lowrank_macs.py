@@ -13,7 +13,8 @@ from lowrank_refs import CONV_CASES, make_conv
 from methods import lowrank as L
 
 def formula_macs(conv: nn.Conv2d, scheme: str, r: int, in_hw, out_hw) -> int:
-    """reference/methods.md, per output pixel, times the resolution each term runs at."""
+    """The factorized pair's MACs per output pixel, by hand from the two layers each scheme builds,
+    times the resolution each term runs at."""
     n, c, kh, kw = conv.weight.shape
     (hi, wi), (ho, wo) = in_hw, out_hw
     if scheme == "channel":

@@ -344,3 +344,71 @@ def test_svd_starts_from_baseline_and_finetunes_when_asked():
         registry.build("svd", {"finetune_epochs": -1})
     with pytest.raises(RuntimeError, match="attach"):
         registry.build("svd", {}).compress(_model())
+
+
+# --- the Method API ---------------------------------------------------------------------------
+
+def test_register_keeps_the_class_name_and_the_key_in_agreement(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class Named(Method):
+        name = "named-one"
+
+    with pytest.raises(ValueError, match=r"@register\('other'\): .*Named declares name = 'named-one'"):
+        registry.register("other")(Named)
+    assert registry.register("named-one")(Named).name == "named-one"
+
+    class Unnamed(Method):
+        pass
+
+    assert registry.register("unnamed-one")(Unnamed).name == "unnamed-one"   # no name of its own: the key
+    assert all(registry.get_method(n).name == n for n in ALL)
+
+
+def test_defaults_of_every_hook_do_nothing():
+    m, model = Method(), _model()
+    assert m.ctx is None and m.finetune_epochs == 0
+    assert m.extra_loss(model, 0) is None and m.param_groups(model) is None
+    assert m.compress(model) is model and m.report() == MethodReport()
+    assert m.state_dict() == {}
+    m.load_state_dict({})
+
+
+def test_check_param_raises_the_one_line_user_error():
+    from bench.checks import UserError
+    from methods.base import check_param
+
+    with pytest.raises(UserError, match=r"^period: 0; accepted: an int >= 1$"):
+        check_param("period", 0, False, "an int >= 1")
+    check_param("period", 1, True, "an int >= 1")
+
+
+def test_calibration_batches_come_from_the_context_or_fail_clearly():
+    m = Method()
+    with pytest.raises(RuntimeError, match="needs the trial context"):
+        m.calibration_batches(2)
+    m.ctx = _ctx()
+    with pytest.raises(RuntimeError, match=r"needs training data.*Context.train_batches is None"):
+        m.calibration_batches(2)
+    batch = (torch.zeros(4, *SHAPE), torch.zeros(4, dtype=torch.long))
+    m.ctx.train_batches = lambda n: [batch] * n
+    assert m.calibration_batches(3) == [batch] * 3
+    with pytest.raises(ValueError, match=r"^calibration_batches: 0; accepted: an int >= 1"):
+        m.calibration_batches(0)
+
+
+def test_trp_state_dict_round_trips_the_warm_solver_state():
+    model = _model()
+    trp = registry.build("trp", {"solver": "warm", "energy": 0.3})   # small ranks: the warm start is kept
+    _attach(trp, model)
+    for step in range(3):
+        trp.before_step(model, step)
+    state = trp.state_dict()
+    assert state["warm"]["warm"] > 0 and state["warm"]["starts"]
+    other = registry.build("trp", {"solver": "warm", "energy": 0.3})
+    _attach(other, _model())
+    other.load_state_dict(state)
+    got = other.state_dict()["warm"]
+    assert (got["warm"], got["cold"]) == (state["warm"]["warm"], state["warm"]["cold"])
+    assert all(ka == kb and torch.equal(a, b) for (ka, a), (kb, b) in zip(got["starts"], state["warm"]["starts"]))
+    assert len(got["starts"]) == len(state["warm"]["starts"])
