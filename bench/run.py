@@ -225,6 +225,7 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
         out["baseline_id"] = base.id
         ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
                       steps_per_epoch=data.steps_per_epoch, epochs=0, device=device, log=log)
+        method.ctx = ctx
         method.attach(model, ctx)
     else:
         model.to(device)
@@ -232,6 +233,7 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
         model, forward = wrap(model, dist, sync_bn)
         ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
                       steps_per_epoch=data.steps_per_epoch, epochs=tc["epochs"], device=device, log=log)
+        method.ctx = ctx
         method.attach(model, ctx)
         train(model, data, epochs=tc["epochs"], lr=tc["lr"], schedule=tc["schedule"],
               milestones=tc["milestones"], gamma=tc["gamma"], method=method,
@@ -244,7 +246,7 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
             atomic_torch_save(model.state_dict(), store.baseline_weights(trial.id))
 
     small = method.compress(model)
-    fe = int(getattr(method, "finetune_epochs", 0) or 0)
+    fe = int(method.finetune_epochs)
     if fe > 0:
         # fine-tuning the factorized network: small lr, cosine (reference/methods.md)
         small, small_forward = wrap(small, dist)   # BN layers were already converted with model
@@ -276,7 +278,7 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
                            layout=mc.get("latency_layout", "auto"))
     lat = lats["compressed"]
     dense_lat = lats.get("dense", lat)
-    report = method.report() or {}
+    report = method.report()
     gpus = trial.resources_cfg.get("gpus", 0) if device.type == "cuda" else 0
     out.update({
         "top1": metrics.get("top1"), "top5": metrics.get("top5"), "f1": metrics.get("f1"),
@@ -289,14 +291,15 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
         "latency_layout": lat["layout"], "dense_latency_layout": dense_lat["layout"],
         # every layout's median ms (and why any was skipped), so the choice can be checked
         "latency_layouts": {k: {"ms": v["candidates"], "skipped": v["skipped"]} for k, v in lats.items()},
-        "layers": list(report.get("layers", [])),
+        "layers": list(report.layers),
         "wall_s": wall_s, "gpu_hours": wall_s / 3600.0 * float(gpus),
     })
-    for k in ("scheme", "rule"):
-        if isinstance(report.get(k), str):
-            out[k] = report[k]
+    if report.scheme is not None:
+        out["scheme"] = report.scheme
+    if report.rule is not None:
+        out["rule"] = report.rule
     # whatever else the method reports (e.g. how often TRP's warm start held) rides along as is
-    out["method_info"] = {k: v for k, v in report.items() if k not in ("layers", "skipped", "scheme", "rule")}
+    out["method_info"] = dict(report.info)
     return out
 
 

@@ -115,8 +115,9 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
         method = None
         if params:
             method = build_method("trp", params)
-            method.attach(model, Context(input_shape=shape, num_classes=classes, steps_per_epoch=1,
-                                         epochs=1, device=setup.device))
+            method.ctx = Context(input_shape=shape, num_classes=classes, steps_per_epoch=1, epochs=1,
+                                 device=setup.device)
+            method.attach(model, method.ctx)
         forward = compiled(model, compile) if compile else None
         steps[label], methods[label] = _stepper(model, x, y, opt, method, setup.amp, forward), method
     secs = _timed(steps, setup.device, setup.steps, setup.warmup)
@@ -129,7 +130,7 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
 def _warm_share(method: Any) -> Optional[float]:
     """Share of a ``warm`` TRP's shape-group projections (warm-up steps included) that took the
     warm path; None for other variants."""
-    counts = method.report().get("warm_start") if method is not None else None
+    counts = method.report().info.get("warm_start") if method is not None else None
     return counts["warm"] / max(1, counts["warm"] + counts["cold"]) if counts else None
 
 

@@ -130,8 +130,9 @@ def _train_trp(rank: int, world: int, checkpoint: Path | None = None, stop_at: i
         data = dataclasses.replace(data, train=_StopAt(data.train, stop_at))
     model, forward = wrap(_model(), current())
     method = TRP(scheme="channel", energy=0.8, nuclear=1e-2, export="speedup:1.5")
-    method.attach(model, Context(input_shape=data.input_shape, num_classes=4,
-                                 steps_per_epoch=data.steps_per_epoch, epochs=EPOCHS))
+    method.ctx = Context(input_shape=data.input_shape, num_classes=4, steps_per_epoch=data.steps_per_epoch,
+                         epochs=EPOCHS)
+    method.attach(model, method.ctx)
     train(model, data, epochs=EPOCHS, lr=0.1, momentum=0.9, weight_decay=1e-4, method=method,
           forward=forward, log=log, checkpoint=checkpoint)
     return model, method
@@ -194,7 +195,8 @@ def test_trp_under_ddp_equals_trp_in_one_process_on_the_same_global_batch(tmp_pa
 
     alone = _model()
     m = TRP(scheme="channel", energy=0.8, nuclear=1e-2, export="speedup:1.5")
-    m.attach(alone, Context(input_shape=half.input_shape, num_classes=4, steps_per_epoch=6, epochs=EPOCHS))
+    m.ctx = Context(input_shape=half.input_shape, num_classes=4, steps_per_epoch=6, epochs=EPOCHS)
+    m.attach(alone, m.ctx)
     train(alone, half, epochs=EPOCHS, lr=0.1, momentum=0.9, weight_decay=1e-4, method=m, log=lambda s: None)
     diff = max((alone.state_dict()[k] - v).abs().max().item() for k, v in single.state_dict().items())
     assert diff > 1e-3
