@@ -82,11 +82,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _lists_to_json(d: dict) -> dict:
-    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, list)
-                else _lists_to_json(v) if isinstance(v, dict) else v) for k, v in d.items()}
-
-
 class Store:
     """The files of one sweep under ``<results_root>/<sweep>``."""
 
@@ -220,18 +215,16 @@ class Store:
         return rows
 
     def write_csv(self, trial_ids: list[str] | None = None) -> Path:
-        """Flatten every row (dict fields become ``params.x``, ``env.torch``...) into results.csv."""
+        """Flatten every row (``bench.row.flatten``: dict fields become ``params.x``, ``env.torch``...,
+        lists JSON text) into results.csv."""
         import pandas as pd
+
+        from bench.row import flatten
 
         rows = self.results()
         if trial_ids is not None:
             keep = set(trial_ids)
             rows = [r for r in rows if r.get("trial_id") in keep]
-        flat = []
-        for r in rows:
-            # lists (per-layer reports, epoch history, milestones) do not flatten into columns:
-            # keep them as JSON text, which pandas and any other reader can parse back
-            flat.append(_lists_to_json(r))
-        df = pd.json_normalize(flat, sep=".") if flat else pd.DataFrame()
+        df = pd.DataFrame.from_records([flatten(r) for r in rows]) if rows else pd.DataFrame()
         atomic_write_bytes(self.csv_path, df.to_csv(index=False).encode())
         return self.csv_path

@@ -37,6 +37,7 @@ class Context:
     epochs: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     log: Callable[[str], None] = print
+    train_batches: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -44,6 +45,16 @@ class Context:
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros((batch, *self.input_shape), device=self.device)
+
+
+@dataclass
+class MethodReport:
+    """What ``report()`` returns: the result row's ``layers``, ``scheme``, ``rule`` and ``method_info``."""
+
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    scheme: str | None = None
+    rule: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def check_param(name: str, value: Any, ok: bool, accepted: str) -> None:
