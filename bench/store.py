@@ -24,13 +24,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.checks import UserError, bad
 from bench.fs import Location, RemotePath, location
 
 FORMAT_VERSION = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """A results folder that cannot be used (locked, incompatible, unwritable). One line."""
+
+
+def _refused(folder: Location, problem: str, accepted: str) -> StoreError:
+    """The one-line error (``bench.checks`` format) for a results folder that cannot be used."""
+    return StoreError(str(bad("results", str(folder), accepted, problem)))
 
 
 def atomic_write_bytes(path: Location, data: bytes) -> None:
@@ -130,26 +136,25 @@ class Store:
         try:
             self.trials_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"results: {self.dir}: cannot create ({e.strerror}); accepted: a writable folder") from None
+            raise _refused(self.dir, f"cannot create ({e.strerror})", "a writable folder") from None
         if isinstance(self.dir, Path) and not os.access(self.dir, os.W_OK):
-            raise StoreError(f"results: {self.dir}: not writable; accepted: a writable folder")
+            raise _refused(self.dir, "not writable", "a writable folder")
         if self.format_path.exists():
             try:
                 fmt = json.loads(self.format_path.read_text()).get("format")
             except (ValueError, AttributeError):
                 fmt = "unreadable"
             if fmt != FORMAT_VERSION:
-                raise StoreError(
-                    f"results: {self.dir}: format {fmt} (written by another rankbench version); "
-                    f"accepted: format {FORMAT_VERSION}, or a new --results folder")
+                raise _refused(self.dir, f"format {fmt} (written by another rankbench version)",
+                               f"format {FORMAT_VERSION}, or a new --results folder")
         elif any(self.trials_dir.iterdir()):
-            raise StoreError(f"results: {self.dir}: has trial files but no FORMAT file; "
-                             f"accepted: a folder written by rankbench {__version__}, or a new --results folder")
+            raise _refused(self.dir, "has trial files but no FORMAT file",
+                           f"a folder written by rankbench {__version__}, or a new --results folder")
         else:
             try:
                 atomic_write_json(self.format_path, {"format": FORMAT_VERSION, "rankbench": __version__})
             except OSError as e:
-                raise StoreError(f"results: {self.dir}: cannot write ({e.strerror}); accepted: a writable folder") from None
+                raise _refused(self.dir, f"cannot write ({e.strerror})", "a writable folder") from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -175,8 +180,8 @@ class Store:
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
-                raise StoreError(f"results: {self.dir}: in use by another sweep (pid {holder}); "
-                                 f"accepted: one sweep per results folder at a time") from None
+                raise _refused(self.dir, f"in use by another sweep (pid {holder})",
+                               "one sweep per results folder at a time") from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
