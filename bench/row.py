@@ -19,6 +19,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from bench.checks import is_int
 from bench.trial import Trial
 
 
@@ -147,8 +148,7 @@ def problems(row: dict[str, Any]) -> list[str]:
         f = BY_KEY.get(k)
         if f is None:
             continue
-        ok = any(v is None if t is None else (isinstance(v, t) and not (t is int and isinstance(v, bool)))
-                 for t in f.types)
+        ok = any(v is None if t is None else is_int(v) if t is int else isinstance(v, t) for t in f.types)
         if not ok:
             out.append(f"{k}: {type(v).__name__} {v!r:.60}; accepted: "
                        + " or ".join("null" if t is None else t.__name__ for t in f.types))

@@ -172,3 +172,12 @@ def test_the_harness_sets_ctx_and_hands_over_unaugmented_training_batches_withou
     plain = next(iter(parse_spec("sweep: c\nseeds: [0]\nmodel: mlp\ntrain: {epochs: 1, batch_size: 32, augment: true}\n"
                                  "measure: {latency_repeats: 2}\nmethods: [dense]\n").trials))
     assert run_trial(plain, tmp_path)["history"][0]["loss"] == row["history"][0]["loss"]
+
+
+def test_the_contracts_table_lists_the_row_keys_in_order():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "CONTRACTS.md").read_text()
+    section = text.split("## Result row", 1)[1].split("\n## ", 1)[0]
+    keys = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert keys[1:] == list(result_row.KEYS)      # keys[0] is the header
