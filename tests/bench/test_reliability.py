@@ -6,7 +6,7 @@ with Ctrl-C (SIGINT to its process group), a second driver on the same folder, a
 row is being written. Already covered elsewhere (not repeated here):
 - every bad-input message, word by word, at the parser: tests/test_spec.py (ERRORS),
   tests/test_data.py (dataset layout), tests/test_pretrained_check.py (pretrained keys/shapes);
-- the driver killed with SIGKILL and resumed, each trial exactly once: tests/test_storage.py;
+- the driver killed with SIGKILL and resumed, each trial exactly once: tests/bench/test_resume.py;
 - a failed os.replace leaves the old file and no temp file: tests/test_store.py;
 - an unwritable results folder: tests/test_store.py; a NaN baseline failing its methods:
   tests/test_sweep.py; trial ids independent of key order: tests/test_spec.py.
