@@ -60,9 +60,9 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
     Returns the row. Exceptions inside the trial do not propagate: they become a row with
     ``status: failed``, ``error`` ("Type: message") and ``last_good_epoch``.
 
-    ``dist``: this process's rank in a data-parallel trial (``bench.distributed``). Rank 0 writes
-    the log, checkpoints and the row; the other ranks write nothing and return their partial row.
-    Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
+    ``dist``: this process's rank in a data-parallel trial (``bench.ddp``; the processes are
+    started by ``bench.distributed``). Rank 0 writes the log, checkpoints and the row; the other
+    ranks write nothing and return their partial row. Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
     forever in the next collective, and raising makes Ray Train stop the whole worker group.
     """
     base = Path(base_dir or os.getcwd())
