@@ -37,7 +37,7 @@ class Context:
     epochs: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     log: Callable[[str], None] = print
-    train_batches: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    train_batches: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # n training batches, on device
 
     @property
     def total_steps(self) -> int:
