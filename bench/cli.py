@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench import __version__
-from bench.checks import UserError, bad
+from bench.checks import PATH_QUOTE, UserError, bad
 
 EXIT_USER_ERROR = 2
 EXIT_TRIALS_FAILED = 1
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         # disk full, results folder removed or read-only while the sweep ran; the store names
         # the file it could not write, so an error without a file name is not about the results
         if e.filename:
-            print(f"error: {bad('results', str(e.filename), 'a writable folder with free space', e.strerror or str(e))}",
-                  file=sys.stderr)
+            msg = bad("results", str(e.filename), "a writable folder with free space", e.strerror or str(e), PATH_QUOTE)
+            print(f"error: {msg}", file=sys.stderr)
         else:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

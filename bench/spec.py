@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from bench.checks import UserError, bad, did_you_mean, is_int, is_number, missing, unknown
+from bench.checks import PATH_QUOTE, UserError, bad, did_you_mean, is_int, is_number, missing, unknown
 from bench.trial import Trial, format_value, freeze
 
 __all__ = ["SpecError", "Sweep", "Trial", "check_compile", "default_spec_path", "load_spec", "parse_spec"]
@@ -110,9 +110,9 @@ def _load_yaml(text: str, source: str) -> Any:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         problem = (e.problem or e.context or "malformed").strip()
-        raise bad("yaml", source, "a valid YAML mapping", f"{where}: {problem}") from None
+        raise bad("yaml", source, "a valid YAML mapping", f"{where}: {problem}", PATH_QUOTE) from None
     except yaml.YAMLError as e:
-        raise bad("yaml", source, "a valid YAML mapping", str(e).splitlines()[0]) from None
+        raise bad("yaml", source, "a valid YAML mapping", str(e).splitlines()[0], PATH_QUOTE) from None
 
 
 # --- validation helpers ----------------------------------------------------------------------
@@ -279,9 +279,10 @@ def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
     pre = opts.get("pretrained")
     if pre is not None:
         if not isinstance(pre, str) or not pre:
-            raise bad(f"{where}.pretrained", pre, "a path to a local state dict file")
+            raise bad(f"{where}.pretrained", pre, "a path to a local state dict file", limit=PATH_QUOTE)
         if check and not Path(pre).expanduser().is_file():
-            raise bad(f"{where}.pretrained", pre, "an existing file (a saved state dict; nothing is downloaded)")
+            raise bad(f"{where}.pretrained", pre, "an existing file (a saved state dict; nothing is downloaded)",
+                      limit=PATH_QUOTE)
     return name, opts
 
 
@@ -315,7 +316,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
     dataset roots (only the structure is checked)."""
     raw = _load_yaml(text, source)
     if raw is None:
-        raise bad("spec", source, f"a mapping with keys {', '.join(TOP_KEYS)}", "empty")
+        raise bad("spec", source, f"a mapping with keys {', '.join(TOP_KEYS)}", "empty", PATH_QUOTE)
     raw = _need_mapping("spec", raw)
     _check_keys("spec", raw, TOP_KEYS)
     for req in ("sweep", "methods"):
@@ -458,7 +459,7 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
         except (ValueError, RuntimeError, OSError) as e:
             detail = str(e).splitlines()[0].removeprefix("pretrained: ")
             raise bad("model.pretrained", pre, f"a state dict of {t.model} for {nc} classes and inputs {shape}",
-                      detail) from None
+                      detail, PATH_QUOTE) from None
 
 
 def load_spec(path: str | Path, check: bool = True) -> Sweep:
@@ -467,11 +468,11 @@ def load_spec(path: str | Path, check: bool = True) -> Sweep:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise bad("spec", str(p), "a path to a YAML spec", "no such file") from None
+        raise bad("spec", str(p), "a path to a YAML spec", "no such file", PATH_QUOTE) from None
     except IsADirectoryError:
-        raise bad("spec", str(p), "a path to a YAML spec", "is a folder") from None
+        raise bad("spec", str(p), "a path to a YAML spec", "is a folder", PATH_QUOTE) from None
     except UnicodeDecodeError:
-        raise bad("spec", str(p), "a YAML file", "not text") from None
+        raise bad("spec", str(p), "a YAML file", "not text", PATH_QUOTE) from None
     return parse_spec(text, source=str(p), check=check)
 
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.checks import UserError, bad
+from bench.checks import PATH_QUOTE, UserError, bad
 from bench.fs import Location, RemotePath, location
 
 FORMAT_VERSION = 1
@@ -36,7 +36,7 @@ class StoreError(UserError):
 
 def _refused(folder: Location, problem: str, accepted: str) -> StoreError:
     """The one-line error (``bench.checks`` format) for a results folder that cannot be used."""
-    return StoreError(str(bad("results", str(folder), accepted, problem)))
+    return StoreError(str(bad("results", str(folder), accepted, problem, PATH_QUOTE)))
 
 
 def atomic_write_bytes(path: Location, data: bytes) -> None:
