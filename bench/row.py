@@ -77,7 +77,7 @@ FIELDS: tuple[Field, ...] = (
     Field("skipped_images", (_I, _N), "unreadable images skipped and counted (every rank, epoch and evaluation)"),
     Field("baseline_id", (_S, _N), "the dense Trial whose weights a starts_from_baseline method loaded"),
     Field("train_device", (_S, _N), "the device the trial trained on"),
-    Field("history", (_L,), "one dict per epoch run (phase, epoch, loss, top1, seconds)"),
+    Field("history", (_L,), "one dict per epoch run (phase, epoch, loss, val_top1, seconds)"),
     Field("ddp", (_D,), "data-parallel trials only: world_size, backend, sync_bn, every rank's weight checksum",
           always=False),
     Field("env", (_D,), "torch, cuda, gpu, python, rankbench, hostname, platform, cpu_threads"),
