@@ -202,7 +202,7 @@ def train(
     training forward is compiled; evaluation and checkpoints use ``model`` itself. The method's
     hooks change the weights in place between steps, which a compiled forward reads as inputs.
     """
-    from bench.distributed import epoch_sync, is_main, sum_over_ranks
+    from bench.ddp import epoch_sync, is_main, sum_over_ranks
     from bench.measure import evaluate
 
     progress = progress or Progress()

@@ -6,7 +6,7 @@ with Ctrl-C (SIGINT to its process group), a second driver on the same folder, a
 row is being written. Already covered elsewhere (not repeated here):
 - every bad-input message, word by word, at the parser: tests/test_spec.py (ERRORS),
   tests/test_data.py (dataset layout), tests/test_pretrained_check.py (pretrained keys/shapes);
-- the driver killed with SIGKILL and resumed, each trial exactly once: tests/test_storage.py;
+- the driver killed with SIGKILL and resumed, each trial exactly once: tests/bench/test_resume.py;
 - a failed os.replace leaves the old file and no temp file: tests/test_store.py;
 - an unwritable results folder: tests/test_store.py; a NaN baseline failing its methods:
   tests/test_sweep.py; trial ids independent of key order: tests/test_spec.py.
@@ -125,7 +125,7 @@ def test_results_folder_of_an_incompatible_version_exits_2_and_is_left_alone(tmp
     _no_run(monkeypatch)
     rc, out, err = _cli(["run", str(spec), "--results", str(tmp_path / "res")], capsys)
     assert rc == 2 and out == ""
-    assert err.strip() == (f"error: results: {fmt.parent}: format 999 (written by another rankbench "
+    assert err.strip() == (f"error: results: {str(fmt.parent)!r}: format 999 (written by another rankbench "
                            f"version); accepted: format 1, or a new --results folder")
     assert fmt.read_text() == '{"format": 999}'
     assert {str(p.relative_to(fmt.parent)) for p in fmt.parent.rglob("*")} <= {"FORMAT", "trials"}
@@ -362,7 +362,7 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused_and_writes_nothing(interru
     rc, out, err = interrupted["second"]
     assert interrupted["second_alive"]
     assert rc == 2 and out == ""                      # refused before its first progress line
-    assert err.strip() == (f"error: results: {interrupted['dir']}: in use by another sweep "
+    assert err.strip() == (f"error: results: {str(interrupted['dir'])!r}: in use by another sweep "
                            f"(pid {interrupted['pid']}); accepted: one sweep per results folder at a time")
     # nothing mixed in: each trial's log holds only driver A's single attempt
     for tid, text in interrupted["logs"].items():
@@ -480,7 +480,7 @@ def test_disk_full_in_the_driver_is_one_clear_line_and_no_partial_file(tmp_path,
     _no_run(monkeypatch)
     rc, out, err = _cli(["run", str(spec), "--results", str(tmp_path / "res")], capsys)
     assert rc == 2 and "1 already done, 0 to run" in out
-    assert err.strip() == (f"error: results: {store.csv_path}: No space left on device; "
+    assert err.strip() == (f"error: results: {str(store.csv_path)!r}: No space left on device; "
                            f"accepted: a writable folder with free space")
     assert not store.csv_path.exists() and not list(store.dir.glob(".*.tmp"))
 

@@ -89,7 +89,7 @@ def test_summary_groups_seeds_and_keeps_failures(tmp_path):
     write_rows(tmp_path, rows)
     df = collate.load_results(tmp_path / "quick")
     assert len(df) == 6 and (df["status"] == "failed").sum() == 1
-    assert df["param.scheme"].dropna().eq("channel").all()
+    assert df["params.scheme"].dropna().eq("channel").all()
     assert set(df["n_factorized"]) == {1.0} and set(df["n_skipped"]) == {1.0}
 
     s = collate.summarize(df)
