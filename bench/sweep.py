@@ -1,8 +1,8 @@
-"""Run a Sweep's trials with Ray Tune, in two phases: the dense baselines, then everything else.
+"""Run a Sweep's trials with Ray Tune, one Tune run for all of them.
 
-Phase 1 trains each needed dense baseline once (per data / model / seed / train); phase 2 runs the
-methods, and those that ``starts_from_baseline`` load the saved baseline weights instead of
-training again. Trials whose row already exists with ``status: ok`` are skipped, so re-running the
+Each needed dense baseline is trained once (per data / model / seed / train); methods that
+``starts_from_baseline`` load its saved weights instead of training again, and wait for their own
+baseline only (``bench.order.TrialQueue``): every other trial starts as soon as a worker is free. Trials whose row already exists with ``status: ok`` are skipped, so re-running the
 same command resumes an interrupted sweep and runs nothing for a finished one. Inside a trial,
 ``bench.run.run_trial`` resumes from the last epoch checkpoint, which is what makes Ray's retries
 (``FailureConfig(max_failures)``) after a killed worker continue rather than restart.
@@ -222,26 +222,8 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
                         store.write_result(row)
                         prog.finish(t.id, t.label, "failed", row["error"])
                 todo = [t for t in todo if t.id not in refused]
-            phase1 = [t for t in todo if t.method == "dense"]
-            phase2 = [t for t in todo if t.method != "dense"]
-            if phase1:
-                _tune(phase1, store, "baselines", max_concurrent, prog)
-            runnable = []
-            for t in phase2:
-                from methods.registry import get_method
-
-                b = t.baseline()
-                if get_method(t.method).starts_from_baseline and not store.baseline_weights(b.id).exists():
-                    # do not spend a worker on a trial that cannot start; record why it did not
-                    brow = store.read_result(b.id) or {}
-                    row = failed_row(t, f"BaselineFailed: baseline {b.id} ({b.label}) did not finish: "
-                                        f"{brow.get('error') or 'no weights saved'}")
-                    store.write_result(row)
-                    prog.finish(t.id, t.label, "failed", row["error"])
-                else:
-                    runnable.append(t)
-            if runnable:
-                _tune(runnable, store, "methods", max_concurrent, prog)
+            if todo:
+                _tune(todo, store, max_concurrent, prog)
             summary.ran = len(todo)
         ids = [t.id for t in sweep.trials]
         rows = {i: store.read_result(i) for i in ids}
@@ -251,8 +233,11 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     return summary
 
 
-def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | None, prog: _Progress) -> None:
+def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _Progress) -> None:
+    """One Tune run over ``trials``; ``bench.order.TrialQueue`` decides when each may start."""
     from ray import tune
+
+    from bench.order import TrialQueue
 
     by_id = {t.id: t for t in trials}
     # Tune's experiment state goes to the same storage as the rows (a URI: through its pyarrow fs)
@@ -271,10 +256,11 @@ def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | N
                              base_dir=os.getcwd()), resources)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            search_alg=TrialQueue(trials, store, lambda t, row: prog.finish(t.id, t.label, "failed", row["error"])),
+            num_samples=len(trials), max_concurrent_trials=max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=phase, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+            name="sweep", storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
             callbacks=[_callback(by_id, prog)],
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
