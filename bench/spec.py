@@ -58,6 +58,7 @@ MEASURE_DEFAULTS: dict[str, Any] = {"latency_device": "cpu", "latency_dtype": "f
 SCHEDULES = ("cosine", "step")
 LATENCY_DEVICES = ("cpu", "cuda")
 LATENCY_DTYPES = ("float32", "float16", "bfloat16")
+MAX_SEED = 2**32 - 1   # numpy's seeds are 32-bit
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
@@ -244,6 +245,13 @@ def _as_list(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
 
+def _non_empty(where: str, v: Any, what: str) -> list:
+    """``v`` as a grid (a list); an empty list would expand to no trial at all, silently."""
+    if isinstance(v, list) and not v:
+        raise bad(where, v, f"a {what} or a non-empty list of them (a grid)", "an empty grid runs nothing")
+    return _as_list(v)
+
+
 def _dataset_names() -> list[str]:
     from bench import data as bdata
 
@@ -276,6 +284,9 @@ def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
     accepted = ["name", "pretrained"] + [k for k in builder if k not in ("num_classes", "input_shape")]
     _check_keys(where, m, accepted)
     opts = {k: v for k, v in m.items() if k != "name"}
+    for k, v in opts.items():
+        if k != "pretrained":
+            _check_model_option(f"{where}.{k}", v, builder[k].default)
     pre = opts.get("pretrained")
     if pre is not None:
         if not isinstance(pre, str) or not pre:
@@ -284,6 +295,21 @@ def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
             raise bad(f"{where}.pretrained", pre, "an existing file (a saved state dict; nothing is downloaded)",
                       limit=PATH_QUOTE)
     return name, opts
+
+
+def _check_model_option(where: str, v: Any, default: Any) -> None:
+    """A builder option has the type of its default: a size is an int >= 1, a list of sizes a
+    non-empty list of them, a choice a string (its value is checked when the model is built)."""
+    if is_int(default):
+        if not is_int(v) or v < 1:
+            raise bad(where, v, "an integer >= 1")
+    elif isinstance(default, (tuple, list)) and all(is_int(x) for x in default):
+        if not isinstance(v, list) or not v or not all(is_int(x) and x >= 1 for x in v):
+            raise bad(where, v, f"a non-empty list of integers >= 1, e.g. {list(default)}")
+    elif isinstance(default, str) and not isinstance(v, str):
+        raise bad(where, v, f"a string, e.g. {default!r}")
+    elif isinstance(default, bool) and not isinstance(v, bool):
+        raise bad(where, v, "true or false")
 
 
 def _normalize_data(where: str, d: Any) -> dict:
@@ -328,12 +354,13 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         raise bad("sweep", sweep, "a folder name of letters, digits, '_', '.', '-'")
 
     seeds = _as_list(raw.get("seeds", [0]))
-    if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise bad("seeds", raw.get("seeds"), "a list of distinct integers >= 0, e.g. [0, 1]")
+    if not seeds or not all(is_int(s) and 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) != len(seeds):
+        raise bad("seeds", raw.get("seeds"), f"a list of distinct integers in [0, {MAX_SEED}], e.g. [0, 1]")
 
     g_data = [_normalize_data(f"data[{i}]" if isinstance(raw.get("data"), list) else "data", d)
-              for i, d in enumerate(_as_list(raw.get("data", {"name": "digits"})))]
+              for i, d in enumerate(_non_empty("data", raw.get("data", {"name": "digits"}), "dataset"))]
     g_models_raw = raw.get("model", "cnn")
+    _non_empty("model", g_models_raw, "model")
     g_train = _need_mapping("train", raw.get("train") or {})
     resources = _normalize_resources("resources", _need_mapping("resources", raw.get("resources") or {}))
     measure = _normalize_measure("measure", _need_mapping("measure", raw.get("measure") or {}))
@@ -352,6 +379,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
     method_names = available()
 
     trials: dict[str, Trial] = {}
+    wheres: dict[str, tuple[str, str]] = {}    # trial id -> (its methods[i] field, its model field)
     for i, entry in enumerate(entries):
         where = f"methods[{i}]"
         if isinstance(entry, str):
@@ -364,9 +392,10 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         where = f"methods[{i}]({name})"
         mwhere = f"{where}.model" if "model" in entry else "model"
         mraw = entry.get("model", g_models_raw)
+        _non_empty(mwhere, mraw, "model")
         models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check)
                   for j, m in enumerate(_as_list(mraw))]
-        datas = ([_normalize_data(f"{where}.data", d) for d in _as_list(entry["data"])]
+        datas = ([_normalize_data(f"{where}.data", d) for d in _non_empty(f"{where}.data", entry["data"], "dataset")]
                  if "data" in entry else g_data)
         train = dict(g_train)
         train.update(_need_mapping(f"{where}.train", entry.get("train") or {}))
@@ -399,10 +428,13 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
                     b = t.baseline()
                     trials.setdefault(b.id, b)
                 trials.setdefault(t.id, t)
+                wheres.setdefault(t.id, (where, mwhere))
 
     if check:
         _check_data_roots(trials.values())
         _check_pretrained(trials.values())
+        _check_models(trials.values(), wheres)
+        _check_reachable(trials.values(), wheres)
     # baselines first, then in spec order: `show` and the sweep list them the way they run
     ordered = sorted(trials.values(), key=lambda t: t.method != "dense")
     return Sweep(name=sweep, trials=tuple(ordered), source=source)
@@ -456,10 +488,76 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
         shape, nc = describe(t.data_cfg)
         try:
             check_pretrained(t.model, nc, shape, str(Path(pre).expanduser()), **opts)
-        except (ValueError, RuntimeError, OSError) as e:
-            detail = str(e).splitlines()[0].removeprefix("pretrained: ")
+        except Exception as e:  # noqa: BLE001 (random bytes, an empty file: pickle's and zipfile's errors too)
+            detail = (str(e).strip().splitlines() or [""])[0].removeprefix("pretrained: ")
+            if not isinstance(e, (ValueError, RuntimeError, OSError)) or not detail:
+                detail = f"not a readable state dict file ({type(e).__name__})"
             raise bad("model.pretrained", pre, f"a state dict of {t.model} for {nc} classes and inputs {shape}",
                       detail, PATH_QUOTE) from None
+
+
+def _check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) -> None:
+    """Each distinct model is built on the meta device (no memory, no init) and runs one example
+    input, so options a builder accepts but cannot use (a zero width, a stem too deep for the
+    input) fail here, naming the model field, instead of as a torch error in a Ray worker."""
+    import torch
+
+    from bench.data import describe
+    from bench.models import MODELS
+
+    seen = set()
+    for t in trials:
+        key = (t.model, t.model_options, t.data)
+        if key in seen:
+            continue
+        seen.add(key)
+        opts = t.model_cfg
+        opts.pop("pretrained", None)
+        shape, nc = describe(t.data_cfg)
+        try:
+            with torch.device("meta"):
+                MODELS[t.model](nc, tuple(shape), **opts).eval()(torch.empty((2, *shape)))
+        except Exception as e:  # noqa: BLE001 (whatever torch raises: the message names the model)
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            given = {"name": t.model, **opts}
+            raise bad(wheres.get(t.id, ("", "model"))[1], given,
+                      f"options that build a {t.model} for inputs {tuple(shape)}",
+                      f"cannot build it ({type(e).__name__}: {detail})") from None
+
+
+def _check_reachable(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) -> None:
+    """A ``speedup:S`` rule (a method's ``rule`` or ``export``) out of reach even at rank 1 on every
+    layer fails here, on the untrained network, not after its baseline trained."""
+    import torch
+
+    from bench.data import describe
+    from bench.models import build_model
+    from methods import lowrank
+    from methods.registry import build
+
+    seen = set()
+    for t in trials:
+        if t.method == "dense":
+            continue
+        method = build(t.method, t.params_dict)
+        rules = [(f, getattr(method, f, None)) for f in ("rule", "export")]
+        rules = [(f, r) for f, r in rules if isinstance(r, str) and r.startswith("speedup:")]
+        scheme = getattr(method, "scheme", None)
+        key = (t.method, t.params, t.model, t.model_options, t.data)
+        if not rules or scheme is None or key in seen:
+            continue
+        seen.add(key)
+        opts = t.model_cfg
+        opts.pop("pretrained", None)
+        shape, nc = describe(t.data_cfg)
+        model = build_model(t.model, nc, shape, **opts)
+        for f, rule in rules:
+            try:
+                lowrank.check_reachable(model, scheme, rule, torch.zeros((1, *shape)),
+                                        getattr(method, "layers", None), getattr(method, "include_stride2", True),
+                                        getattr(method, "tiles", 1), field=f)
+            except ValueError as e:
+                raise SpecError(f"{wheres.get(t.id, ('methods',))[0]}.{e}") from None
 
 
 def load_spec(path: str | Path, check: bool = True) -> Sweep:
