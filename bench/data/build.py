@@ -22,7 +22,7 @@ def check_data(cfg: dict) -> None:
     value and what is accepted (or the missing file and the expected layout)."""
     name, opts = options(cfg)
     if name in CIFAR_LAYOUT:
-        check_cifar(name, opts["root"])
+        check_cifar(name, opts["root"], opts.get("labels", "fine"))
     elif name == "imagenet":
         check_imagenet(opts)
 

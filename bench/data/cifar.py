@@ -57,8 +57,10 @@ def cifar_classes(name: str, labels: str = "fine") -> int:
     return 20 if name == "cifar100" and labels == "coarse" else CIFAR_LAYOUT[name]["num_classes"]
 
 
-def check_cifar(name: str, root: str | os.PathLike) -> None:
-    """Every pickle of the layout is present (none is opened)."""
+def check_cifar(name: str, root: str | os.PathLike, labels: str = "fine", read: bool = True) -> None:
+    """Every pickle of the layout is present and, with ``read``, loads with the right shapes and
+    label range (a truncated download is named here, before any trial starts; the whole dataset
+    is under 200 MB, read in about a second)."""
     lay = CIFAR_LAYOUT[name]
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -67,6 +69,13 @@ def check_cifar(name: str, root: str | os.PathLike) -> None:
     for fname in [*lay["train"], lay["test"], lay["meta"]]:
         if not (folder / fname).is_file():
             raise bad_path(folder, f"has no {fname}", lay["expected"])
+    if read:
+        label_key, nc = lay["label_key"], lay["num_classes"]
+        if name == "cifar100" and labels == "coarse":
+            label_key, nc = b"coarse_labels", 20
+        for fname in [*lay["train"], lay["test"]]:
+            _cifar_part(folder / fname, label_key, nc)
+        _read_pickle(folder / lay["meta"])
 
 
 def _read_pickle(path: Path) -> dict:
@@ -74,11 +83,13 @@ def _read_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except Exception as e:  # a truncated download shows up here, name the file
-        raise bad_path(path, f"not a readable CIFAR pickle ({type(e).__name__}: {e})", PICKLE) from e
+        raise bad_path(path, f"not a readable CIFAR pickle ({type(e).__name__}: {str(e)[:120]})", PICKLE) from e
 
 
 def _cifar_part(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     d = _read_pickle(path)
+    if not isinstance(d, dict):
+        raise bad_path(path, f"holds a {type(d).__name__}, not a dict", PICKLE)
     if b"data" not in d or label_key not in d:
         lacks = b"data" if b"data" not in d else label_key
         raise bad_path(path, f"lacks key {lacks!r} (has {sorted(d)})", PICKLE)
@@ -94,7 +105,7 @@ def _cifar_part(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndar
 def load_cifar(name: str, opts: dict) -> Splits:
     """The official train batches and test batch (as val, in file order), with the class names
     of the meta file; randomly cropped (4 pixels of zero padding) and flipped when augmented."""
-    check_cifar(name, opts["root"])
+    check_cifar(name, opts["root"], read=False)   # the parts are read (and checked) below
     lay = CIFAR_LAYOUT[name]
     folder = cifar_dir(name, opts["root"])
     label_key, names_key, nc = lay["label_key"], lay["names_key"], lay["num_classes"]

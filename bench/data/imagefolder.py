@@ -43,6 +43,10 @@ def imagefolder_classes(root: Path) -> list[str]:
     if extra:
         raise bad_path(root / "val", f"has class folder {extra[0]!r} that train/ lacks ({len(extra)} such)",
                        "val classes that are train classes")
+    if len(classes) < 2:
+        # one class trains to 100% top-1 whatever the model does: a result that means nothing
+        raise bad_path(root / "train", f"has {len(classes)} class folder ({classes[0]!r})",
+                       "at least 2 class folders")
     return classes
 
 
@@ -61,6 +65,42 @@ def scan(split_dir: Path, classes: list[str], per_class: int | None) -> list[tup
         raise bad_path(split_dir, "has no image files in its class folders",
                        f"class folders of images ({', '.join(IMAGE_EXTENSIONS)})")
     return samples
+
+
+DECODE_TRIES = 64   # files of a split tried before it is called undecodable
+
+
+def check_decodable(split_dir: Path, classes: list[str], tries: int = DECODE_TRIES) -> None:
+    """At least one image of ``split_dir`` decodes: a split of only unreadable files (or none at
+    all) is refused here, by name, rather than as an empty loader after the sweep started. Files
+    are tried class by class until one decodes, at most ``tries`` of them."""
+    from PIL import Image
+
+    tried, last = 0, ""
+    for cls in classes:
+        d = split_dir / cls
+        if not d.is_dir():
+            continue
+        with os.scandir(d) as it:
+            for e in it:
+                if not (e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)):
+                    continue
+                tried += 1
+                try:
+                    with Image.open(e.path) as im:
+                        im.convert("RGB")        # the full decode: a truncated file raises here
+                    return
+                except Exception as err:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError...)
+                    last = f"{type(err).__name__}: {err}"[:120]
+                if tried >= tries:
+                    break
+        if tried >= tries:
+            break
+    if tried == 0:
+        raise bad_path(split_dir, "has no image files in its class folders",
+                       f"class folders of images ({', '.join(IMAGE_EXTENSIONS)})")
+    raise bad_path(split_dir, f"none of the {tried} image files tried decodes (last: {last})",
+                   "images PIL can decode")
 
 
 class ImageFolderSamples(torch.utils.data.Dataset):

@@ -16,7 +16,7 @@ from bench.checks import bad
 from . import shards
 from .base import Data, usable_cpus
 from .decode import TensorDecoder
-from .imagefolder import ImageFolderSamples, class_dirs, imagefolder_classes, scan
+from .imagefolder import ImageFolderSamples, check_decodable, class_dirs, imagefolder_classes, scan
 from .stream import StreamLoader
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,13 +35,15 @@ def imagenet_root(opts: dict) -> tuple[Path, str]:
 
 
 def check_imagenet(opts: dict) -> None:
-    """The root's layout: folders and class names, no image listed or opened (a shard root
-    without classes.txt is indexed, see ``shards.shard_classes``)."""
+    """The root's layout: folders and class names (at least 2), and one decodable image per split
+    of an ImageFolder (a shard root without classes.txt is indexed, see ``shards.shard_classes``)."""
     root, layout = imagenet_root(opts)
     if layout == "tar":
         shards.check_shards(root)
     else:
-        imagefolder_classes(root)
+        classes = imagefolder_classes(root)
+        for split in ("train", "val"):
+            check_decodable(root / split, classes)
 
 
 def imagenet_classes(opts: dict) -> list[str]:

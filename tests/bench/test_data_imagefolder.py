@@ -98,9 +98,19 @@ def test_imagenet_layout_errors_name_the_folder(tmp_path):
         check_data({"name": "imagenet", "root": str(tmp_path)})
     (tmp_path / "val" / "n99").rmdir()
     (tmp_path / "val" / "n01").mkdir()
-    check_data({"name": "imagenet", "root": str(tmp_path)})          # layout fine; files are not listed
+    # one class would train to 100% whatever the model does
+    with pytest.raises(ValueError, match=r"train': has 1 class folder \('n01'\); accepted: at least 2 class folders"):
+        check_data({"name": "imagenet", "root": str(tmp_path)})
+    (tmp_path / "train" / "n02").mkdir()
+    with pytest.raises(ValueError, match=r"data.root: '.*train': has no image files in its class folders; accepted:"):
+        check_data({"name": "imagenet", "root": str(tmp_path)})
     with pytest.raises(ValueError, match=r"data.root: '.*train': has no image files in its class folders; accepted:"):
         build_data({"name": "imagenet", "root": str(tmp_path)}, 0, 4, False, "cpu")
+    # files that are there but none decodes: named at the check, with how many were tried
+    for i in range(3):
+        (tmp_path / "train" / "n01" / f"{i}.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ValueError, match=r"train': none of the 3 image files tried decodes \(last: .*accepted: images"):
+        check_data({"name": "imagenet", "root": str(tmp_path)})
     with pytest.raises(ValueError, match="data.decode: 'dali'; accepted: auto, pil, torchvision"):
         check_data({"name": "imagenet", "root": str(tmp_path), "decode": "dali"})
     with pytest.raises(ValueError, match=r"data.resize: 200; accepted: an integer >= image_size \(224\)"):
