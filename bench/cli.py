@@ -17,15 +17,26 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from bench import __version__
 from bench.checks import PATH_QUOTE, UserError, bad
 
-EXIT_USER_ERROR = 2
-EXIT_TRIALS_FAILED = 1
+# exit statuses (README, "Failure modes")
+EXIT_TRIALS_FAILED = 1     # the sweep finished; some trials failed (their rows say why)
+EXIT_USER_ERROR = 2        # bad input: nothing ran
+EXIT_SWEEP_STOPPED = 3     # the sweep itself stopped (Ray's GCS or raylet died): finished rows are kept
+EXIT_INTERRUPTED = 130     # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143      # SIGTERM (128 + SIGTERM), e.g. a batch scheduler's time limit
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the driver like Ctrl-C so the sweep stops the same way."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -47,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where rows, checkpoints, logs and Ray's state go: a local or NFS folder, or a "
                         "URI pyarrow opens (s3://bucket/dir, gs://..., file:///dir); default ./results")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    r.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
+                   help="on a cluster (--address), how long to wait for nodes that can hold the spec's "
+                        "resources to join (default: $RANKBENCH_WAIT_FOR_NODES, else 300)")
     sub.add_parser("methods", help="list registered methods and their parameters")
     s = sub.add_parser("show", help="list the trials a spec expands to, without running them")
     s.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
@@ -71,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         if args.cmd == "run":
-            return cmd_run(args.spec, args.results, args.address, args.max_concurrent)
+            return cmd_run(args.spec, args.results, args.address, args.max_concurrent, args.wait_for_nodes)
         if args.cmd == "methods":
             return cmd_methods()
         if args.cmd == "show":
@@ -88,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: finished trials are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     return EXIT_USER_ERROR
 
 
@@ -134,20 +149,43 @@ def cmd_show(spec: str | None, results: str = "results") -> int:
     return 0
 
 
-def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None) -> int:
+def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
+            wait_for_nodes: float | None = None) -> int:
     from bench.spec import load_spec
     from bench.sweep import run_sweep, set_ray_env
 
     set_ray_env()
     if max_concurrent is not None and max_concurrent < 1:
         raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
+    if wait_for_nodes is not None and not wait_for_nodes >= 0:
+        raise bad("--wait-for-nodes", wait_for_nodes, "a number of seconds >= 0")
     t0 = time.monotonic()
     sweep = load_spec(_spec_path(spec))            # every input error surfaces here, before Ray
-    summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
-                        out=lambda s: print(s, flush=True))
     from bench.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI
+    resume = "rankbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["run"] \
+        else f"rankbench run {shlex.quote(str(_spec_path(spec)))} --results {shlex.quote(results)}"
+    old = signal.getsignal(signal.SIGTERM)
+
+    def _term(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _term)
+    try:
+        summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
+                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes)
+    except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001
+        if isinstance(e, _user_errors()) or isinstance(e, OSError):
+            raise                                  # bad input or an unwritable folder: one line (main)
+        _stopped_summary(sweep, results, e, resume)
+        if isinstance(e, KeyboardInterrupt):
+            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        return EXIT_SWEEP_STOPPED
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, old)
     print()
     from reports.tables import quick_table
 
@@ -160,10 +198,38 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
     by_id = {t.id: t for t in sweep.trials}
     for tid, r in list(summary.failed.items())[:10]:
         if r:
-            print(f"failed {tid} {r['method']} [{r.get('variant')}] seed {r.get('seed')}: {r.get('error')}")
+            print(f"failed {tid} {r.get('method')} [{r.get('variant')}] seed {r.get('seed')}: {r.get('error')}")
         else:
             print(f"failed {tid} {by_id[tid].label}: no result written (see {store_dir / 'logs' / (tid + '.log')})")
     return EXIT_TRIALS_FAILED if n_failed else 0
+
+
+def _stopped_summary(sweep: object, results: str, e: BaseException, resume: str) -> None:
+    """What finished before the sweep stopped, and the command that resumes it (stderr)."""
+    from bench.store import Store
+
+    store = Store(results, sweep.name)
+    ok = failed = 0
+    for t in sweep.trials:
+        try:
+            row = store.read_result(t.id)
+        except OSError:
+            row = None
+        if row is not None:
+            ok += row.get("status") == "ok"
+            failed += row.get("status") != "ok"
+    if isinstance(e, Terminated):
+        why = "terminated (SIGTERM)"
+    elif isinstance(e, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        why = f"stopped by a fault of Ray or the driver ({type(e).__name__}: {detail})"
+    err = sys.stderr
+    print(f"{why}: finished trials are kept; run the same command again to resume", file=err)
+    print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {ok} ok, {failed} failed, "
+          f"{len(sweep.trials) - ok - failed} not finished (rows in {store.dir / 'trials'})", file=err)
+    print(f"resume with: {resume}", file=err)
 
 
 def _report(argv: list[str]) -> int:

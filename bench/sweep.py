@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -158,6 +159,29 @@ def _callback(by_id: dict[str, Trial], prog: _Progress):
     return Cb()
 
 
+ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):[0-9]{1,5}$")
+
+
+def check_address(address: str) -> None:
+    """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray Client); else one line, before
+    Ray prints a screen of warnings and a traceback for it."""
+    from bench.checks import bad
+
+    accepted = "auto, local, HOST:PORT (a cluster's GCS) or ray://HOST:PORT (Ray Client, needs ray[client])"
+    if address in ("auto", "local"):
+        return
+    m = ADDRESS.match(address)
+    if not m or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
+        raise bad("--address", address, accepted)
+    if m.group(1):
+        import importlib.util
+
+        missing = [mod for mod in ("grpc",) if importlib.util.find_spec(mod) is None]
+        if missing:
+            raise bad("--address", address, accepted,
+                      f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]' (or rankbench[client])")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a quiet local Ray with every core."""
     set_ray_env()
@@ -174,7 +198,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                               configure_logging=True)
     if address:
-        ray.init(address=address, **kw)
+        check_address(address)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
+            from bench.checks import bad
+
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise bad("--address", address, "the address of a running Ray cluster (ray status there prints it)",
+                      f"cannot connect ({type(e).__name__}: {detail})") from None
     else:
         # "local" always starts a fresh instance: without it ray.init() silently joins any Ray
         # already running on this machine (another sweep, a test session, a `ray start`), and
@@ -192,11 +224,22 @@ def _needs_run(store: Store, t: Trial) -> bool:
 
 
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
-              max_concurrent: int | None = None, out: Callable[[str], None] = print) -> SweepSummary:
-    """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end."""
+              max_concurrent: int | None = None, out: Callable[[str], None] = print,
+              wait_for_nodes: float | None = None) -> SweepSummary:
+    """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end.
+
+    Resources no node can hold are refused first (``bench.capacity``): on a local Ray before it
+    starts, on a cluster after ``wait_for_nodes`` seconds of waiting for nodes to join."""
+    from bench import capacity
     from bench.packing import check_packing, is_packed
 
     t0 = time.monotonic()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address)
+    else:
+        capacity.check_local(sweep.trials)       # this machine is the whole cluster: nothing joins
+    wait_s = capacity.wait_seconds(wait_for_nodes) if address else 0.0
     store = Store(results_root, sweep.name)
     store.ensure()
     with store.lock():
@@ -209,6 +252,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
             init_ray(address)
             import ray
 
+            capacity.check_cluster(todo, wait_s, out)
             cpus = ray.cluster_resources().get("CPU", 1)
             per = max(t.resources_cfg.get("cpus", 1) for t in todo)
             slots = max_concurrent or max(1, int(cpus // per))

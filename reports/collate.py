@@ -127,6 +127,15 @@ def _read_row(f: Path) -> dict:
         sweep = f.parent.parent.name if f.parent.name == "trials" else f.parent.name
         return {"trial_id": f.stem, "sweep": sweep, "status": "failed",
                 "error": f"unreadable result file: {e}", "source": str(f)}
+    damaged = [p for p in result_row.problems(row) if "; accepted:" in p]
+    if damaged:
+        # a field of the wrong type (edited by hand, written by a foreign tool): the row is listed
+        # as failed, naming the field, and none of its values enters a table
+        sweep = f.parent.parent.name if f.parent.name == "trials" else f.parent.name
+        tid = row.get("trial_id") if isinstance(row.get("trial_id"), str) else f.stem
+        return {"trial_id": tid, "sweep": row.get("sweep") if isinstance(row.get("sweep"), str) else sweep,
+                "status": "failed", "error": f"damaged result file ({len(damaged)} bad fields): {damaged[0]}",
+                "source": str(f)}
     row["source"] = str(f)
     return row
 
