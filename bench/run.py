@@ -25,7 +25,7 @@ import torch
 from bench.ddp import DistContext, check_identical, sum_over_ranks, sync_batch_norm, wrap
 from bench.fs import open_append, read_bytes_io
 from bench.row import clean, empty_row
-from bench.store import Store, atomic_torch_save
+from bench.store import Store, atomic_torch_save, previous, set_aside
 from bench.train import Progress, train
 from bench.trial import Trial
 from methods.base import Method, MethodReport
@@ -104,8 +104,9 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
         if row["status"] == "ok":
             # the result is safely written: resume points are no longer needed (baseline.pt stays)
             for p in (store.epoch_checkpoint(trial.id), store.checkpoint_dir(trial.id) / "finetune.pt"):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+                for q in (p, previous(p)):
+                    with contextlib.suppress(FileNotFoundError):
+                        q.unlink()
             with contextlib.suppress(OSError):
                 store.checkpoint_dir(trial.id).rmdir()   # only when empty (no baseline.pt)
             _log(f"trial {trial.id}: ok top-1 {row['top1']:.2f}% macs x{row['macs_speedup']:.2f}")
@@ -170,8 +171,15 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
             raise BaselineMissing(
                 f"baseline {base.id} ({base.label}) has no saved weights at {bpath}; "
                 f"run the dense baseline first (rankbench run trains it before the trials that start from it)")
-        with read_bytes_io(bpath) as f:
-            model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+        try:
+            with read_bytes_io(bpath) as f:
+                model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 (truncated or damaged: named, set aside, trained again)
+            moved = set_aside(bpath)
+            detail = (str(e).strip().splitlines() or [""])[0][:160]
+            raise BaselineMissing(
+                f"baseline weights {bpath} are unreadable ({type(e).__name__}: {detail}); set aside as "
+                f"{moved.name}: run the same command again to train baseline {base.id} again") from None
         row["baseline_id"] = base.id
     model.to(device)
     if sync_bn and world > 1:

@@ -39,6 +39,19 @@ def _refused(folder: Location, problem: str, accepted: str) -> StoreError:
     return StoreError(str(bad("results", str(folder), accepted, problem, PATH_QUOTE)))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Location, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a part.
 
@@ -52,6 +65,9 @@ def atomic_write_bytes(path: Location, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; the file gets the mode open() would give it, so a team reads
+        # rows and checkpoints on shared storage as the umask says
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -86,6 +102,43 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def previous(checkpoint: Location) -> Location:
+    """Where the checkpoint before ``checkpoint`` is kept (``epoch.pt`` -> ``epoch.prev.pt``)."""
+    return checkpoint.with_name(f"{checkpoint.stem}.prev{checkpoint.suffix}")
+
+
+def rotate_and_save(obj: Any, checkpoint: Location) -> None:
+    """Save ``obj`` to ``checkpoint``, keeping the one it replaces as ``previous(checkpoint)``: a
+    checkpoint found unreadable later (a damaged disk, a hand edit) still leaves the state one
+    epoch before it. A rename on a local folder; on other storage the old one is simply replaced."""
+    if isinstance(checkpoint, Path) and checkpoint.exists():
+        os.replace(checkpoint, previous(checkpoint))
+    atomic_torch_save(obj, checkpoint)
+
+
+def set_aside(path: Location) -> Location:
+    """Rename an unreadable file to ``<name>.bad`` (``.bad2``, ... if taken), so no later run trips
+    on it again and it stays there to look at; returns the new path."""
+    n = 1
+    while True:
+        new = path.with_name(f"{path.name}.bad{n if n > 1 else ''}")
+        if not new.exists():
+            break
+        n += 1
+    if isinstance(path, RemotePath):
+        path.fs.move(path.path, new.path)
+    else:
+        os.replace(path, new)
+    return new
+
+
+def local_folder(where: Location) -> Path | None:
+    """The local path of ``where``: itself, or the path of a ``file://`` URI; None on other storage."""
+    if not isinstance(where, RemotePath):
+        return Path(where)
+    return Path(where.path) if where.fs.type_name == "local" else None
 
 
 class Store:
@@ -165,15 +218,18 @@ class Store:
         """
         import fcntl
 
-        if isinstance(self.dir, RemotePath):
+        folder = local_folder(self.dir)
+        if folder is None:
             # object stores offer no lock (and pyarrow no atomic create-if-absent): keeping one
             # driver per storage URI is the user's part. Rows are per trial and atomic, so a
             # second driver could at worst run a trial twice, never corrupt a row.
             self.dir.mkdir(parents=True, exist_ok=True)
             yield
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.dir / ".lock", "a+")
+        # the lock file is in the folder itself, found through its local path: `--results /r` and
+        # `--storage file:///r` (or a symlink to /r) lock one file, so one of the two is refused
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")
         try:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,11 +251,12 @@ class Store:
         """The trial's Result row, or None when absent (or unreadable: treated as not run)."""
         p = self.trial_path(trial_id)
         try:
-            return json.loads(p.read_text())
+            row = json.loads(p.read_text())
         except FileNotFoundError:
             return None
         except ValueError:
             return None
+        return row if isinstance(row, dict) else None   # a file edited into a list or a number
 
     def is_done(self, trial_id: str) -> bool:
         row = self.read_result(trial_id)

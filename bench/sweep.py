@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from bench.fs import ray_storage
 from bench.row import failed_row
-from bench.store import Store
+from bench.store import Store, set_aside
 from bench.trial import Trial
 
 if TYPE_CHECKING:
@@ -154,7 +154,11 @@ def _callback(by_id: dict[str, Trial], prog: _Progress):
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             # the worker died TRIAL_RETRIES + 1 times (run_trial itself never raises)
             tid = _trial_id(trial.config)
-            prog.finish(tid, by_id[tid].label, "failed", "worker died (see the trial's log)")
+            # the trial's own log ends where its process was killed: point at what Ray recorded
+            where = getattr(trial, "error_file", None) or "Ray's logs (/tmp/ray/session_latest/logs)"
+            prog.finish(tid, by_id[tid].label, "failed",
+                        f"its worker process died {TRIAL_RETRIES + 1} times (killed, or out of memory); "
+                        f"Ray's error: {where}")
 
     return Cb()
 
@@ -216,11 +220,37 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
-def _needs_run(store: Store, t: Trial) -> bool:
+def _needs_run(store: Store, t: Trial, out: Callable[[str], None] = print) -> bool:
     if not store.is_done(t.id):
         return True
-    # a finished baseline whose weights were deleted must run again, or its methods cannot start
-    return t.method == "dense" and not store.baseline_weights(t.id).exists()
+    if t.method != "dense":
+        return False
+    # a finished baseline whose weights were deleted, or cannot be read, must run again, or the
+    # methods that start from it cannot
+    w = store.baseline_weights(t.id)
+    if not w.exists():
+        return True
+    problem = unreadable_weights(w)
+    if problem:
+        moved = set_aside(w)
+        out(f"baseline {t.id} ({t.label}): {w} is unreadable ({problem}); set aside as {moved.name}, "
+            f"training the baseline again")
+        return True
+    return False
+
+
+def unreadable_weights(path: Path) -> str | None:
+    """Why the state dict at ``path`` cannot be loaded, or None. Local files are memory-mapped
+    (no copy into memory); a file on remote storage is trusted until a trial reads it."""
+    if not isinstance(path, Path):
+        return None
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 (truncated zip, random bytes, empty file)
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+    return None if isinstance(state, dict) else f"holds a {type(state).__name__}, not a state dict"
 
 
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
@@ -243,7 +273,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     store = Store(results_root, sweep.name)
     store.ensure()
     with store.lock():
-        todo = [t for t in sweep.trials if _needs_run(store, t)]
+        todo = [t for t in sweep.trials if _needs_run(store, t, out)]
         skipped = len(sweep.trials) - len(todo)
         out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
             f"-> {store.dir}")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bench.fs import read_bytes_io
-from bench.store import atomic_torch_save
+from bench.store import previous, rotate_and_save, set_aside
 from methods.base import Method
 
 
@@ -32,8 +32,10 @@ class TrainingDiverged(RuntimeError):
         self.epoch = epoch
         self.loss = loss
         self.phase = phase
+        # the phase names the knob: fine-tuning runs at train.finetune_lr, not train.lr
+        knob = "train.finetune_lr" if phase == "finetune" else "train.lr"
         super().__init__(f"{phase} loss became {loss} in epoch {epoch}; "
-                         f"try a lower lr or amp: false")
+                         f"try a lower {knob} or amp: false")
 
 
 @dataclass
@@ -221,21 +223,42 @@ def train(
 
     start_epoch = 0
     named_skips: set[str] = set()     # unreadable files already named in the log
-    if checkpoint is not None and checkpoint.exists():
-        with read_bytes_io(checkpoint) as f:   # a local file, or a buffer from the storage URI
-            ck = torch.load(f, map_location=device, weights_only=False)
-        if ck.get("phase") == phase:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            if method is not None and ck.get("method") is not None:
-                method.load_state_dict(ck["method"])
-            _set_rng_state(ck["rng"])
-            start_epoch = int(ck["epoch"])
+    if checkpoint is not None:
+        for cand in (checkpoint, previous(checkpoint)):
+            if not cand.exists():
+                continue
+            init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            try:
+                with read_bytes_io(cand) as f:   # a local file, or a buffer from the storage URI
+                    ck = torch.load(f, map_location=device, weights_only=False)
+                if not isinstance(ck, dict) or "phase" not in ck:
+                    raise ValueError("not a rankbench epoch checkpoint")
+                if ck["phase"] != phase:
+                    break
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                sched.load_state_dict(ck["scheduler"])
+                if method is not None and ck.get("method") is not None:
+                    method.load_state_dict(ck["method"])
+                _set_rng_state(ck["rng"])
+                start_epoch = int(ck["epoch"])
+            except Exception as e:  # noqa: BLE001 (truncated, damaged, or from another model)
+                # named and set aside; training goes on from the state before it (the previous
+                # checkpoint, else the start of the phase), with a fresh optimizer and schedule
+                moved = set_aside(cand)
+                model.load_state_dict(init)
+                opt = make_optimizer(model, lr, momentum, weight_decay,
+                                     method.param_groups(model) if method is not None else None)
+                sched = make_scheduler(opt, schedule, epochs, spe, milestones, gamma)
+                detail = (str(e).strip().splitlines() or [""])[0][:160]
+                log(f"[{phase}] checkpoint {cand} is unreadable ({type(e).__name__}: {detail}); "
+                    f"set aside as {moved.name}, resuming from the state before it")
+                continue
             progress.elapsed_s = float(ck.get("elapsed_s", 0.0))
             progress.history = list(ck.get("history", []))
             progress.last_good_epoch = epoch_offset + start_epoch
-            log(f"[{phase}] resumed from epoch {start_epoch}/{epochs} ({checkpoint})")
+            log(f"[{phase}] resumed from epoch {start_epoch}/{epochs} ({cand})")
+            break
 
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -272,7 +295,7 @@ def train(
                 "method": method.state_dict() if method is not None else None,
                 "rng": _rng_state(), "elapsed_s": progress.elapsed_s, "history": progress.history,
             }
-            atomic_torch_save(state, checkpoint)
+            rotate_and_save(state, checkpoint)
         progress.last_good_epoch = epoch_offset + epoch + 1
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
