@@ -239,7 +239,16 @@ def _report(argv: list[str]) -> int:
         print(f"error: {bad('report', 'reports.cli', 'an install with reports/', f'not available ({e})')}",
               file=sys.stderr)
         return EXIT_USER_ERROR
-    return int(main_report(argv) or 0)
+    try:
+        return int(main_report(argv) or 0)
+    except _user_errors() as e:            # a bogus storage URI, a bad value
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:                   # --out / --plot into a read-only folder, onto a file...
+        where = e.filename or (argv[-1] if argv else "")
+        msg = bad("report", str(where), "a writable folder (--out) and file name (--plot)",
+                  e.strerror or type(e).__name__, PATH_QUOTE)
+        print(f"error: {msg}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def _speed(argv: list[str]) -> int:

@@ -519,8 +519,11 @@ def _check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) -
                 MODELS[t.model](nc, tuple(shape), **opts).eval()(torch.empty((2, *shape)))
         except Exception as e:  # noqa: BLE001 (whatever torch raises: the message names the model)
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            mwhere = wheres.get(t.id, ("", "model"))[1]
+            if isinstance(e, UserError) and detail.split(":")[0] in opts:
+                raise SpecError(f"{mwhere}.{detail}") from None   # the builder named its option
             given = {"name": t.model, **opts}
-            raise bad(wheres.get(t.id, ("", "model"))[1], given,
+            raise bad(mwhere, given,
                       f"options that build a {t.model} for inputs {tuple(shape)}",
                       f"cannot build it ({type(e).__name__}: {detail})") from None
 

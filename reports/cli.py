@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.checks import PATH_QUOTE, bad
 from reports import paper, plots, tables
 from reports.collate import load_results, summarize
 
@@ -41,13 +42,15 @@ def main_report(argv: list[str]) -> int:
     elif len(args.results) == 1:
         out = Path(args.results[0])
     else:
-        print("report: --out DIR is needed when several results folders are given", file=sys.stderr)
+        print(f"error: {bad('--out', None, 'a folder for the tables', 'needed when several results folders are given')}",
+              file=sys.stderr)
         return 2
     try:
         df = load_results(args.results)
     except FileNotFoundError as e:
         if not args.paper:
-            print(f"report: {e}", file=sys.stderr)
+            print(f"error: {bad('results', ' '.join(args.results), 'a results folder, a sweep folder or a storage URI', str(e).removeprefix('results: '), PATH_QUOTE)}",
+                  file=sys.stderr)
             return 2
         df = None  # a paper table without results still shows what to run
 
@@ -63,7 +66,8 @@ def main_report(argv: list[str]) -> int:
         if failed:
             print("\n" + failed)
     elif not args.paper:
-        print(f"report: no result rows under {', '.join(args.results)}", file=sys.stderr)
+        print(f"error: {bad('results', ' '.join(args.results), 'a folder holding trials/<id>.json rows', 'no result rows', PATH_QUOTE)}",
+              file=sys.stderr)
         return 2
     else:
         summary = None
@@ -79,7 +83,8 @@ def main_report(argv: list[str]) -> int:
 
     if args.plot:
         if summary is None or summary.empty:
-            print("report: --plot needs at least one successful trial", file=sys.stderr)
+            print(f"error: {bad('--plot', args.plot, 'results with at least one successful trial', 'nothing to plot', PATH_QUOTE)}",
+                  file=sys.stderr)
             return 2
         pub = paper.published_points(args.paper) if args.paper else None
         title = paper.load_published(args.paper)["title"] if args.paper else None
