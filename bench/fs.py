@@ -217,17 +217,66 @@ def location(where: str | os.PathLike | RemotePath) -> Location:
     import pyarrow.fs as pafs
 
     base, _, query = text.partition("?")
+    accepted = ("a local or NFS path, or a URI pyarrow opens (s3://bucket/dir, gs://bucket/dir, "
+                "hdfs://host/dir, file:///dir)")
     try:
-        fs, path = pafs.FileSystem.from_uri(text)
+        fs, path = _with_timeout(text, lambda: _open_and_probe(pafs, text))
     except (ValueError, OSError, ImportError) as e:   # pyarrow's ArrowInvalid is a ValueError
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageURIError(f"storage: {text!r}: {msg}; accepted: a local or NFS path, or a URI pyarrow "
-                              f"opens (s3://bucket/dir, gs://bucket/dir, hdfs://host/dir, file:///dir)") from None
+        raise StorageURIError(f"storage: {text[:PATH_QUOTE]!r}: {msg[:300]}; accepted: {accepted}") from None
     # the URI up to the path pyarrow found: "s3://" for s3://bucket/key, "hdfs://host:8020" for hdfs
     stripped = base.rstrip("/")
     prefix = stripped[: len(stripped) - len(path.rstrip("/"))] if path and stripped.endswith(path.rstrip("/")) \
         else base.split("://", 1)[0] + "://"
     return RemotePath(fs, path or "/", prefix, f"?{query}" if query else "")
+
+
+STORAGE_TIMEOUT_ENV = "RANKBENCH_STORAGE_TIMEOUT"
+STORAGE_TIMEOUT_S = 30.0
+PATH_QUOTE = 4096
+_probed: set[str] = set()      # URIs that answered once in this process: not probed again
+
+
+def _open_and_probe(pafs: Any, text: str) -> tuple[Any, str]:
+    """The file system of ``text`` and its path, after one request to it (on object stores the
+    first request is where a missing network or credentials show)."""
+    fs, path = pafs.FileSystem.from_uri(text)
+    if fs.type_name != "local" and text not in _probed:
+        fs.get_file_info(path or "/")
+        _probed.add(text)
+    return fs, path
+
+
+def _with_timeout(text: str, fn: Any) -> Any:
+    """``fn()`` in a helper thread, given up after ``$RANKBENCH_STORAGE_TIMEOUT`` seconds (default
+    30): a storage URI with no network behind it would otherwise hang for minutes. The wait is in
+    short slices, so Ctrl-C stops it at once."""
+    import threading
+    import time
+
+    try:
+        limit = float(os.environ.get(STORAGE_TIMEOUT_ENV, STORAGE_TIMEOUT_S))
+    except ValueError:
+        limit = STORAGE_TIMEOUT_S
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="storage-probe", daemon=True)
+    t.start()
+    deadline = time.monotonic() + limit
+    while t.is_alive() and time.monotonic() < deadline:
+        t.join(0.1)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {limit:g}s (no network, or no credentials?; "
+                           f"${STORAGE_TIMEOUT_ENV} sets the wait)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def ray_storage(where: Location) -> tuple[str, Any]:
