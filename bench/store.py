@@ -259,8 +259,12 @@ class Store:
         return row if isinstance(row, dict) else None   # a file edited into a list or a number
 
     def is_done(self, trial_id: str) -> bool:
+        """A row with ``status: ok`` and every field of its JSON type: a row damaged by hand (a
+        field of the wrong type) is not a result, and the trial runs again, replacing it."""
+        from bench.row import problems
+
         row = self.read_result(trial_id)
-        return bool(row) and row.get("status") == "ok"
+        return bool(row) and row.get("status") == "ok" and not any("; accepted:" in p for p in problems(row))
 
     def write_result(self, row: dict) -> Path:
         p = self.trial_path(row["trial_id"])

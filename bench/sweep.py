@@ -301,7 +301,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
             summary.ran = len(todo)
         ids = [t.id for t in sweep.trials]
         rows = {i: store.read_result(i) for i in ids}
-        summary.failed = {i: r for i, r in rows.items() if r is None or r.get("status") != "ok"}
+        summary.failed = {i: r for i, r in rows.items() if not store.is_done(i)}   # damaged rows count as failed
         summary.csv = store.write_csv(ids)
         summary.wall_s = time.monotonic() - t0
     return summary

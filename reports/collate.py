@@ -134,7 +134,7 @@ def _read_row(f: Path) -> dict:
         sweep = f.parent.parent.name if f.parent.name == "trials" else f.parent.name
         tid = row.get("trial_id") if isinstance(row.get("trial_id"), str) else f.stem
         return {"trial_id": tid, "sweep": row.get("sweep") if isinstance(row.get("sweep"), str) else sweep,
-                "status": "failed", "error": f"damaged result file ({len(damaged)} bad fields): {damaged[0]}",
+                "status": "failed", "error": f"damaged result file (bad fields: {', '.join(d.split(':')[0] for d in damaged)}): {damaged[0]}",
                 "source": str(f)}
     row["source"] = str(f)
     return row
