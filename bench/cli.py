@@ -168,7 +168,10 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         else f"rankbench run {shlex.quote(str(_spec_path(spec)))} --results {shlex.quote(results)}"
     old = signal.getsignal(signal.SIGTERM)
 
+    got_term: list[int] = []
+
     def _term(signum: int, frame: object) -> None:
+        got_term.append(signum)        # Tune may re-raise it as a plain KeyboardInterrupt
         raise Terminated()
 
     if threading.current_thread() is threading.main_thread():
@@ -179,6 +182,8 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001
         if isinstance(e, _user_errors()) or isinstance(e, OSError):
             raise                                  # bad input or an unwritable folder: one line (main)
+        if got_term and not isinstance(e, Terminated):
+            e = Terminated()
         _stopped_summary(sweep, results, e, resume)
         if isinstance(e, KeyboardInterrupt):
             return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED

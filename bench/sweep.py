@@ -201,6 +201,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ["PYTHONPATH"] = here + (os.pathsep + pp if pp else "")
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                               configure_logging=True)
+    # ray.init installs its own SIGTERM handler (a stack dump, then abort): keep the driver's,
+    # which stops the sweep with a summary and the resume command (bench.cli)
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    term = signal.getsignal(signal.SIGTERM) if main_thread else None
     if address:
         check_address(address)
         try:
@@ -216,6 +223,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # already running on this machine (another sweep, a test session, a `ray start`), and
         # then refuses num_cpus. A shared cluster is asked for explicitly, with --address auto.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    if callable(term):
+        signal.signal(signal.SIGTERM, term)
     # Tune logs a worker's death with a full traceback; the progress line says it in one line
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 

@@ -24,7 +24,7 @@ from bench.spec import parse_spec
 from bench.store import Store, StoreError, atomic_write_json, previous
 from bench.sweep import run_sweep
 from bench.train import train
-from procs import bench_run, kill_session
+from procs import bench_run, kill_session, session_pids
 
 SPEC = """
 sweep: f
@@ -188,5 +188,11 @@ def test_sigterm_to_the_driver_prints_what_finished_and_the_resume_command(tmp_p
         assert "sweep term: 3 trials, 0 ok, 0 failed, 3 not finished" in out, out
         assert f"resume with: rankbench run {spec} --results {res} --max-concurrent 1" in out, out
         assert "Traceback" not in out
+        for _ in range(100):                            # Ray's processes go with their driver
+            left = session_pids(p.pid)
+            if not left:
+                break
+            time.sleep(0.1)
+        assert left == []
     finally:
         kill_session(p.pid)
