@@ -183,7 +183,7 @@ def check_address(address: str) -> None:
         missing = [mod for mod in ("grpc",) if importlib.util.find_spec(mod) is None]
         if missing:
             raise bad("--address", address, accepted,
-                      f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]' (or rankbench[client])")
+                      f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]'")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
