@@ -39,7 +39,7 @@ def test_sweep_on_a_file_uri_finds_its_rows_on_a_rerun_and_reports_read_them(tmp
     assert s.failed == {} and s.ran == 2
     files = tmp_path / "st" / "st"
     assert len(list((files / "trials").glob("*.json"))) == 2
-    assert (files / "ray" / "baselines").is_dir()           # Tune's experiment state on the storage
+    assert (files / "ray" / "sweep").is_dir()           # Tune's experiment state on the storage
     dense = next(t for t in sweep.trials if t.method == "dense")
     assert (files / "checkpoints" / dense.id / "baseline.pt").is_file()
     again = run_sweep(sweep, where, out=lambda line: None)
