@@ -109,7 +109,10 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
                         q.unlink()
             with contextlib.suppress(OSError):
                 store.checkpoint_dir(trial.id).rmdir()   # only when empty (no baseline.pt)
-            _log(f"trial {trial.id}: ok top-1 {row['top1']:.2f}% macs x{row['macs_speedup']:.2f}")
+            # after the row is written nothing may fail: a metric that came out null prints as such
+            top1, speedup = row.get("top1"), row.get("macs_speedup")
+            _log(f"trial {trial.id}: ok top-1 {'n/a' if top1 is None else f'{top1:.2f}%'} "
+                 f"macs x{'n/a' if speedup is None else f'{speedup:.2f}'}")
     if failure is not None and dist is not None and dist.world_size > 1:
         raise failure
     return row

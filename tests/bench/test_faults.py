@@ -196,3 +196,27 @@ def test_sigterm_to_the_driver_prints_what_finished_and_the_resume_command(tmp_p
         assert left == []
     finally:
         kill_session(p.pid)
+
+
+def test_a_ray_fault_under_the_driver_exits_3_with_the_summary(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    res = tmp_path / "res"
+
+    def gcs_gone(*a, **kw):
+        # what tuner.fit raises when Ray's GCS dies under the driver
+        raise RuntimeError("Failed to connect to GCS at address 10.0.0.1:6379 within 60 seconds")
+
+    monkeypatch.setattr("bench.sweep.init_ray", lambda *a, **kw: None)
+    monkeypatch.setattr("bench.sweep._tune", gcs_gone)
+    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr("bench.capacity.check_cluster", lambda *a, **kw: None)
+    monkeypatch.setattr("sys.argv", ["rankbench", "run", str(spec), "--results", str(res)])
+    rc = main(["run", str(spec), "--results", str(res)])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert ("stopped by a fault of Ray or the driver (RuntimeError: Failed to connect to GCS at address "
+            "10.0.0.1:6379 within 60 seconds): finished trials are kept") in err
+    assert "sweep f: 2 trials, 0 ok, 0 failed, 2 not finished" in err
+    assert f"resume with: rankbench run {spec} --results {res}" in err
+    assert "Traceback" not in err
