@@ -51,6 +51,14 @@ def main_report(argv: list[str]) -> int:
             return 2
         df = None  # a paper table without results still shows what to run
 
+    if args.paper and df is not None:
+        # results of another dataset or model (e.g. the quick digits run) have nothing to compare:
+        # say so, rather than print a table of "not run" rows and a figure titled with the paper
+        problem = paper.coverage_problem(args.paper, df)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+
     if df is not None and not df.empty:
         summary = summarize(df)
         if not summary.empty:

@@ -314,15 +314,31 @@ def test_same_value_treats_spec_spellings_alike():
     assert not same_value(0.0, 3e-4) and not same_value("channel", "spatial")
 
 
+def paper_spec(method: str, seed: int = 0, paper: str = "trp-cifar10-resnet20", **params) -> dict:
+    """The trial spec (``Trial.to_dict()``) the paper spec runs for ``method`` with ``params``."""
+    from reports.recipe import paper_trials, same_value
+    t = next(t for t in paper_trials(f"bench/configs/{paper}.yaml") if t["method"] == method
+             and all(same_value(t["params"].get(k), v) for k, v in params.items()))
+    return {**t, "seed": seed}
+
+
+def paper_row(method: str = "dense", seed: int = 0, params: dict | None = None, **kw) -> dict:
+    """A row of a trial that ran the ResNet-20 paper spec's recipe."""
+    spec = paper_spec(method, seed, **(params or {}))
+    return make_row(method=method, seed=seed, params=spec["params"], spec=spec, **kw)
+
+
 def _paper_rows(tmp_path: Path) -> Path:
-    rows = [make_row(seed=s, top1=v) for s, v in enumerate([91.5, 91.9, 91.7])]
-    p = {"scheme": "channel", "nuclear": 3e-4, "energy": 0.9, "period": 1, "export": "value:0.05"}
-    rows += [make_row(method="trp", params=p, seed=s, top1=v, macs=m, params_count=100_000)
+    rows = [paper_row(seed=s, top1=v) for s, v in enumerate([91.5, 91.9, 91.7])]
+    p = {"scheme": "channel", "nuclear": 3e-4}
+    # conv-only counts (the paper's basis) beside the whole-model ones
+    conv = {"dense_conv_macs": 40_812_544, "conv_macs": 18_800_000, "conv_macs_speedup": 40_812_544 / 18_800_000}
+    rows += [paper_row("trp", params=p, seed=s, top1=v, macs=m, params_count=100_000, **conv)
              for s, v, m in ((0, 90.0, 20_000_000), (1, 90.2, 20_000_000), (2, 90.4, 20_000_000))]
-    rows.append(make_row(method="trp", params={**p, "scheme": "spatial"}, status="failed",
-                         error="RuntimeError: boom"))
-    rows.append(make_row(method="svd", params={"scheme": "channel", "rule": "speedup:2.17",
-                                               "finetune_epochs": 0}, top1=80.0, macs=18_700_000))
+    rows.append(paper_row("trp", params={**p, "scheme": "spatial"}, status="failed",
+                          error="RuntimeError: boom"))
+    rows.append(paper_row("svd", params={"scheme": "channel", "rule": "speedup:2.17",
+                                         "finetune_epochs": 0}, top1=80.0, macs=18_700_000))
     rows.append(make_row(model="resnet32", top1=92.0))  # another table's model: not in this diff
     return write_rows(tmp_path, rows)
 
@@ -336,7 +352,9 @@ def test_paper_diff_matches_rows_and_says_what_is_missing(tmp_path):
     assert ch["n"] == 3 and ch["ours_top1"] == pytest.approx(90.2)
     assert ch["diff_top1"] == pytest.approx(90.2 - 90.50)
     assert ch["ours_top1_ci95"] == pytest.approx(collate.ci95_halfwidth([90.0, 90.2, 90.4]))
-    assert ch["diff_speedup"] == pytest.approx(40.6 / 20.0 - 2.17)
+    # speed-ups compare on the paper's basis, conv layers only
+    assert ch["ours_speedup_basis"] == "conv"
+    assert ch["diff_speedup"] == pytest.approx(40_812_544 / 18_800_000 - 2.17)
     assert ch["ours_params_m"] == pytest.approx(0.1)
     assert d.loc["TRP+Nu spatial", "status"] == "failed (1 trial)"
     nd = d.loc["TRP+Nu network decoupling"]
@@ -350,7 +368,7 @@ def test_paper_diff_matches_rows_and_says_what_is_missing(tmp_path):
     md = paper.format_paper_diff(paper.paper_diff("trp-cifar10-resnet20", [tmp_path]))
     assert "| TRP+Nu channel | ok | 90.20 ± 0.50 | 90.50 | -0.30 |" in md
     assert "not run: `rankbench run bench/configs/trp-cifar10-resnet20.yaml`" in md
-    assert "2.20x*" in md and "derived (speedup: 1 / (1 - 0.545)" in md  # derived numbers marked
+    assert "2.20x*" in md and "derived, not printed by the source (speedup: 1 / (1 - 0.545)" in md
     check_latex(paper.format_paper_diff(paper.paper_diff("trp-cifar10-resnet20", [tmp_path]), "latex"))
 
 
