@@ -217,12 +217,12 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
 
 def _status(g: pd.Series, paper: list[dict[str, Any]], selector: dict[str, Any]) -> str:
     """"ok" when a group may be diffed against its published row; else what stops it."""
-    specs = g.get("specs") if isinstance(g.get("specs"), list) else []
-    found = recipe_differences([s for s in specs if isinstance(s, dict)], paper, selector)
-    if found is None:
-        return "recipe unknown: the paper spec has no trial for this row"
+    specs = [s for s in (g.get("specs") if isinstance(g.get("specs"), list) else []) if isinstance(s, dict)]
     if not specs:
         return "recipe unknown: the rows carry no trial spec"
+    found = recipe_differences(specs, paper, selector)
+    if found is None:
+        return "recipe unknown: the paper spec has no trial for this row"
     if found:
         return "recipe differs: " + "; ".join(found)
     k = g.get("n_uncompressed")

@@ -182,3 +182,13 @@ def test_intervals_are_clipped_to_what_a_percentage_can_take(tmp_path, top1, exp
     assert 0.0 <= s.loc[0, "top1_lo"] <= s.loc[0, "top1_hi"] <= 100.0
     check_tex = tables.to_latex(s)
     assert "†" not in check_tex and (r"$^{\dagger}$" in check_tex) == clipped
+
+
+def test_every_published_row_that_selects_trials_has_a_trial_in_its_paper_spec():
+    # otherwise its status could only ever be "recipe unknown"
+    for name in paper.available_papers():
+        table = paper.load_published(name)
+        trials = recipe.paper_trials(table["spec"])
+        for row in table["rows"]:
+            if "match" in row:
+                assert recipe.recipe_differences([], trials, row["match"]) is not None, (name, row["label"])
