@@ -249,7 +249,8 @@ def _ours(g: pd.Series, basis: str) -> dict[str, Any]:
         "n": int(g["n"]),
         "ours_top1": g["top1_mean"], "ours_top1_ci95": g["top1_ci95"],
         "ours_top5": g["top5_mean"], "ours_top5_ci95": g["top5_ci95"],
-        "ours_speedup": g.get(f"{key}_mean", 1.0) if g["method"] == "dense" else g[f"{key}_mean"],
+        "ours_speedup": (g[f"{key}_mean"] if not is_missing(g.get(f"{key}_mean"))
+                         else g["macs_speedup_mean"]),
         "ours_speedup_ci95": g.get(f"{key}_ci95", math.nan),
         "ours_speedup_basis": basis,
         "ours_latency_speedup": g["latency_speedup_mean"],

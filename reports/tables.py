@@ -72,20 +72,22 @@ def uncompressed_mark(row: pd.Series) -> str:
 def _layout_note(s: pd.DataFrame) -> str:
     """What the latency layouts were: the spec's ``measure.latency_layout`` ("auto": each model
     on its fastest of the device's menu; one layout: both timed on it; a list: fastest of those)."""
-    settings = {str(v) for v in s.get("latency_layout_setting", pd.Series(dtype=object))
-                if not is_missing(v) and v}
+    # a group whose seeds were timed under different settings joins them with "/"
+    settings = {x for v in s.get("latency_layout_setting", pd.Series(dtype=object))
+                if not is_missing(v) and v for x in str(v).split("/")}
     if not settings or settings == {"auto"}:
         return ("Latency: dense and compressed timed on the same menu of inference layouts (memory "
                 "format, BN folded, jit), each on its fastest; results.csv names the winners.")
     parts = []
     for v in sorted(settings):
         if v == "auto":
-            parts.append("each on its fastest of the device's menu")
-        elif "," in v or "/" in v:
-            parts.append(f"each on its fastest of {v.replace('/', '; ')}")
+            parts.append("each on its fastest layout of the device's menu")
+        elif "," in v:
+            parts.append(f"each on its fastest of the layouts the spec listed ({v})")
         else:
-            parts.append(f"both on the layout the spec fixed, {v}")
-    return "Latency: dense and compressed timed " + ", or ".join(parts) + " (results.csv names each)."
+            parts.append(f"both on the layout the spec fixed ({v})")
+    return ("Latency: dense and compressed timed " + "; in other rows ".join(parts)
+            + "; results.csv names each row's layouts.")
 
 
 def _latency_setting(row: pd.Series) -> str:

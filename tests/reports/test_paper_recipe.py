@@ -94,7 +94,7 @@ def test_cut_paper_spec_on_fake_cifar_marks_the_recipe_mismatch_not_a_delta(tmp_
     out = capsys.readouterr().out
     assert "recipe differs: epochs 1 vs 164" in out
     # the latency note says what was done: one layout fixed by the spec, not "each on its fastest"
-    assert "both on the layout the spec fixed, contiguous" in out and "each on its fastest" not in out
+    assert "both on the layout the spec fixed (contiguous)" in out and "each on its fastest" not in out
 
 
 # ---------------------------------------------------------------------------- recipe rules
@@ -192,3 +192,22 @@ def test_every_published_row_that_selects_trials_has_a_trial_in_its_paper_spec()
         for row in table["rows"]:
             if "match" in row:
                 assert recipe.recipe_differences([], trials, row["match"]) is not None, (name, row["label"])
+
+
+def test_cost_of_a_method_that_reuses_the_baseline_is_shown_with_and_without_its_training(tmp_path):
+    from reports import collate, tables
+    from rows import make_row, write_rows
+    dense = [make_row(seed=s, wall_s=100.0) for s in range(2)]
+    svd = [make_row(method="svd", params={"scheme": "channel"}, seed=s, wall_s=10.0, macs=20_000_000,
+                    baseline_id=dense[s]["trial_id"]) for s in range(2)]
+    trp = [make_row(method="trp", params={"scheme": "channel"}, seed=s, wall_s=150.0, macs=20_000_000)
+           for s in range(2)]
+    write_rows(tmp_path, dense + svd + trp)
+    s = collate.summarize(collate.load_results(tmp_path)).set_index("method")
+    assert s.loc["svd", "wall_s_mean"] == 10.0 and s.loc["svd", "wall_s_total_mean"] == 110.0
+    assert s.loc["trp", "wall_s_total_mean"] == 150.0            # trains from scratch: nothing added
+    md = tables.to_markdown(collate.summarize(collate.load_results(tmp_path)))
+    header = md.splitlines()[0]
+    assert "Wall time (CPU), own" in header and "Wall time (CPU), incl. baseline" in header
+    svd_line = next(l for l in md.splitlines() if l.startswith("| svd"))
+    assert "10 s" in svd_line and "1.8 min" in svd_line
