@@ -95,7 +95,7 @@ def build(conv: nn.Conv2d, ranks: Ranks) -> CPConv:
 
 def _rel_error(kernel: np.ndarray, weights: np.ndarray, factors: Sequence[np.ndarray]) -> float:
     a, b, c, d = factors
-    approx = np.einsum("r,tr,sr,ir,jr->tsij", weights, a, b, c, d)
+    approx = np.einsum("r,tr,sr,ir,jr->tsij", weights, a, b, c, d, optimize=True)
     return float(np.linalg.norm(kernel - approx) / max(np.linalg.norm(kernel), np.finfo(np.float64).tiny))
 
 

@@ -95,7 +95,7 @@ def fill(conv: nn.Conv2d, ranks: Ranks) -> tuple[Tucker2Conv, dict[str, Any]]:
         out[2].weight.copy_(torch.from_numpy(np.ascontiguousarray(u_out)).to(**as_w)[:, :, None, None])
         if conv.bias is not None:
             out[2].bias.copy_(conv.bias.detach())
-    approx = np.einsum("abij,ta,sb->tsij", core, u_out, u_in)
+    approx = np.einsum("abij,ta,sb->tsij", core, u_out, u_in, optimize=True)
     rel = float(np.linalg.norm(k - approx) / max(np.linalg.norm(k), np.finfo(np.float64).tiny))
     return out, {"rel_error": rel}
 
@@ -122,6 +122,12 @@ def unfoldings(conv: nn.Conv2d) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(tl.unfold(k, 0)), np.asarray(tl.unfold(k, 1))
 
 
+def spectra(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending, float64) of the two unfoldings."""
+    with tensordec.tensorly_numpy():  # one BLAS thread: see methods.tensordec
+        return tuple(torch.from_numpy(np.linalg.svd(m, compute_uv=False)) for m in unfoldings(conv))  # type: ignore[return-value]
+
+
 DECOMPOSITION = tensordec.Decomposition(scheme="tucker2", reason=lambda conv: None, full=full, macs=macs,
                                         build=build, fill=fill)
 
@@ -139,11 +145,10 @@ def check_rule(rule: Any, field: str = "rule") -> str:
 
 def layer_ranks(conv: nn.Conv2d, rule: str) -> Ranks:
     """``(R_out, R_in)`` of one conv under a per-layer rule (``vbmf`` or a lowrank rule)."""
-    mats = unfoldings(conv)
     if rule == VBMF:
-        return tuple(min(max(vbmf_rank(m), 1), min(m.shape)) for m in mats)  # type: ignore[return-value]
-    return tuple(lowrank.rank_from_rule(torch.from_numpy(np.linalg.svd(m, compute_uv=False)), rule)
-                 for m in mats)  # type: ignore[return-value]
+        with tensordec.tensorly_numpy():
+            return tuple(min(max(vbmf_rank(m), 1), min(m.shape)) for m in unfoldings(conv))  # type: ignore[return-value]
+    return tuple(lowrank.rank_from_rule(s, rule) for s in spectra(conv))  # type: ignore[return-value]
 
 
 def plan_ranks(plan: tensordec.LayerPlan, rule: str) -> list[Ranks]:
@@ -151,13 +156,13 @@ def plan_ranks(plan: tensordec.LayerPlan, rule: str) -> list[Ranks]:
     convs = [plan.modules[plan.reports[i]["name"]] for i in plan.chosen]
     if rule == VBMF or not lowrank.parse_rule(rule).is_global:
         return [layer_ranks(c, rule) for c in convs]
-    spectra = [[torch.from_numpy(np.linalg.svd(m, compute_uv=False)) for m in unfoldings(c)] for c in convs]
+    layer_spectra = [spectra(c) for c in convs]
 
     def ranks_at(e: float) -> list[Ranks]:
         if e <= 0:
-            return [(1, 1)] * len(spectra)
+            return [(1, 1)] * len(layer_spectra)
         return [tuple(lowrank.rank_from_rule(s, lowrank.Rule("energy", min(e, 1.0))) for s in pair)
-                for pair in spectra]  # type: ignore[misc]
+                for pair in layer_spectra]  # type: ignore[misc]
 
     return tensordec.fit_speedup(plan, lowrank.parse_rule(rule).value, ranks_at, top=1.0)
 
