@@ -33,14 +33,15 @@ A layer whose factorized MACs would not be lower than its dense MACs stays dense
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from methods import lowrank, tensordec
-from methods.base import Context, Method, check_param
+from bench.checks import bad, check, is_int
+from methods.base import Context, Method
 from methods.registry import register
 from methods.tensordec import Ranks
 
@@ -120,7 +121,7 @@ def decompose(kernel: np.ndarray, rank: int, iters: int) -> tuple[list[np.ndarra
                        f"(non-finite factors or relative error >= 1)")
 
 
-def make_fill(iters: int):
+def make_fill(iters: int) -> Callable[[nn.Conv2d, Ranks], tuple[CPConv, dict[str, Any]]]:
     """The ``fill`` of :class:`tensordec.Decomposition` for CP-ALS with at most ``iters`` iterations."""
 
     def fill(conv: nn.Conv2d, ranks: Ranks) -> tuple[CPConv, dict[str, Any]]:
@@ -173,7 +174,7 @@ def check_rule(rule: Any, field: str = "rule") -> lowrank.Rule:
     except ValueError:
         parsed = None
     if parsed is None or parsed.kind not in RULE_KINDS:
-        raise ValueError(f"{field}: got {rule!r}; accepted: {ACCEPTED_RULES}")
+        raise bad(field, rule, ACCEPTED_RULES)
     return parsed
 
 
@@ -200,13 +201,10 @@ class CP(Method):
     def __init__(self, rule: str = "ratio:0.5", finetune_epochs: int = 2, iters: int = 300,
                  layers: str = "official", include_stride2: bool = True) -> None:
         check_rule(rule)
-        check_param("finetune_epochs", finetune_epochs,
-                    isinstance(finetune_epochs, int) and not isinstance(finetune_epochs, bool) and finetune_epochs >= 0,
-                    "an int >= 0")
-        check_param("iters", iters, isinstance(iters, int) and not isinstance(iters, bool) and iters >= 1,
-                    "an int >= 1 (CP-ALS iterations at most)")
-        check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
-        check_param("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
+        check("finetune_epochs", finetune_epochs, is_int(finetune_epochs) and finetune_epochs >= 0, "an int >= 0")
+        check("iters", iters, is_int(iters) and iters >= 1, "an int >= 1 (CP-ALS iterations at most)")
+        check("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
+        check("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
         self.rule, self.finetune_epochs, self.iters = rule, finetune_epochs, iters
         self.layers, self.include_stride2 = layers, include_stride2
         self._reports: list[dict[str, Any]] = []

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.checks import bad
 from methods import lowrank
 
 Ranks = tuple[int, ...]
@@ -152,8 +153,8 @@ def check_speedup(plan: LayerPlan, speedup: float, ones: list[Ranks], field_name
     every chosen layer at ``ones`` (rank 1): checkable before any training."""
     least = plan.total(ones)
     if least > plan.dense_total / speedup:
-        raise ValueError(f"{field_name}: speedup:{speedup} is not reachable with these layers; "
-                         f"accepted: speedup up to {plan.dense_total / least:.3f} (rank 1 everywhere)")
+        raise bad(field_name, f"speedup:{speedup}", f"speedup up to {plan.dense_total / least:.3f} (rank 1 everywhere)",
+                  "not reachable with these layers")
 
 
 def fit_speedup(plan: LayerPlan, speedup: float, ranks_at: Callable[[float], list[Ranks]], top: float,
@@ -202,7 +203,10 @@ def decompose_planned(model: nn.Module, plan: LayerPlan, ranks: Sequence[Ranks],
         if keep_dense_if_larger and f >= rep["dense_macs"]:
             rep["skipped"] = f"rank {shown}: factorized MACs {f} >= dense {rep['dense_macs']}"
             continue
-        layer, facts = plan.dec.fill(plan.modules[rep["name"]], r)
+        try:
+            layer, facts = plan.dec.fill(plan.modules[rep["name"]], r)
+        except RuntimeError as e:  # a decomposition that failed: say which layer
+            raise RuntimeError(f"{plan.dec.scheme} of {rep['name']}: {e}") from None
         rep.update(rank=shown, macs=f, **facts)
         lowrank.set_module(out, rep["name"], layer)
     return out

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from methods import lowrank, tensordec
-from methods.base import Context, Method, check_param
+from bench.checks import bad, check, is_int
+from methods.base import Context, Method
 from methods.registry import register
 from methods.tensordec import Ranks
 from methods.vbmf import vbmf_rank
@@ -139,7 +140,7 @@ def check_rule(rule: Any, field: str = "rule") -> str:
     try:
         lowrank.parse_rule(rule, field)
     except ValueError:
-        raise ValueError(f"{field}: got {rule!r}; accepted: {ACCEPTED_RULES}") from None
+        raise bad(field, rule, ACCEPTED_RULES) from None
     return rule
 
 
@@ -176,11 +177,9 @@ class Tucker2(Method):
     def __init__(self, rule: str = VBMF, finetune_epochs: int = 0, layers: str = "official",
                  include_stride2: bool = True) -> None:
         check_rule(rule)
-        check_param("finetune_epochs", finetune_epochs,
-                    isinstance(finetune_epochs, int) and not isinstance(finetune_epochs, bool) and finetune_epochs >= 0,
-                    "an int >= 0")
-        check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
-        check_param("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
+        check("finetune_epochs", finetune_epochs, is_int(finetune_epochs) and finetune_epochs >= 0, "an int >= 0")
+        check("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
+        check("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
         self.rule, self.finetune_epochs = rule, finetune_epochs
         self.layers, self.include_stride2 = layers, include_stride2
         self._reports: list[dict[str, Any]] = []

@@ -108,10 +108,10 @@ def test_parameters_defaults_and_reachability():
     m = registry.build("tucker2", {})
     assert m.rule == "vbmf" and m.finetune_epochs == 0
     assert registry.build("tucker2", {"finetune_epochs": 3}).finetune_epochs == 3
-    with pytest.raises(ValueError, match=r'^rule: got \'energy\'; accepted: "vbmf", "energy:E"'):
+    with pytest.raises(ValueError, match=r'^rule: \'energy\'; accepted: "vbmf", "energy:E"'):
         registry.build("tucker2", {"rule": "energy"})
-    with pytest.raises(ValueError, match=r"^finetune_epochs: got -1; accepted an int >= 0"):
+    with pytest.raises(ValueError, match=r"^finetune_epochs: -1; accepted: an int >= 0$"):
         registry.build("tucker2", {"finetune_epochs": -1})
     model = build_model("cnn", 10, (1, 8, 8)).eval()
-    with pytest.raises(ValueError, match=r"^rule: speedup:500.0 is not reachable.*accepted: speedup up to"):
+    with pytest.raises(ValueError, match=r"^rule: 'speedup:500.0': not reachable with these layers; accepted: speedup up to"):
         registry.build("tucker2", {"rule": "speedup:500"}).attach(model, _ctx((1, 8, 8)))
