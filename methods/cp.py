@@ -41,7 +41,7 @@ from torch import nn
 
 from methods import lowrank, tensordec
 from bench.checks import bad, check, is_int
-from methods.base import Context, Method
+from methods.base import Context, Method, MethodReport
 from methods.registry import register
 from methods.tensordec import Ranks
 
@@ -196,6 +196,7 @@ def plan_ranks(plan: tensordec.LayerPlan, rule: lowrank.Rule) -> list[Ranks]:
 class CP(Method):
     """CP decomposition (Lebedev et al., ICLR 2015) of the trained baseline into four convs, then fine-tuning."""
 
+    name = "cp"
     starts_from_baseline = True
 
     def __init__(self, rule: str = "ratio:0.5", finetune_epochs: int = 2, iters: int = 300,
@@ -214,7 +215,6 @@ class CP(Method):
                                      self.example_input(model))
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx = ctx
         rule = check_rule(self.rule)
         if rule.is_global:  # out of reach: fail before training
             plan = self._plan(model)
@@ -231,5 +231,5 @@ class CP(Method):
         a saved state dict of the compressed model loads into it."""
         return tensordec.rebuild(model, layers, [decomposition(self.iters)])
 
-    def report(self) -> dict[str, Any]:
-        return lowrank.method_report(self._reports, scheme="cp", rule=self.rule)
+    def report(self) -> MethodReport:
+        return MethodReport(layers=list(self._reports), scheme="cp", rule=self.rule)

@@ -15,7 +15,7 @@ initialisation) on modes [0, 1], numpy backend in float64 (see ``methods.tensord
 
 Ranks (``rule``):
 
-- ``vbmf`` (default, as Kim et al.): analytic empirical VBMF (``methods.vbmf``, Nakajima et al.,
+- ``vbmf`` (default, as Kim et al.): analytic empirical VBMF (``methods.lowrank.vbmf``, Nakajima et al.,
   JMLR 2013) on the mode-0 unfolding (T x S kh kw) gives R_out, on the mode-1 unfolding
   (S x T kh kw) R_in; at least 1 each.
 - any rank rule of ``methods.lowrank`` (``energy:E``, ``value:T``, ``ratio:Q``, ``rank:R``,
@@ -38,14 +38,13 @@ from torch import nn
 
 from methods import lowrank, tensordec
 from bench.checks import bad, check, is_int
-from methods.base import Context, Method
+from methods.base import Context, Method, MethodReport
 from methods.registry import register
 from methods.tensordec import Ranks
-from methods.vbmf import vbmf_rank
+from methods.lowrank.vbmf import vbmf_rank
 
 VBMF = "vbmf"
-ACCEPTED_RULES = (f'"{VBMF}", "energy:E" (0<E<=1), "value:T" (T>=0), "ratio:Q" (0<Q<=1), "rank:R" (int R>=1), '
-                  '"entropy:TAU" (0<TAU<=1), "speedup:S" (S>1)')
+ACCEPTED_RULES = f'"{VBMF}", {lowrank.ACCEPTED_RULES}'
 
 
 class Tucker2Conv(nn.Sequential):
@@ -172,6 +171,7 @@ def plan_ranks(plan: tensordec.LayerPlan, rule: str) -> list[Ranks]:
 class Tucker2(Method):
     """Tucker-2 decomposition (Kim et al., ICLR 2016) of the trained baseline, ranks by VBMF or a rule."""
 
+    name = "tucker2"
     starts_from_baseline = True
 
     def __init__(self, rule: str = VBMF, finetune_epochs: int = 0, layers: str = "official",
@@ -189,7 +189,6 @@ class Tucker2(Method):
                                      self.example_input(model))
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx = ctx
         if self.rule != VBMF and lowrank.parse_rule(self.rule).is_global:  # out of reach: fail before training
             plan = self._plan(model)
             tensordec.check_speedup(plan, lowrank.parse_rule(self.rule).value, [(1, 1)] * len(plan.chosen))
@@ -205,5 +204,5 @@ class Tucker2(Method):
         a saved state dict of the compressed model loads into it."""
         return tensordec.rebuild(model, layers, [DECOMPOSITION])
 
-    def report(self) -> dict[str, Any]:
-        return lowrank.method_report(self._reports, scheme="tucker2", rule=self.rule)
+    def report(self) -> MethodReport:
+        return MethodReport(layers=list(self._reports), scheme="tucker2", rule=self.rule)
