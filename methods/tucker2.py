@@ -17,7 +17,9 @@ Ranks (``rule``):
 
 - ``vbmf`` (default, as Kim et al.): analytic empirical VBMF (``methods.lowrank.vbmf``, Nakajima et al.,
   JMLR 2013) on the mode-0 unfolding (T x S kh kw) gives R_out, on the mode-1 unfolding
-  (S x T kh kw) R_in; at least 1 each.
+  (S x T kh kw) R_in; at least 1 each. VBMF keeps only components above the noise level it
+  estimates from the same matrix, so weights still close to their random initialisation (a
+  briefly trained network) get ranks near 1: the rule is meant for converged networks.
 - any rank rule of ``methods.lowrank`` (``energy:E``, ``value:T``, ``ratio:Q``, ``rank:R``,
   ``entropy:TAU``) on each unfolding's singular values;
 - ``speedup:S``: one global energy threshold for both modes of every chosen layer, found by
@@ -39,9 +41,9 @@ from torch import nn
 from methods import lowrank, tensordec
 from bench.checks import bad, check, is_int
 from methods.base import Context, Method, MethodReport
+from methods.lowrank.vbmf import vbmf_rank
 from methods.registry import register
 from methods.tensordec import Ranks
-from methods.lowrank.vbmf import vbmf_rank
 
 VBMF = "vbmf"
 ACCEPTED_RULES = f'"{VBMF}", {lowrank.ACCEPTED_RULES}'
