@@ -15,6 +15,7 @@ Modules, bottom up (each imports only those above it):
                   ``layer_choice``, ``LAYER_CHOICES``, ``set_module``.
 - ``solvers``     the batched projection used during training: ``project``, ``check_solver``,
                   ``SOLVERS``, ``WarmStart``.
+- ``vbmf``        analytic empirical VBMF rank estimate of a matrix: ``vbmf``, ``vbmf_rank``.
 - ``decompose``   whole-model decomposition: ``decompose_model``, ``build_factorized``,
                   ``max_speedup``, ``check_reachable``, ``LayerReport``.
 
@@ -31,6 +32,7 @@ from methods.lowrank.layers import (LAYER_CHOICES, default_kinds, layer_choice, 
 from methods.lowrank.solvers import (AUTO_GRAM_ASPECT, CUDA_SVD_DRIVERS, SOLVERS, WARM_GUARD, WARM_ITERS,
                                      WARM_MAX_FRACTION, WARM_RULES, WARM_TOL, WarmStart, check_solver, project,
                                      warm_eigs)
+from methods.lowrank.vbmf import VBMFResult, vbmf, vbmf_rank
 from methods.lowrank.decompose import (LayerReport, build_factorized, check_reachable, decompose_model,
                                        max_speedup)
 
@@ -43,5 +45,6 @@ __all__ = [
     "LAYER_CHOICES", "default_kinds", "layer_choice", "layer_reasons", "select_layers", "set_module",
     "AUTO_GRAM_ASPECT", "CUDA_SVD_DRIVERS", "SOLVERS", "WARM_GUARD", "WARM_ITERS", "WARM_MAX_FRACTION",
     "WARM_RULES", "WARM_TOL", "WarmStart", "check_solver", "project", "warm_eigs",
+    "VBMFResult", "vbmf", "vbmf_rank",
     "LayerReport", "build_factorized", "check_reachable", "decompose_model", "max_speedup",
 ]
