@@ -1,4 +1,4 @@
-"""Issue 7: bad input gets one clear line, faults lose nothing, a sweep always finishes.
+"""Bad input gets one clear line, faults lose nothing, a sweep always finishes.
 
 Faults are injected for real: a method plugin that raises (installed as a third-party plugin so
 Ray workers find it), a Ray worker process killed with SIGKILL mid-trial, the driver interrupted
