@@ -20,9 +20,11 @@ from reports.format import clip_interval
 # written by an older or partial harness still lines up with the rest.
 ROW_KEYS: tuple[str, ...] = result_row.KEYS
 # Row keys read when present even if ``bench.row`` does not list them (rows of a newer harness):
-# the conv-only MAC count, the basis the TRP paper reports its speed-ups on.
+# the conv-only MAC count, the basis the TRP paper reports its speed-ups on, and the count as the
+# method's paper formula makes it (layers it factorizes but counts dense).
 OPTIONAL_KEYS: tuple[str, ...] = tuple(
-    k for k in ("conv_macs", "dense_conv_macs", "conv_macs_speedup") if k not in ROW_KEYS)
+    k for k in ("conv_macs", "dense_conv_macs", "conv_macs_speedup", "claimed_conv_macs", "claimed_conv_speedup")
+    if k not in ROW_KEYS)
 
 GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
 
@@ -30,7 +32,7 @@ GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
 METRICS: tuple[str, ...] = (
     "top1", "top5", "f1",
     "macs", "dense_macs", "macs_speedup", "params_count", "dense_params_count",
-    "conv_macs", "dense_conv_macs", "conv_macs_speedup",
+    "conv_macs", "dense_conv_macs", "conv_macs_speedup", "claimed_conv_macs", "claimed_conv_speedup",
     "latency_ms", "dense_latency_ms", "latency_speedup",
     # wall_s / gpu_hours: the trial's own cost (a method that starts from the trained dense
     # baseline does not pay for that training there); *_total adds the baseline's training

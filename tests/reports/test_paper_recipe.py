@@ -211,3 +211,19 @@ def test_cost_of_a_method_that_reuses_the_baseline_is_shown_with_and_without_its
     assert "Wall time (CPU), own" in header and "Wall time (CPU), incl. baseline" in header
     svd_line = next(l for l in md.splitlines() if l.startswith("| svd"))
     assert "10 s" in svd_line and "1.8 min" in svd_line
+
+
+def test_decoupling_is_diffed_on_the_papers_formula_with_the_built_models_count_beside_it(tmp_path):
+    from rows import paper_row, write_rows
+    # official network decoupling: its formula counts the factorized stride-2 convs as dense
+    counts = {"dense_conv_macs": 40_812_544, "conv_macs": 22_000_000, "conv_macs_speedup": 40_812_544 / 22_000_000,
+              "claimed_conv_macs": 20_000_000, "claimed_conv_speedup": 40_812_544 / 20_000_000}
+    write_rows(tmp_path, [paper_row("trp", params={"scheme": "decoupling"}, seed=s, top1=90.0, macs=22_100_000,
+                                    **counts) for s in range(2)])
+    d = paper.paper_diff(PAPER, [tmp_path]).set_index("label")
+    nd = d.loc["TRP+Nu network decoupling"]
+    assert nd["status"] == "ok"
+    assert nd["diff_speedup"] == pytest.approx(40_812_544 / 20_000_000 - 2.04)
+    assert nd["ours_built_speedup"] == pytest.approx(40_812_544 / 22_000_000)
+    md = paper.format_paper_diff(paper.paper_diff(PAPER, [tmp_path]))
+    assert "2.04x (built: 1.86x)" in md and "(built: X): our speed-up is counted as the method's paper" in md
