@@ -112,9 +112,9 @@ def coverage_problem(name: str, df: pd.DataFrame) -> str | None:
     if df is None or df.empty:
         return None
     table = load_published(name)
-    pairs = {(r.get("match") or {}).get("dataset", table["dataset"]) for r in table["rows"]}
+    datasets = {(r.get("match") or {}).get("dataset", table["dataset"]) for r in table["rows"]}
     models = {(r.get("match") or {}).get("model", table["model"]) for r in table["rows"]}
-    fits = df["dataset"].isin(pairs) & df["model"].isin(models)
+    fits = df["dataset"].isin(datasets) & df["model"].isin(models)
     if fits.any():
         return None
     have = sorted({f"{d}/{m}" for d, m in zip(df["dataset"], df["model"]) if d is not None})

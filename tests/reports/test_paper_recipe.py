@@ -17,6 +17,7 @@ import yaml
 
 from reports import paper, recipe
 from reports.cli import main_report
+from test_reports import check_latex
 
 PAPER = "trp-cifar10-resnet20"
 
@@ -90,9 +91,13 @@ def test_cut_paper_spec_on_fake_cifar_marks_the_recipe_mismatch_not_a_delta(tmp_
     assert "recipe differs: epochs 1 vs 164" in line
     assert line.split(" | ")[4] == "-"                  # the Δ Top-1 cell: no delta
 
-    assert main_report([str(tmp_path / "results" / "cut"), "--paper", PAPER]) == 0
+    check_latex(paper.format_paper_diff(paper.paper_diff(PAPER, [tmp_path / "results"]), "latex"))
+
+    plot = tmp_path / "pareto.png"
+    assert main_report([str(tmp_path / "results" / "cut"), "--paper", PAPER, "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "recipe differs: epochs 1 vs 164" in out
+    assert "ours ran another recipe than the paper spec" in plot.with_suffix(".svg").read_text()
     # the latency note says what was done: one layout fixed by the spec, not "each on its fastest"
     assert "both on the layout the spec fixed (contiguous)" in out and "each on its fastest" not in out
 
