@@ -319,6 +319,8 @@ ARGV: dict[str, tuple[Callable[[Path, str], list[str]], list[str]]] = {
     "report-missing-folder": (lambda tmp, s: ["report", str(tmp / "none")], ["results: ", "does not exist"]),
     "report-bogus-uri": (lambda tmp, s: ["report", "bogus://x/y"], ["storage: 'bogus://x/y'"]),
     "report-empty-folder": (lambda tmp, s: ["report", str(_mkdir(tmp / "r"))], ["results: ", "no result rows"]),
+    "report-out-onto-a-file": (lambda tmp, s: ["report", str(tmp / "none"), "--paper", "trp-cifar10-resnet20",
+                                                "--out", empty_file(tmp)], ["report: ", "empty.pt", "accepted: a writable folder"]),
     "report-two-folders-no-out": (lambda tmp, s: ["report", str(tmp), str(tmp)], ["--out: ", "needed when several"]),
 }
 
