@@ -6,9 +6,11 @@
     rankbench report ...        (reports.cli)
     rankbench speed ...         (bench.speed)
 
-User errors (bad spec, locked or incompatible results folder) print one line
-``error: <field>: <value>: <problem>; accepted: <...>`` (``bench.checks``) and exit 2, with no
-traceback.
+User errors (bad spec, locked or incompatible results folder, resources no node can hold) print
+one line ``error: <field>: <value>: <problem>; accepted: <...>`` (``bench.checks``) and exit 2,
+with no traceback. ``run`` exits 0 (all ok), 1 (some trial failed), 3 (Ray raised in the driver),
+130 (Ctrl-C) or 143 (SIGTERM); on 3, 130 and 143 it first prints what finished and the command
+that resumes (README, "Failure modes").
 
 This is the package's top module: the only one in ``bench`` that imports ``reports`` (which
 itself imports ``bench.fs`` and ``bench.row``).
