@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import shlex
 import signal
 import sys
@@ -35,6 +36,7 @@ EXIT_USER_ERROR = 2        # bad input: nothing ran
 EXIT_SWEEP_STOPPED = 3     # the sweep itself stopped (Ray's GCS or raylet died): finished rows are kept
 EXIT_INTERRUPTED = 130     # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143      # SIGTERM (128 + SIGTERM), e.g. a batch scheduler's time limit
+SUPERVISE_ENV = "RANKBENCH_SUPERVISE"   # "0": run the sweep in the command's own process
 
 
 class Terminated(KeyboardInterrupt):
@@ -76,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["run"] and os.environ.get(SUPERVISE_ENV, "1") != "0" \
+            and hasattr(os, "fork"):
+        return _supervise(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return _report(argv[1:])
@@ -109,6 +114,77 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{what}: finished trials are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     return EXIT_USER_ERROR
+
+
+def _supervise(argv: list[str]) -> int:
+    """``rankbench run`` from the command line: the sweep runs in a forked child, this process
+    waits for it. Ray's core can end its driver process from C++ (its GCS lost for 60 s), where
+    no Python handler runs; the child then dies without reporting its status, and this process
+    still prints what finished and the resume command (exit 3). Ctrl-C reaches the child through
+    the process group (ignored here); SIGTERM sent here is passed on; the child dies with this
+    process (PR_SET_PDEATHSIG), so killing the command kills the sweep."""
+    from bench.store import DRIVER_PID_ENV
+
+    parent = os.getpid()
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:                                   # the child: the sweep itself
+        os.close(r)
+        _die_with_parent(parent)
+        os.environ[DRIVER_PID_ENV] = str(parent)   # the results folder's lock names the command's pid
+        code = 1
+        try:
+            code = main(argv)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(w, bytes([int(code) & 0xFF]))
+            os.close(w)
+        sys.exit(code)                             # atexit handlers (Ray's shutdown) run
+    os.close(w)
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signal.SIGTERM))
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        reported = os.read(r, 1)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        os.close(r)
+    if reported:
+        return reported[0]
+    how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}")
+    try:
+        args = _parser().parse_args(argv)
+        from bench.spec import load_spec
+
+        sweep = load_spec(_spec_path(args.spec), check=False)
+        resume = "rankbench " + " ".join(shlex.quote(a) for a in argv)
+        _stopped_summary(sweep, args.results, RuntimeError(
+            f"the sweep's process ended with {how} before reporting (Ray's core ends it when its GCS is lost)"),
+            resume)
+    except Exception as e:  # noqa: BLE001 (the summary is a courtesy; the exit status says it all)
+        print(f"the sweep's process ended with {how}; run the same command again to resume ({e})", file=sys.stderr)
+    return EXIT_SWEEP_STOPPED
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                     # it died before the request took hold
+        os._exit(1)
 
 
 def _spec_path(spec: str | None) -> Path:

@@ -28,6 +28,8 @@ from bench.checks import PATH_QUOTE, UserError, bad
 from bench.fs import Location, RemotePath, location
 
 FORMAT_VERSION = 1
+# set by the `rankbench run` supervisor (bench.cli) in the process it runs the sweep in
+DRIVER_PID_ENV = "RANKBENCH_DRIVER_PID"
 
 
 class StoreError(UserError):
@@ -240,7 +242,7 @@ class Store:
                                "one sweep per results folder at a time") from None
             f.seek(0)
             f.truncate()
-            f.write(str(os.getpid()))
+            f.write(os.environ.get(DRIVER_PID_ENV) or str(os.getpid()))   # the pid the user started
             f.flush()
             yield
         finally:

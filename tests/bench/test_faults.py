@@ -220,3 +220,36 @@ def test_a_ray_fault_under_the_driver_exits_3_with_the_summary(tmp_path, capsys,
     assert "sweep f: 2 trials, 0 ok, 0 failed, 2 not finished" in err
     assert f"resume with: rankbench run {spec} --results {res}" in err
     assert "Traceback" not in err
+
+
+def test_the_gcs_killed_under_the_driver_still_gives_the_summary_and_exit_3(tmp_path):
+    # Ray's core ends the driver process from C++ 60 s after its GCS is gone; the command's
+    # supervising process reports what finished instead
+    spec = tmp_path / "g.yaml"
+    spec.write_text(SLOW.replace("sweep: term", "sweep: g"))
+    res = tmp_path / "res"
+    p = bench_run([str(spec), "--results", str(res), "--max-concurrent", "1"], tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while p.poll() is None and time.monotonic() < deadline:
+            if any("[train] epoch 2/" in f.read_text() for f in (res / "g" / "logs").glob("*.log")):
+                break
+            time.sleep(0.2)
+        gcs = [pid for pid in session_pids(p.pid) if b"gcs_server" in _cmdline(pid)]
+        assert gcs, "no GCS process found in the driver's session"
+        for pid in gcs:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = p.communicate(timeout=200)
+        assert p.returncode == 3, out
+        assert "stopped by a fault of Ray or the driver" in out and "finished trials are kept" in out, out
+        assert "sweep g: 3 trials, " in out and "not finished" in out, out
+        assert f"resume with: rankbench run {spec} --results {res} --max-concurrent 1" in out, out
+    finally:
+        kill_session(p.pid)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
