@@ -49,12 +49,16 @@ def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
     result = json.loads(out.read_text())
     variants = {r["variant"] for r in result["step"]}
     solvers = ("svd", "gram", "auto", "warm")
-    assert variants == {"plain", "plain-compiled", "trp-channel-warm-compiled"} | \
+    assert variants == {"plain", "plain-compiled", "trp-channel-warm-compiled", "trp-spatial-warm-compiled"} | \
         {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in solvers}
+    # TRP starts from weights at the paper's ranks (constructed), and says so
+    assert {r["weights"] for r in result["step"]} == {"paper-ranks 2.17x (constructed spectra)",
+                                                      "paper-ranks 2.84x (constructed spectra)"}
     assert all(r["images_per_s"] > 0 and r["slowdown_vs_plain"] > 0 for r in result["step"])
     assert all((r["warm_share"] is not None) == ("-warm" in r["variant"]) for r in result["step"])
-    proj = {(r["weights"], r["scheme"], r["solver"]): r for r in result["projection"]}
-    assert set(proj) == {(w, sc, so) for w in ("init", "trp-steady") for sc in ("channel", "spatial") for so in solvers}
+    proj = {(r["weights"].split(" ")[0], r["scheme"], r["solver"]): r for r in result["projection"]}
+    assert set(proj) == {(w, sc, so) for w in ("init", "trp-steady", "paper-ranks") for sc in ("channel", "spatial")
+                         for so in solvers}
     for r in proj.values():  # every solver keeps the exact ranks, to float32 accuracy
         assert r["ranks_equal_exact"] and r["rank_sum"] == r["exact_rank_sum"]
         assert r["max_rel_err_weight"] < 1e-4 and r["max_rel_err_subgrad"] < 1e-4
@@ -74,7 +78,7 @@ def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
 
 
 def test_speed_names_an_unknown_model():
-    with pytest.raises(ValueError, match=r"--model: 'vgg'; accepted: resnet20"):
+    with pytest.raises(ValueError, match=r"--model: 'vgg': unknown; accepted: resnet20"):
         speed.run_speed(["vgg"], device="cpu")
 
 
@@ -82,11 +86,12 @@ def test_rankbench_speed_is_a_cli_command_with_one_line_errors(capsys):
     from bench.cli import main
 
     assert main(["speed", "--device", "cpu", "--model", "vgg"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --model: 'vgg'; accepted: resnet20, resnet56, resnet18, resnet50"
+    assert capsys.readouterr().err.strip() == \
+        "error: --model: 'vgg': unknown; accepted: resnet20, resnet56, resnet18, resnet50"
 
 
 def test_only_runs_the_parts_asked_for_and_names_an_unknown_one():
     result = speed.run_speed(["resnet20"], device="cpu", parts=["projection"], log=lambda s: None)
     assert result["projection"] and not result["step"] and not result["latency"] and not result["packed"]
-    with pytest.raises(ValueError, match=r"--only: 'memory'; accepted: step, projection, latency, packed"):
+    with pytest.raises(ValueError, match=r"--only: 'memory': unknown; accepted: step, projection, latency, packed"):
         speed.run_speed(["resnet20"], device="cpu", parts=["memory"])
