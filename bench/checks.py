@@ -17,6 +17,7 @@ import math
 from typing import Any, Iterable
 
 MAX_QUOTE = 80   # characters of a bad value quoted in a message
+PATH_QUOTE = 4096   # a path is quoted whole: the user needs all of it to find the file
 
 
 class UserError(ValueError):
@@ -31,10 +32,11 @@ def quote(value: Any, limit: int = MAX_QUOTE) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-def bad(field: str, value: Any, accepted: str, problem: str | None = None) -> UserError:
-    """The error for ``field`` holding ``value``; raise what this returns."""
+def bad(field: str, value: Any, accepted: str, problem: str | None = None, limit: int = MAX_QUOTE) -> UserError:
+    """The error for ``field`` holding ``value``; raise what this returns. ``limit``: characters
+    of ``value`` quoted (``PATH_QUOTE`` for a path)."""
     middle = f": {problem}" if problem else ""
-    return UserError(f"{field}: {quote(value)}{middle}; accepted: {accepted}")
+    return UserError(f"{field}: {quote(value, limit)}{middle}; accepted: {accepted}")
 
 
 def missing(field: str, accepted: str) -> UserError:

@@ -7,7 +7,11 @@
     rankbench speed ...         (bench.speed)
 
 User errors (bad spec, locked or incompatible results folder) print one line
-``error: <field>: <value>: <accepted>`` and exit 2, with no traceback.
+``error: <field>: <value>: <problem>; accepted: <...>`` (``bench.checks``) and exit 2, with no
+traceback.
+
+This is the package's top module: the only one in ``bench`` that imports ``reports`` (which
+itself imports ``bench.fs`` and ``bench.row``).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench import __version__
+from bench.checks import PATH_QUOTE, UserError, bad
 
 EXIT_USER_ERROR = 2
 EXIT_TRIALS_FAILED = 1
@@ -25,10 +30,9 @@ EXIT_TRIALS_FAILED = 1
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bench.fs import StorageURIError
-    from bench.spec import SpecError
-    from bench.store import StoreError
 
-    return (SpecError, StoreError, StorageURIError)
+    # SpecError and StoreError are UserErrors
+    return (UserError, StorageURIError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         # disk full, results folder removed or read-only while the sweep ran; the store names
         # the file it could not write, so an error without a file name is not about the results
         if e.filename:
-            print(f"error: results: {e.filename}: {e.strerror or e}; accepted: a writable folder with free space",
-                  file=sys.stderr)
+            msg = bad("results", str(e.filename), "a writable folder with free space", e.strerror or str(e), PATH_QUOTE)
+            print(f"error: {msg}", file=sys.stderr)
         else:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -136,9 +140,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
 
     set_ray_env()
     if max_concurrent is not None and max_concurrent < 1:
-        from bench.spec import SpecError
-
-        raise SpecError(f"--max-concurrent: {max_concurrent}: accepted: an integer >= 1")
+        raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
     t0 = time.monotonic()
     sweep = load_spec(_spec_path(spec))            # every input error surfaces here, before Ray
     summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
@@ -168,7 +170,7 @@ def _report(argv: list[str]) -> int:
     try:
         from reports.cli import main_report
     except ImportError as e:
-        print(f"error: report: reports.cli is not available ({e}); accepted: an install with reports/",
+        print(f"error: {bad('report', 'reports.cli', 'an install with reports/', f'not available ({e})')}",
               file=sys.stderr)
         return EXIT_USER_ERROR
     return int(main_report(argv) or 0)

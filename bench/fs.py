@@ -1,8 +1,8 @@
 """Where results live: a local (or NFS-mounted) folder, or any URI pyarrow opens (s3://, gs://,
 hdfs://, file://...), behind one small path type.
 
-``location(text)`` gives a ``pathlib.Path`` for a plain path (today's behaviour: atomic rename,
-flock) and a ``RemotePath`` for a URI. ``RemotePath`` implements the part of the pathlib API the
+``location(text)`` gives a ``pathlib.Path`` for a plain path (atomic rename and
+flock, as for any local folder) and a ``RemotePath`` for a URI. ``RemotePath`` implements the part of the pathlib API the
 harness uses (``/``, ``parent``, ``name``, ``stem``, ``exists``, ``is_file``, ``is_dir``, ``mkdir``,
 ``iterdir``, ``glob``, ``read_bytes``/``read_text``, ``write_bytes``/``write_text``, ``unlink``,
 ``rmdir``), so ``bench.store``, ``bench.run`` and ``reports`` read and write through it unchanged.

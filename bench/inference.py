@@ -20,26 +20,31 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from bench.checks import bad, unknown
 
 MEMORY_FORMATS: tuple[str, ...] = ("contiguous", "channels_last")
 GRAPHS: tuple[str, ...] = ("folded", "jit", "compiled")
 
-# Measured on a 2-core CPU, fp32, batch 1 (BENCHMARKS.md): +jit was fastest on ResNet-20/56/50
-# for dense and factorized alike, +folded close behind on the CIFAR nets, and the memory format
-# of eager and folded won or lost by a few percent depending on the model, so both are on the
-# menu. channels_last+jit is not: optimize_for_inference moves every conv into oneDNN's own
-# blocked layout, and against contiguous+jit it differed by under 10% either way with no
-# consistent order over 8 pairs, while costing another trace and freeze (0.7 s for ResNet-56). +compiled was never faster than +jit there and costs 5-30 s of
-# compiling per model and layout: opt-in only, like channels_last+jit.
+# The CPU menu (fp32, batch 1; timings in BENCHMARKS.md, "Measured latency beside MAC
+# speed-up"): +jit was fastest on ResNet-20/56/50 for dense and factorized alike, +folded close
+# behind on the CIFAR nets, and the memory format of eager and folded won or lost by a few
+# percent depending on the model, so both are on the menu. channels_last+jit is not:
+# optimize_for_inference moves every conv into oneDNN's own blocked layout, so it differs from
+# contiguous+jit by under 10% either way with no consistent order, while costing another trace
+# and freeze (0.7 s for ResNet-56). +compiled was never faster than +jit and costs 5-30 s of
+# compiling per model and layout: opt-in, like channels_last+jit.
 CPU_LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "contiguous+folded", "channels_last+folded",
                                 "contiguous+jit")
-# On CUDA (not measured here: no GPU was lent): cuDNN's bf16/fp16 tensor-core convs want NHWC,
-# and folding removes one memory-bound BN kernel per conv. Both are plain module rewrites whose
-# numerics are tested on CPU. jit and compile (e.g. CUDA graphs for batch 1) are opt-in until
-# measured on a GPU.
+# The CUDA menu: cuDNN's bf16/fp16 tensor-core convs want NHWC, and folding removes one
+# memory-bound BN kernel per conv; both are module rewrites whose numerics the CPU tests check.
+# jit and compile (e.g. CUDA graphs for batch 1) are opt-in on CUDA: BENCHMARKS.md has no GPU
+# timings that would put them on this menu.
 CUDA_LAYOUTS: tuple[str, ...] = ("channels_last", "contiguous", "channels_last+folded", "contiguous+folded")
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORMS = nn.modules.batchnorm._BatchNorm   # BatchNorm1d/2d/3d and SyncBatchNorm
 
 
 def accepted_layouts() -> list[str]:
@@ -48,11 +53,10 @@ def accepted_layouts() -> list[str]:
 
 
 def check_layout(layout: str, field: str = "measure.latency_layout") -> str:
-    """``layout`` itself when it names a memory format and an optional graph transform; else a
-    ValueError that names ``field``, the value and what is accepted."""
+    """``layout`` itself when it names a memory format and an optional graph transform; else the
+    one-line error (``bench.checks``) that names ``field``, the value and what is accepted."""
     if layout not in accepted_layouts():
-        raise ValueError(f"{field}: {layout!r} is not accepted; accepted: auto, or any of "
-                         f"{', '.join(accepted_layouts())}")
+        raise unknown(field, layout, ["auto", *accepted_layouts()])
     return layout
 
 
@@ -63,37 +67,23 @@ def layout_menu(layout: str | list[str] | tuple[str, ...], device: torch.device 
         return list(CUDA_LAYOUTS if torch.device(device).type == "cuda" else CPU_LAYOUTS)
     names = [layout] if isinstance(layout, str) else list(layout)
     if not names:
-        raise ValueError(f"{field}: [] is not accepted; accepted: auto, one layout or a non-empty list")
+        raise bad(field, names, "auto, one layout or a non-empty list")
     return list(dict.fromkeys(check_layout(n, field) for n in names))
 
 
 def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
-    """One conv computing ``bn(conv(x))`` for an eval-mode ``bn`` (running statistics):
-    ``W' = W * s``, ``b' = (b - mean) * s + beta`` per output channel, ``s = gamma / sqrt(var + eps)``.
-
-    Works for plain, grouped, strided and dilated Conv1d/2d/3d with or without bias; the inputs
-    are not changed. The arithmetic runs in float64 and is cast back to the conv's dtype, so the
-    fold adds no rounding of its own beyond that cast."""
+    """One conv computing ``bn(conv(x))`` with ``bn`` in eval mode (its running statistics):
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval`` on eval-mode copies, after checking that the pair
+    can be folded. Plain, grouped, strided and dilated Conv1d/2d/3d, with or without bias; the
+    inputs are not changed."""
     if not isinstance(conv, _CONVS):
-        raise ValueError(f"conv: {type(conv).__name__} is not accepted; accepted: nn.Conv1d, nn.Conv2d, nn.Conv3d")
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"bn: {type(bn).__name__} is not accepted; accepted: a BatchNorm with running statistics "
-                         f"(track_running_stats=True), used in eval mode")
+        raise bad("conv", type(conv).__name__, "nn.Conv1d, nn.Conv2d, nn.Conv3d")
+    if not isinstance(bn, _BATCHNORMS) or bn.running_mean is None or bn.running_var is None:
+        raise bad("bn", type(bn).__name__, "a BatchNorm with running statistics (track_running_stats=True)",
+                  "no running statistics to fold")
     if bn.num_features != conv.out_channels:
-        raise ValueError(f"bn.num_features: {bn.num_features} is not accepted; accepted: the conv's "
-                         f"out_channels ({conv.out_channels})")
-    w = conv.weight.detach()
-    var = bn.running_var.detach().double()
-    mean = bn.running_mean.detach().double()
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(var)
-    out = copy.deepcopy(conv)
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    out.weight = nn.Parameter((w.double() * scale.reshape(shape)).to(w.dtype), requires_grad=False)
-    out.bias = nn.Parameter(((bias - mean) * scale + beta).to(w.dtype), requires_grad=False)
-    return out
+        raise bad("bn.num_features", bn.num_features, f"the conv's out_channels ({conv.out_channels})")
+    return fuse_conv_bn_eval(copy.deepcopy(conv).eval(), copy.deepcopy(bn).eval())
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
@@ -119,7 +109,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
             calls[node.target] = calls.get(node.target, 0) + 1
     folded = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(mods[node.target], nn.modules.batchnorm._BatchNorm):
+        if node.op != "call_module" or not isinstance(mods[node.target], _BATCHNORMS):
             continue
         bn = mods[node.target]
         prev = node.args[0] if len(node.args) == 1 and not node.kwargs else None
@@ -155,7 +145,7 @@ def inference_model(model: nn.Module, layout: str, device: torch.device | str, d
             raise ValueError(f"channels_last needs a 4-D input (N, C, H, W); this one is {x.dim()}-D")
         x = x.contiguous(memory_format=torch.channels_last)
     if graph == "folded":
-        # folded in the model's own precision (float64 inside fold_conv_bn), cast afterwards
+        # folded in the model's own precision, cast to ``dtype`` afterwards
         m, _ = fold_batchnorm(model)
     else:
         m = copy.deepcopy(model).eval()

@@ -12,31 +12,12 @@ import math
 import platform
 import statistics
 import time
-import warnings
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-
-def _mac_handles() -> dict[str, Any]:
-    """fvcore op handles that count multiply-accumulates. Norms, pooling, upsampling and other
-    elementwise ops are left out on purpose: published MAC counts (and TRP's speed-ups) count
-    conv/linear/matmul only, and torch.utils.flop_counter counts the same set (x2), which lets
-    a test cross-check the number."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # fvcore's import scripts a function: torch.jit warns
-        from fvcore.nn import jit_handles
-
-    return {
-        "aten::_convolution": jit_handles.conv_flop_jit,
-        "aten::addmm": jit_handles.addmm_flop_jit,
-        "aten::bmm": jit_handles.bmm_flop_jit,
-        "aten::einsum": jit_handles.einsum_flop_jit,
-        "aten::matmul": jit_handles.matmul_flop_jit,
-        "aten::mm": jit_handles.matmul_flop_jit,
-        "aten::linear": jit_handles.linear_flop_jit,
-    }
+from methods.lowrank import model_macs
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -48,27 +29,11 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> int:
-    """Multiply-accumulates of one forward pass on one image of ``input_shape`` (no batch dim),
-    counted by fvcore on conv, linear and matmul-type ops (see ``_mac_handles``)."""
-    handles = _mac_handles()
-    from fvcore.nn.jit_analysis import JitModelAnalysis
-
+    """Multiply-accumulates of one forward pass on one image of ``input_shape`` (no batch dim):
+    the project's one counter, ``methods.lowrank.model_macs`` (fvcore on conv, linear and
+    matmul-type ops), on a zero image of the model's device and dtype, in eval mode."""
     device, dtype = _model_device_dtype(model)
-    x = torch.zeros((1, *tuple(input_shape)), device=device, dtype=dtype)
-    was_training = model.training
-    model.eval()                     # trace the inference graph (BN folded semantics, no dropout)
-    try:
-        with warnings.catch_warnings():
-            # torch.jit is deprecated upstream and warns on every trace; fvcore still needs it
-            warnings.simplefilter("ignore")
-            analysis = JitModelAnalysis(model, (x,)).set_op_handle(**handles)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            analysis.tracer_warnings("none")
-            total = analysis.total()
-    finally:
-        model.train(was_training)
-    return int(total)
+    return model_macs(model, torch.zeros((1, *tuple(input_shape)), device=device, dtype=dtype))
 
 
 def count_params(model: nn.Module) -> int:

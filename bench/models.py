@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checks import bad, unknown
+
 
 # --------------------------------------------------------------------------- small models
 
@@ -121,10 +123,10 @@ class CifarResNet(nn.Module):
         blk: type[nn.Module] = BasicBlock if block == "basic" else Bottleneck
         per = 6 if block == "basic" else 9
         if (depth - 2) % per:
-            raise ValueError(f"depth: got {depth}; accepted for {block} blocks: {per}n+2")
+            raise bad("depth", depth, f"{per}n+2 for {block} blocks")
         shortcut = shortcut or ("A" if block == "basic" else "B")
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut: got {shortcut!r}; accepted: 'A', 'B'")
+            raise bad("shortcut", shortcut, "'A' (identity, zero-padded) or 'B' (1x1 conv + BN projection)")
         n = (depth - 2) // per
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -255,11 +257,9 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], pretrai
     optionally loading a local state dict (``pretrained``: path). ``options`` go to the builder
     (e.g. ``shortcut="B"`` for the CIFAR ResNets)."""
     if name not in MODELS:
-        close = difflib.get_close_matches(name, list(MODELS), 1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"model: unknown model {name!r}{hint}; accepted: {', '.join(MODELS)}")
+        raise unknown("model", name, MODELS)
     if num_classes < 1:
-        raise ValueError(f"num_classes: got {num_classes}; accepted: an int >= 1")
+        raise bad("num_classes", num_classes, "an int >= 1")
     model = MODELS[name](num_classes, tuple(input_shape), **options)
     if pretrained:
         load_weights(model, pretrained, _ADAPTABLE if name in ("resnet18", "resnet50") else ())

@@ -12,11 +12,9 @@ Then measure the deployed model next to the dense architecture. A failure still 
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import os
-import platform
 import random
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -24,62 +22,17 @@ from typing import Any, Callable
 
 import torch
 
-from bench import __version__
-from bench.distributed import DistContext, check_identical, sum_over_ranks, wrap
+from bench.ddp import DistContext, check_identical, sum_over_ranks, sync_batch_norm, wrap
 from bench.fs import open_append, read_bytes_io
-from bench.spec import Trial
+from bench.row import clean, empty_row
 from bench.store import Store, atomic_torch_save
 from bench.train import Progress, train
+from bench.trial import Trial
+from methods.base import Method, MethodReport
 
 
 class BaselineMissing(RuntimeError):
     """A method that starts from the dense baseline ran before the baseline was saved."""
-
-
-def environment() -> dict[str, Any]:
-    """What produced a row: enough to tell two machines or library versions apart."""
-    cuda = torch.cuda.is_available()
-    return {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if cuda else None,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "python": platform.python_version(),
-        "rankbench": __version__,
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
-    }
-
-
-def _clean(v: Any) -> Any:
-    """NaN/inf are not JSON: they become null (the row says status/error instead)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
-def _base_row(trial: Trial) -> dict[str, Any]:
-    p = trial.params_dict
-    rule = p.get("rule", p.get("export"))
-    return {
-        "trial_id": trial.id, "sweep": trial.sweep, "status": None, "error": None, "last_good_epoch": None,
-        "dataset": trial.data_cfg.get("name"), "model": trial.model, "method": trial.method,
-        "seed": trial.seed, "params": p, "variant": trial.variant,
-        "scheme": p.get("scheme"), "rule": rule if isinstance(rule, str) else None,
-        "top1": None, "top5": None, "f1": None,
-        "macs": None, "dense_macs": None, "macs_speedup": None,
-        "params_count": None, "dense_params_count": None,
-        "latency_ms": None, "dense_latency_ms": None, "latency_speedup": None,
-        "latency_device": None, "latency_dtype": None, "latency_batch": None,
-        "latency_layout": None, "dense_latency_layout": None, "latency_layouts": None,
-        "layers": [], "wall_s": None, "gpu_hours": None,
-        "baseline_id": None, "train_device": None, "history": [], "skipped_images": None, "method_info": {},
-        "env": environment(), "spec": trial.to_dict(),
-    }
 
 
 def _seed_everything(seed: int) -> None:
@@ -107,19 +60,18 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
     Returns the row. Exceptions inside the trial do not propagate: they become a row with
     ``status: failed``, ``error`` ("Type: message") and ``last_good_epoch``.
 
-    ``dist``: this process's rank in a data-parallel trial (``bench.distributed``). Rank 0 writes
-    the log, checkpoints and the row; the other ranks write nothing and return their partial row.
-    Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
+    ``dist``: this process's rank in a data-parallel trial (``bench.ddp``; the processes are
+    started by ``bench.distributed``). Rank 0 writes the log, checkpoints and the row; the other
+    ranks write nothing and return their partial row. Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
     forever in the next collective, and raising makes Ray Train stop the whole worker group.
     """
     base = Path(base_dir or os.getcwd())
+    row = empty_row(trial)
     if dist is not None and not dist.is_main:
-        row = _base_row(trial)
-        row.update(_run(trial, Store(results_root, trial.sweep), Progress(), lambda line: None, base, dist))
+        _run(trial, row, Store(results_root, trial.sweep), Progress(), lambda line: None, base, dist)
         return row
     store = Store(results_root, trial.sweep)
     store.log_path(trial.id).parent.mkdir(parents=True, exist_ok=True)
-    row = _base_row(trial)
     progress = Progress()
     failure: Exception | None = None
     with open_append(store.log_path(trial.id)) as logf:
@@ -130,7 +82,7 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
 
         _log(f"trial {trial.id}: {trial.label}")
         try:
-            row.update(_run(trial, store, progress, _log, base, dist))
+            _run(trial, row, store, progress, _log, base, dist)
             row["status"] = "ok"
         except Exception as e:  # noqa: BLE001 (every failure becomes a row; Ctrl-C still propagates)
             row["status"] = "failed"
@@ -140,7 +92,7 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
             _log(f"trial {trial.id}: failed: {row['error']}")
             failure = e
         row["history"] = progress.history
-        row = _clean(row)
+        row = clean(row)
         try:
             store.write_result(row)
         except OSError as e:
@@ -168,8 +120,9 @@ def _resolve(path: Any, base_dir: Path) -> Any:
     return path
 
 
-def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], None],
-         base_dir: Path, dist: DistContext | None = None) -> dict[str, Any]:
+def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, log: Callable[[str], None],
+         base_dir: Path, dist: DistContext | None = None) -> None:
+    """Train, compress, fine-tune and measure ``trial``, filling ``row`` (``bench.row``) as it goes."""
     from bench.data import build_data
     from bench.measure import compare_latency, count_macs, count_params, evaluate
     from bench.models import build_model
@@ -195,21 +148,20 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
                       **({"rank": dist.rank, "world_size": world} if dist is not None else {}))
     model_opts = trial.model_cfg
     pretrained = _resolve(model_opts.pop("pretrained", None), base_dir)
-    method_cls = type(build(trial.method, trial.params_dict))
-    from_baseline = trial.method != "dense" and method_cls.starts_from_baseline
+    method = build(trial.method, trial.params_dict)
+    from_baseline = trial.method != "dense" and method.starts_from_baseline
     # a method that starts from the baseline gets the baseline's weights: no need to read pretrained
     model = build_model(trial.model, data.num_classes, data.input_shape,
                         pretrained=None if from_baseline else pretrained, **model_opts)
-    method = build(trial.method, trial.params_dict)
     ckdir = store.checkpoint_dir(trial.id)
     if main:
         ckdir.mkdir(parents=True, exist_ok=True)
     fit = dict(momentum=tc["momentum"], weight_decay=tc["weight_decay"], amp=tc["amp"],
                channels_last=tc["channels_last"], compile=tc.get("compile", False), device=device,
                progress=progress, log=log)
-    out: dict[str, Any] = {"train_device": str(device)}
+    row["train_device"] = str(device)
     sync_bn = bool(tc.get("sync_bn", False))
-    train_epochs = 0
+    train_epochs = 0 if from_baseline else tc["epochs"]
 
     if from_baseline:
         base = trial.baseline()
@@ -217,43 +169,42 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
         if not bpath.exists():
             raise BaselineMissing(
                 f"baseline {base.id} ({base.label}) has no saved weights at {bpath}; "
-                f"run the dense baseline first (rankbench run does it in phase 1)")
+                f"run the dense baseline first (rankbench run trains it before the trials that start from it)")
         with read_bytes_io(bpath) as f:
             model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
-        model.to(device)
-        model, _ = wrap(model, dist, sync_bn)
-        out["baseline_id"] = base.id
-        ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
-                      steps_per_epoch=data.steps_per_epoch, epochs=0, device=device, log=log)
-        method.attach(model, ctx)
-    else:
-        model.to(device)
+        row["baseline_id"] = base.id
+    model.to(device)
+    if sync_bn and world > 1:
         # before attach: SyncBatchNorm replaces modules, and the hooks must see the final model
-        model, forward = wrap(model, dist, sync_bn)
-        ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
-                      steps_per_epoch=data.steps_per_epoch, epochs=tc["epochs"], device=device, log=log)
-        method.attach(model, ctx)
-        train(model, data, epochs=tc["epochs"], lr=tc["lr"], schedule=tc["schedule"],
+        model = sync_batch_norm(model)
+    ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
+                  steps_per_epoch=data.steps_per_epoch, epochs=train_epochs, device=device, log=log,
+                  train_batches=_train_batches(data.train, device))
+    method.ctx = ctx
+    method.attach(model, ctx)
+    # after attach: DDP must hold (and all-reduce) the layers a method may have replaced
+    model, forward = wrap(model, dist)
+    if not from_baseline:
+        train(model, data, epochs=train_epochs, lr=tc["lr"], schedule=tc["schedule"],
               milestones=tc["milestones"], gamma=tc["gamma"], method=method,
               checkpoint=store.epoch_checkpoint(trial.id), phase="train", forward=forward, **fit)
-        train_epochs = tc["epochs"]
         if dist is not None and world > 1:
-            out["ddp"] = {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn,
+            row["ddp"] = {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn,
                           "weights_sha256": check_identical(model, "train")}
         if trial.method == "dense" and main:
             atomic_torch_save(model.state_dict(), store.baseline_weights(trial.id))
 
     small = method.compress(model)
-    fe = int(getattr(method, "finetune_epochs", 0) or 0)
+    fe = int(method.finetune_epochs)
     if fe > 0:
-        # fine-tuning the factorized network: small lr, cosine (reference/methods.md)
+        # fine-tuning the factorized network: small lr, cosine decay
         small, small_forward = wrap(small, dist)   # BN layers were already converted with model
         train(small, data, epochs=fe, lr=tc["finetune_lr"], schedule="cosine", method=None,
               checkpoint=ckdir / "finetune.pt", phase="finetune", epoch_offset=train_epochs,
               forward=small_forward, **fit)
         if dist is not None and world > 1:
-            out.setdefault("ddp", {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn})
-            out["ddp"]["finetuned_weights_sha256"] = check_identical(small, "finetune")
+            row.setdefault("ddp", {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn})
+            row["ddp"]["finetuned_weights_sha256"] = check_identical(small, "finetune")
     # work done before a resume counts too: the row reports what the compression cost in all
     wall_s = time.perf_counter() - t_start + _resumed_seconds(progress)
 
@@ -262,8 +213,8 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
     metrics = evaluate(small, data.val, data.num_classes)   # under DDP: summed over every rank's shard
     skipped = sum_over_ranks(data.skipped)                   # a collective: before rank 0 goes on alone
     if not main:
-        return out   # rank 0 measures cost and writes the row
-    out["skipped_images"] = skipped
+        return   # rank 0 measures cost and writes the row
+    row["skipped_images"] = skipped
     if skipped:
         log(f"{skipped} unreadable images skipped in all (every rank, every epoch and evaluation)")
     shape = tuple(data.input_shape)
@@ -276,9 +227,9 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
                            layout=mc.get("latency_layout", "auto"))
     lat = lats["compressed"]
     dense_lat = lats.get("dense", lat)
-    report = method.report() or {}
+    report = method.report()
     gpus = trial.resources_cfg.get("gpus", 0) if device.type == "cuda" else 0
-    out.update({
+    row.update({
         "top1": metrics.get("top1"), "top5": metrics.get("top5"), "f1": metrics.get("f1"),
         "macs": int(macs), "dense_macs": int(dense_macs),
         "macs_speedup": dense_macs / macs if macs else None,
@@ -289,15 +240,37 @@ def _run(trial: Trial, store: Store, progress: Progress, log: Callable[[str], No
         "latency_layout": lat["layout"], "dense_latency_layout": dense_lat["layout"],
         # every layout's median ms (and why any was skipped), so the choice can be checked
         "latency_layouts": {k: {"ms": v["candidates"], "skipped": v["skipped"]} for k, v in lats.items()},
-        "layers": list(report.get("layers", [])),
+        "layers": [dataclasses.asdict(L) if dataclasses.is_dataclass(L) else dict(L) for L in report.layers],
+        "scheme": report.scheme, "rule": report.rule,
+        # whatever else the method reports (e.g. how often TRP's warm start held) rides along as is
+        "method_info": dict(report.info),
         "wall_s": wall_s, "gpu_hours": wall_s / 3600.0 * float(gpus),
     })
-    for k in ("scheme", "rule"):
-        if isinstance(report.get(k), str):
-            out[k] = report[k]
-    # whatever else the method reports (e.g. how often TRP's warm start held) rides along as is
-    out["method_info"] = {k: v for k, v in report.items() if k not in ("layers", "skipped", "scheme", "rule")}
-    return out
+
+
+def _train_batches(loader: Any, device: torch.device) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``Context.train_batches``: the first ``n`` batches (at most one epoch) of the training split
+    on ``device``, without augmentation where the loader can turn it off, and without moving the
+    loader to its next epoch (the training loop sees the epochs it would have seen)."""
+    def take(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = getattr(loader, "epoch", None)
+        augment = getattr(loader, "augment", None)
+        if augment is not None:
+            loader.augment = None
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            for x, y in loader:
+                if len(out) >= n:
+                    break
+                out.append((x.to(device), y.to(device)))
+        finally:
+            if augment is not None:
+                loader.augment = augment
+            if epoch is not None and hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+        return out
+
+    return take
 
 
 def _resumed_seconds(progress: Progress) -> float:

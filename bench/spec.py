@@ -4,26 +4,28 @@ Everything a sweep could trip over is checked here, before any training: malform
 its line), unknown keys at every level (with a "did you mean"), unknown method / model / dataset,
 unknown method parameters and out-of-range values (each method's constructor validates its
 own), train / measure / resources values, and the dataset root (``bench.data.check_data``).
-Every error is a ``SpecError`` with one line: ``<field>: <value>: <what is accepted>``.
+Every error is a ``SpecError`` (``bench.checks.UserError``) with one line in the format of
+``bench.checks``: ``<field>: <value>: <problem>; accepted: <what is accepted>``.
+
+The ``Trial`` itself lives in ``bench.trial`` (re-exported here); this module adds the YAML.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import hashlib
 import itertools
-import json
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from bench.checks import PATH_QUOTE, UserError, bad, did_you_mean, is_int, is_number, missing, unknown
+from bench.trial import Trial, format_value, freeze
 
-class SpecError(ValueError):
-    """Bad input in a spec. ``str(e)`` is the one line the CLI prints after ``error:``."""
+__all__ = ["SpecError", "Sweep", "Trial", "check_compile", "default_spec_path", "load_spec", "parse_spec"]
+
+# every refusal of a spec is a UserError (one line, exit 2 in the CLI); the old name stays
+SpecError = UserError
 
 
 # --- defaults and the keys each level accepts ----------------------------------------------
@@ -57,123 +59,6 @@ SCHEDULES = ("cosine", "step")
 LATENCY_DEVICES = ("cpu", "cuda")
 LATENCY_DTYPES = ("float32", "float16", "bfloat16")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-Pairs = tuple[tuple[str, Any], ...]
-
-
-# --- the Trial -------------------------------------------------------------------------------
-
-def _freeze(v: Any) -> Any:
-    """Lists become tuples (and dicts sorted pair tuples) so a Trial is hashable."""
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return v
-
-
-def _thaw(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_thaw(x) for x in v]
-    return v
-
-
-def _pairs_to_dict(pairs: Pairs) -> dict[str, Any]:
-    return {k: _thaw(v) for k, v in pairs}
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no whitespace, floats by repr (json's default): identical on every Python."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def format_value(v: Any) -> str:
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(format_value(x) for x in v) + "]"
-    return str(v)
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One training + compression + measurement run. Frozen and hashable; ``id`` is stable."""
-
-    sweep: str
-    data: Pairs
-    model: str
-    method: str
-    params: Pairs
-    seed: int
-    train: Pairs
-    measure: Pairs
-    # builder options of the model, e.g. (("pretrained", "weights/r50.pth"),); empty for most
-    # trials, and then left out of the id so plain model names keep the ids they always had
-    model_options: Pairs = ()
-    # resources say where a trial runs, not what it computes: not part of the id or equality
-    resources: Pairs = field(default=(), compare=False)
-
-    # dict views ----------------------------------------------------------------------------
-    @property
-    def data_cfg(self) -> dict[str, Any]:
-        return _pairs_to_dict(self.data)
-
-    @property
-    def model_cfg(self) -> dict[str, Any]:
-        return _pairs_to_dict(self.model_options)
-
-    @property
-    def params_dict(self) -> dict[str, Any]:
-        return _pairs_to_dict(self.params)
-
-    @property
-    def train_cfg(self) -> dict[str, Any]:
-        return _pairs_to_dict(self.train)
-
-    @property
-    def measure_cfg(self) -> dict[str, Any]:
-        return _pairs_to_dict(self.measure)
-
-    @property
-    def resources_cfg(self) -> dict[str, Any]:
-        return _pairs_to_dict(self.resources)
-
-    @property
-    def variant(self) -> str:
-        """Canonical ``k=v,k=v`` of the params (sorted): the grouping key next to ``method``."""
-        return ",".join(f"{k}={format_value(v)}" for k, v in self.params)
-
-    def to_dict(self, with_resources: bool = True) -> dict[str, Any]:
-        d = {"sweep": self.sweep, "data": self.data_cfg, "model": self.model, "method": self.method,
-             "params": self.params_dict, "seed": self.seed, "train": self.train_cfg,
-             "measure": self.measure_cfg}
-        if self.model_options:
-            d["model_options"] = self.model_cfg
-        if with_resources:
-            d["resources"] = self.resources_cfg
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Trial":
-        return cls(sweep=d["sweep"], data=_freeze(d["data"]), model=d["model"], method=d["method"],
-                   params=_freeze(d.get("params") or {}), seed=int(d["seed"]), train=_freeze(d["train"]),
-                   measure=_freeze(d["measure"]), model_options=_freeze(d.get("model_options") or {}),
-                   resources=_freeze(d.get("resources") or {}))
-
-    @property
-    def id(self) -> str:
-        text = canonical_json(self.to_dict(with_resources=False))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def baseline(self) -> "Trial":
-        """The dense Trial with the same data, model, seed and train (its weights are reused)."""
-        return dataclasses.replace(self, method="dense", params=())
-
-    @property
-    def label(self) -> str:
-        v = f"[{self.variant}]" if self.params else ""
-        return f"{self.method}{v} {self.model}/{self.data_cfg.get('name')} seed={self.seed}"
-
 
 @dataclass(frozen=True)
 class Sweep:
@@ -225,71 +110,55 @@ def _load_yaml(text: str, source: str) -> Any:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         problem = (e.problem or e.context or "malformed").strip()
-        raise SpecError(f"yaml: {source}: {where}: {problem}; accepted: a valid YAML mapping") from None
+        raise bad("yaml", source, "a valid YAML mapping", f"{where}: {problem}", PATH_QUOTE) from None
     except yaml.YAMLError as e:
-        raise SpecError(f"yaml: {source}: {str(e).splitlines()[0]}; accepted: a valid YAML mapping") from None
+        raise bad("yaml", source, "a valid YAML mapping", str(e).splitlines()[0], PATH_QUOTE) from None
 
 
 # --- validation helpers ----------------------------------------------------------------------
-
-def _fail(where: str, value: Any, accepted: str) -> SpecError:
-    return SpecError(f"{where}: {value!r}: accepted: {accepted}")
-
 
 def _check_keys(where: str, d: dict, accepted: Iterable[str]) -> None:
     accepted = list(accepted)
     for key in d:
         if key not in accepted:
-            close = difflib.get_close_matches(str(key), accepted, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpecError(f"{where}.{key}: unknown key{hint}; accepted: {', '.join(accepted)}")
+            raise bad(f"{where}.{key}", d[key], ", ".join(accepted), "unknown key" + did_you_mean(key, accepted))
 
 
 def _need_mapping(where: str, v: Any) -> dict:
     if not isinstance(v, dict):
-        raise _fail(where, v, "a mapping (key: value)")
+        raise bad(where, v, "a mapping (key: value)")
     return v
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
 def _int(where: str, v: Any, lo: int) -> int:
-    if not _is_int(v) or v < lo:
-        raise _fail(where, v, f"an integer >= {lo}")
+    if not is_int(v) or v < lo:
+        raise bad(where, v, f"an integer >= {lo}")
     return int(v)
 
 
 def _float(where: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = False,
            hi_open: bool = False) -> float:
-    ok = _is_num(v)
+    ok = is_number(v)
     if ok:
         ok = (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
     if not ok:
         lb = "(" if lo_open else "["
         hb = ")" if hi_open else "]"
         rng = f"{lb}{lo}, {'inf)' if hi is None else str(hi) + hb}"
-        raise _fail(where, v, f"a number in {rng}")
+        raise bad(where, v, f"a number in {rng}")
     return float(v)  # 1 and 1.0 must hash alike
 
 
 def _bool(where: str, v: Any) -> bool:
     if not isinstance(v, bool):
-        raise _fail(where, v, "true or false")
+        raise bad(where, v, "true or false")
     return v
 
 
 def _choice(where: str, v: Any, choices: Iterable[str]) -> str:
     choices = list(choices)
     if v not in choices:
-        close = difflib.get_close_matches(str(v), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(f"{where}: {v!r}: unknown{hint}; accepted: {', '.join(choices)}")
+        raise unknown(where, v, choices)
     return v
 
 
@@ -306,8 +175,8 @@ def _normalize_train(where: str, t: dict) -> dict:
     out["gamma"] = _float(f"{where}.gamma", out["gamma"], 0.0, 1.0, lo_open=True)
     out["schedule"] = _choice(f"{where}.schedule", out["schedule"], SCHEDULES)
     ms = out["milestones"]
-    if not isinstance(ms, list) or not all(_is_int(m) and m > 0 for m in ms) or ms != sorted(set(ms)):
-        raise _fail(f"{where}.milestones", ms, "a list of increasing epoch numbers >= 1, e.g. [81, 122]")
+    if not isinstance(ms, list) or not all(is_int(m) and m > 0 for m in ms) or ms != sorted(set(ms)):
+        raise bad(f"{where}.milestones", ms, "a list of increasing epoch numbers >= 1, e.g. [81, 122]")
     for k in ("augment", "amp", "channels_last", "sync_bn"):
         out[k] = _bool(f"{where}.{k}", out[k])
     out["compile"] = check_compile(f"{where}.compile", out["compile"])
@@ -338,14 +207,14 @@ def _normalize_resources(where: str, r: dict) -> dict:
     out["cpus"] = _float(f"{where}.cpus", out["cpus"], 0.0, lo_open=True)
     out["gpus"] = _float(f"{where}.gpus", out["gpus"], 0.0)
     if out["gpus"] > 1 and out["gpus"] != int(out["gpus"]):
-        raise _fail(f"{where}.gpus", r.get("gpus"), "a fraction in [0, 1] or a whole number of GPUs")
+        raise bad(f"{where}.gpus", r.get("gpus"), "a fraction in [0, 1] or a whole number of GPUs")
     if "workers" not in r and out["gpus"] > 1:
         out["workers"] = int(out["gpus"])          # gpus: 8 alone means 8 workers, one GPU each
     out["workers"] = _int(f"{where}.workers", out["workers"], 1)
     if out["workers"] > 1 and out["gpus"] not in (0, out["workers"]):
         # each data-parallel worker drives exactly one device: NCCL refuses two ranks on one GPU,
         # and a second GPU per worker would sit idle
-        raise _fail(f"{where}.gpus", r.get("gpus"),
+        raise bad(f"{where}.gpus", r.get("gpus"),
                     f"0 (CPU workers) or {out['workers']}, one GPU per worker (resources.workers is "
                     f"{out['workers']}; a data-parallel worker drives one GPU)")
     return out
@@ -401,7 +270,7 @@ def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
         return _choice(where, m, _model_names()), {}
     m = _need_mapping(where, m)
     if "name" not in m:
-        raise SpecError(f"{where}.name: missing; accepted: {', '.join(_model_names())}")
+        raise missing(f"{where}.name", ", ".join(_model_names()))
     name = _choice(f"{where}.name", m["name"], _model_names())
     builder = inspect.signature(MODELS[name]).parameters
     accepted = ["name", "pretrained"] + [k for k in builder if k not in ("num_classes", "input_shape")]
@@ -410,9 +279,10 @@ def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
     pre = opts.get("pretrained")
     if pre is not None:
         if not isinstance(pre, str) or not pre:
-            raise _fail(f"{where}.pretrained", pre, "a path to a local state dict file")
+            raise bad(f"{where}.pretrained", pre, "a path to a local state dict file", limit=PATH_QUOTE)
         if check and not Path(pre).expanduser().is_file():
-            raise _fail(f"{where}.pretrained", pre, "an existing file (a saved state dict; nothing is downloaded)")
+            raise bad(f"{where}.pretrained", pre, "an existing file (a saved state dict; nothing is downloaded)",
+                      limit=PATH_QUOTE)
     return name, opts
 
 
@@ -421,7 +291,7 @@ def _normalize_data(where: str, d: Any) -> dict:
         d = {"name": d}
     d = _need_mapping(where, d)
     if "name" not in d:
-        raise SpecError(f"{where}.name: missing; accepted: {', '.join(_dataset_names())}")
+        raise missing(f"{where}.name", ", ".join(_dataset_names()))
     _choice(f"{where}.name", d["name"], _dataset_names())
     return dict(d)
 
@@ -431,10 +301,10 @@ def _coerce_param(name: str, key: str, v: Any) -> Any:
     from methods.registry import parameters
 
     p = parameters(name).get(key)
-    if p is None or not _is_int(v):
+    if p is None or not is_int(v):
         return v
     ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-    if ann == "float" or isinstance(p.default, float) and not _is_int(p.default):
+    if ann == "float" or isinstance(p.default, float) and not is_int(p.default):
         return float(v)
     return v
 
@@ -446,20 +316,20 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
     dataset roots (only the structure is checked)."""
     raw = _load_yaml(text, source)
     if raw is None:
-        raise SpecError(f"spec: {source}: empty; accepted: a mapping with keys {', '.join(TOP_KEYS)}")
+        raise bad("spec", source, f"a mapping with keys {', '.join(TOP_KEYS)}", "empty", PATH_QUOTE)
     raw = _need_mapping("spec", raw)
     _check_keys("spec", raw, TOP_KEYS)
     for req in ("sweep", "methods"):
         if req not in raw:
-            raise SpecError(f"{req}: missing; accepted: a spec needs {', '.join(('sweep', 'methods'))}")
+            raise missing(req, "a spec needs sweep, methods")
 
     sweep = raw["sweep"]
     if not isinstance(sweep, str) or not SWEEP_NAME.match(sweep):
-        raise _fail("sweep", sweep, "a folder name of letters, digits, '_', '.', '-'")
+        raise bad("sweep", sweep, "a folder name of letters, digits, '_', '.', '-'")
 
     seeds = _as_list(raw.get("seeds", [0]))
-    if not seeds or not all(_is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise _fail("seeds", raw.get("seeds"), "a list of distinct integers >= 0, e.g. [0, 1]")
+    if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise bad("seeds", raw.get("seeds"), "a list of distinct integers >= 0, e.g. [0, 1]")
 
     g_data = [_normalize_data(f"data[{i}]" if isinstance(raw.get("data"), list) else "data", d)
               for i, d in enumerate(_as_list(raw.get("data", {"name": "digits"})))]
@@ -471,11 +341,11 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
     workers = resources["workers"]
     if measure["latency_device"] == "cuda" and resources["gpus"] == 0:
         # a trial only sees a GPU when it asks for one (Ray hides the others): fail now, not after training
-        raise _fail("measure.latency_device", "cuda", "cpu, or cuda together with resources.gpus > 0")
+        raise bad("measure.latency_device", "cuda", "cpu, or cuda together with resources.gpus > 0")
 
     entries = raw["methods"]
     if not isinstance(entries, list) or not entries:
-        raise _fail("methods", entries, "a non-empty list of {name: <method>, <param>: <value>...}")
+        raise bad("methods", entries, "a non-empty list of {name: <method>, <param>: <value>...}")
 
     from methods.registry import available, get_method
 
@@ -488,7 +358,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
             entry = {"name": entry}
         entry = _need_mapping(where, entry)
         if "name" not in entry:
-            raise SpecError(f"{where}.name: missing; accepted: {', '.join(method_names)}")
+            raise missing(f"{where}.name", ", ".join(method_names))
         name = _choice(f"{where}.name", entry["name"], method_names)
         cls = get_method(name)
         where = f"methods[{i}]({name})"
@@ -504,27 +374,27 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         train = _normalize_train(twhere, train)
         if train["batch_size"] % workers:
             # train.batch_size is the global batch; every rank takes an equal share of it
-            raise _fail(f"{twhere}.batch_size", train["batch_size"],
+            raise bad(f"{twhere}.batch_size", train["batch_size"],
                         f"a multiple of resources.workers ({workers}): the global batch, split evenly")
         if train.get("sync_bn") and resources["gpus"] == 0:
-            raise _fail(f"{twhere}.sync_bn", True, "false on CPU, or true together with resources.gpus > 0 "
+            raise bad(f"{twhere}.sync_bn", True, "false on CPU, or true together with resources.gpus > 0 "
                         "(torch's SyncBatchNorm runs on GPUs only)")
 
         params = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
         keys = sorted(params)
         for k in keys:
             if isinstance(params[k], list) and not params[k]:
-                raise _fail(f"{where}.{k}", [], "a value or a non-empty list of values (a grid)")
+                raise bad(f"{where}.{k}", [], "a value or a non-empty list of values (a grid)")
         grids = [_as_list(params[k]) for k in keys]
         for combo in itertools.product(*grids):
             p = {k: _coerce_param(name, k, v) for k, v in zip(keys, combo)}
             if check:
                 _build_method(where, name, p)
             for d, m, seed in itertools.product(datas, models, seeds):
-                t = Trial(sweep=sweep, data=_freeze(d), model=m[0], model_options=_freeze(m[1]),
-                          method=name, params=_freeze(p),
-                          seed=seed, train=_freeze(train), measure=_freeze(measure),
-                          resources=_freeze(resources))
+                t = Trial(sweep=sweep, data=freeze(d), model=m[0], model_options=freeze(m[1]),
+                          method=name, params=freeze(p),
+                          seed=seed, train=freeze(train), measure=freeze(measure),
+                          resources=freeze(resources))
                 if cls.starts_from_baseline:
                     b = t.baseline()
                     trials.setdefault(b.id, b)
@@ -588,8 +458,8 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
             check_pretrained(t.model, nc, shape, str(Path(pre).expanduser()), **opts)
         except (ValueError, RuntimeError, OSError) as e:
             detail = str(e).splitlines()[0].removeprefix("pretrained: ")
-            raise SpecError(f"model.pretrained: {pre!r}: {detail}; accepted: a state dict of {t.model} "
-                            f"for {nc} classes and inputs {shape}") from None
+            raise bad("model.pretrained", pre, f"a state dict of {t.model} for {nc} classes and inputs {shape}",
+                      detail, PATH_QUOTE) from None
 
 
 def load_spec(path: str | Path, check: bool = True) -> Sweep:
@@ -598,11 +468,11 @@ def load_spec(path: str | Path, check: bool = True) -> Sweep:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise SpecError(f"spec: {str(p)!r}: no such file; accepted: a path to a YAML spec") from None
+        raise bad("spec", str(p), "a path to a YAML spec", "no such file", PATH_QUOTE) from None
     except IsADirectoryError:
-        raise SpecError(f"spec: {str(p)!r}: is a folder; accepted: a path to a YAML spec") from None
+        raise bad("spec", str(p), "a path to a YAML spec", "is a folder", PATH_QUOTE) from None
     except UnicodeDecodeError:
-        raise SpecError(f"spec: {str(p)!r}: not text; accepted: a YAML file") from None
+        raise bad("spec", str(p), "a YAML file", "not text", PATH_QUOTE) from None
     return parse_spec(text, source=str(p), check=check)
 
 

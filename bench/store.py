@@ -24,13 +24,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.checks import PATH_QUOTE, UserError, bad
 from bench.fs import Location, RemotePath, location
 
 FORMAT_VERSION = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """A results folder that cannot be used (locked, incompatible, unwritable). One line."""
+
+
+def _refused(folder: Location, problem: str, accepted: str) -> StoreError:
+    """The one-line error (``bench.checks`` format) for a results folder that cannot be used."""
+    return StoreError(str(bad("results", str(folder), accepted, problem, PATH_QUOTE)))
 
 
 def atomic_write_bytes(path: Location, data: bytes) -> None:
@@ -82,11 +88,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _lists_to_json(d: dict) -> dict:
-    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, list)
-                else _lists_to_json(v) if isinstance(v, dict) else v) for k, v in d.items()}
-
-
 class Store:
     """The files of one sweep under ``<results_root>/<sweep>``."""
 
@@ -135,26 +136,25 @@ class Store:
         try:
             self.trials_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"results: {self.dir}: cannot create ({e.strerror}); accepted: a writable folder") from None
+            raise _refused(self.dir, f"cannot create ({e.strerror})", "a writable folder") from None
         if isinstance(self.dir, Path) and not os.access(self.dir, os.W_OK):
-            raise StoreError(f"results: {self.dir}: not writable; accepted: a writable folder")
+            raise _refused(self.dir, "not writable", "a writable folder")
         if self.format_path.exists():
             try:
                 fmt = json.loads(self.format_path.read_text()).get("format")
             except (ValueError, AttributeError):
                 fmt = "unreadable"
             if fmt != FORMAT_VERSION:
-                raise StoreError(
-                    f"results: {self.dir}: format {fmt} (written by another rankbench version); "
-                    f"accepted: format {FORMAT_VERSION}, or a new --results folder")
+                raise _refused(self.dir, f"format {fmt} (written by another rankbench version)",
+                               f"format {FORMAT_VERSION}, or a new --results folder")
         elif any(self.trials_dir.iterdir()):
-            raise StoreError(f"results: {self.dir}: has trial files but no FORMAT file; "
-                             f"accepted: a folder written by rankbench {__version__}, or a new --results folder")
+            raise _refused(self.dir, "has trial files but no FORMAT file",
+                           f"a folder written by rankbench {__version__}, or a new --results folder")
         else:
             try:
                 atomic_write_json(self.format_path, {"format": FORMAT_VERSION, "rankbench": __version__})
             except OSError as e:
-                raise StoreError(f"results: {self.dir}: cannot write ({e.strerror}); accepted: a writable folder") from None
+                raise _refused(self.dir, f"cannot write ({e.strerror})", "a writable folder") from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -180,8 +180,8 @@ class Store:
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
-                raise StoreError(f"results: {self.dir}: in use by another sweep (pid {holder}); "
-                                 f"accepted: one sweep per results folder at a time") from None
+                raise _refused(self.dir, f"in use by another sweep (pid {holder})",
+                               "one sweep per results folder at a time") from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
@@ -220,18 +220,16 @@ class Store:
         return rows
 
     def write_csv(self, trial_ids: list[str] | None = None) -> Path:
-        """Flatten every row (dict fields become ``params.x``, ``env.torch``...) into results.csv."""
+        """Flatten every row (``bench.row.flatten``: dict fields become ``params.x``, ``env.torch``...,
+        lists JSON text) into results.csv."""
         import pandas as pd
+
+        from bench.row import flatten
 
         rows = self.results()
         if trial_ids is not None:
             keep = set(trial_ids)
             rows = [r for r in rows if r.get("trial_id") in keep]
-        flat = []
-        for r in rows:
-            # lists (per-layer reports, epoch history, milestones) do not flatten into columns:
-            # keep them as JSON text, which pandas and any other reader can parse back
-            flat.append(_lists_to_json(r))
-        df = pd.json_normalize(flat, sep=".") if flat else pd.DataFrame()
+        df = pd.DataFrame.from_records([flatten(r) for r in rows]) if rows else pd.DataFrame()
         atomic_write_bytes(self.csv_path, df.to_csv(index=False).encode())
         return self.csv_path

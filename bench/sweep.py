@@ -15,11 +15,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from bench.spec import Sweep, Trial
 from bench.fs import ray_storage
+from bench.row import failed_row
 from bench.store import Store
+from bench.trial import Trial
+
+if TYPE_CHECKING:
+    from bench.spec import Sweep
 
 # Ray reads these at import / init time; a user's own setting wins
 RAY_ENV_DEFAULTS = {
@@ -51,14 +55,15 @@ class SweepSummary:
     csv: Path | None = None
 
 
-def _trainable(config: dict, trials: dict[str, Trial], results_root: str, base_dir: str) -> None:
-    """Ray Tune function trainable: one trial. Runs in a Ray worker process."""
+def _trainable(config: dict, results_root: str, base_dir: str) -> None:
+    """Ray Tune function trainable: one trial, handed over as ``config["trial"]`` (``Trial.to_dict``,
+    as Ray Train's workers get it). Runs in a Ray worker process."""
     from ray import tune
 
     from bench.distributed import is_distributed, run_distributed
     from bench.run import run_trial
 
-    trial = trials[config["trial_id"]]
+    trial = Trial.from_dict(config["trial"])
     if is_distributed(trial.resources_cfg):
         # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
         # retries the trial from its epoch checkpoint as for any other trial
@@ -122,27 +127,32 @@ class _Progress:
                  f"failed {self.failed} | {el:.0f}s elapsed, ETA {self._eta()} | {what}")
 
 
+def _trial_id(config: dict) -> str:
+    """The id of the Trial a Tune config carries."""
+    return Trial.from_dict(config["trial"]).id
+
+
 def _callback(by_id: dict[str, Trial], prog: _Progress):
     from ray import tune
 
     class Cb(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
-            tid = trial.config["trial_id"]
+            tid = _trial_id(trial.config)
             prog.start(tid, by_id[tid].label)
 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            tid = trial.config["trial_id"]
+            tid = _trial_id(trial.config)
             res = trial.last_result or {}
             prog.finish(tid, by_id[tid].label, res.get("status", "failed"), res.get("error", ""))
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
             # the worker died; Tune starts the trial again and run_trial resumes from its checkpoint
-            tid = trial.config["trial_id"]
+            tid = _trial_id(trial.config)
             prog.retry(tid, by_id[tid].label)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             # the worker died TRIAL_RETRIES + 1 times (run_trial itself never raises)
-            tid = trial.config["trial_id"]
+            tid = _trial_id(trial.config)
             prog.finish(tid, by_id[tid].label, "failed", "worker died (see the trial's log)")
 
     return Cb()
@@ -185,7 +195,6 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
               max_concurrent: int | None = None, out: Callable[[str], None] = print) -> SweepSummary:
     """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end."""
     from bench.packing import check_packing, is_packed
-    from bench.run import _base_row  # failed rows for trials that cannot start
 
     t0 = time.monotonic()
     store = Store(results_root, sweep.name)
@@ -209,8 +218,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
                 refused = check_packing(todo, log=out)
                 for t in todo:
                     if t.id in refused:
-                        row = _base_row(t)
-                        row.update(status="failed", error=refused[t.id])
+                        row = failed_row(t, refused[t.id])
                         store.write_result(row)
                         prog.finish(t.id, t.label, "failed", row["error"])
                 todo = [t for t in todo if t.id not in refused]
@@ -226,9 +234,8 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
                 if get_method(t.method).starts_from_baseline and not store.baseline_weights(b.id).exists():
                     # do not spend a worker on a trial that cannot start; record why it did not
                     brow = store.read_result(b.id) or {}
-                    row = _base_row(t)
-                    row.update(status="failed", error=f"BaselineFailed: baseline {b.id} "
-                               f"({b.label}) did not finish: {brow.get('error') or 'no weights saved'}")
+                    row = failed_row(t, f"BaselineFailed: baseline {b.id} ({b.label}) did not finish: "
+                                        f"{brow.get('error') or 'no weights saved'}")
                     store.write_result(row)
                     prog.finish(t.id, t.label, "failed", row["error"])
                 else:
@@ -254,17 +261,17 @@ def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | N
     def resources(config: dict) -> dict[str, float]:
         from bench.distributed import DRIVER_RESOURCES, is_distributed
 
-        r = by_id[config["trial_id"]].resources_cfg
+        r = config["trial"]["resources"]
         if is_distributed(r):
             return dict(DRIVER_RESOURCES)   # its Ray Train workers hold the CPUs and GPUs
         return {"cpu": float(r.get("cpus", 1)), "gpu": float(r.get("gpus", 0))}
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, trials=by_id, results_root=str(store.root.resolve()),   # path or URI
+        tune.with_parameters(_trainable, results_root=str(store.root.resolve()),   # path or URI
                              base_dir=os.getcwd()), resources)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial_id": tune.grid_search(list(by_id))},
+        param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
             name=phase, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,

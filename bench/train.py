@@ -1,6 +1,10 @@
 """The training loop every trial uses: SGD + momentum + weight decay, cosine or step schedule,
 the Method's hooks around each step, and a per-epoch checkpoint so a trial resumes where it stopped.
 
+The method is attached before ``train`` is called, so the optimizer built here holds the model's
+parameters as they are after ``attach`` (a method may replace layers to train them), grouped as
+the method's ``param_groups`` says. The checkpoint carries the method's ``state_dict``.
+
 The loop never syncs with the host inside a step: the loss is summed on the device and read once
 per epoch, which is also where a NaN/inf loss is detected (``TrainingDiverged``).
 """
@@ -18,6 +22,7 @@ from torch import nn
 
 from bench.fs import read_bytes_io
 from bench.store import atomic_torch_save
+from methods.base import Method
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,9 +46,12 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=False)
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                   groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """SGD over ``model``'s current parameters, or over ``groups`` (a method's ``param_groups``:
+    each dict's own settings override ``lr``, ``momentum`` and ``weight_decay``)."""
+    params: Any = groups if groups is not None else model.parameters()
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int,
@@ -93,9 +101,10 @@ def _to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-               method: Any = None, step: int = 0, amp: bool = False,
+               method: Method | None = None, step: int = 0, amp: bool = False,
                forward: nn.Module | None = None) -> torch.Tensor:
-    """One SGD step with the method's hooks; returns the detached loss (no host sync).
+    """One SGD step with the method's hooks; returns the detached loss (no host sync), the
+    method's ``extra_loss`` included.
 
     ``amp``: bf16 autocast (no loss scaling needed), used on CUDA only; on CPU it is ignored,
     because CPU bf16 autocast is slower than float32 for these models.
@@ -107,6 +116,10 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
         method.before_step(model, step)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = nn.functional.cross_entropy((model if forward is None else forward)(x), y)
+    if method is not None:
+        extra = method.extra_loss(model, step)   # outside autocast: regularizers want full precision
+        if extra is not None:
+            loss = loss + extra
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if method is not None:
@@ -165,7 +178,7 @@ def train(
     amp: bool = False,
     channels_last: bool = False,
     compile: bool | str = False,
-    method: Any = None,
+    method: Method | None = None,
     device: torch.device | str = "cpu",
     checkpoint: Path | None = None,
     phase: str = "train",
@@ -178,7 +191,9 @@ def train(
 
     ``checkpoint``: written atomically after every epoch (model, optimizer, scheduler, method
     state, RNG, epoch); if it already holds this ``phase``, training resumes after its epoch.
-    ``method``: its ``before_step`` / ``after_backward`` hooks run around each step.
+    ``method`` (already attached): its ``before_step`` / ``extra_loss`` / ``after_backward`` hooks
+    run around each step, its ``param_groups`` shape the optimizer, and its ``state_dict`` is
+    checkpointed and restored on resume.
     ``epoch_offset``: numbering for ``progress.last_good_epoch`` when this is a later phase.
     ``forward``: DDP wrapper of ``model`` for data-parallel training (``bench.distributed``); then
     the epoch's loss is averaged over ranks and only rank 0 writes the checkpoint.
@@ -187,7 +202,7 @@ def train(
     training forward is compiled; evaluation and checkpoints use ``model`` itself. The method's
     hooks change the weights in place between steps, which a compiled forward reads as inputs.
     """
-    from bench.distributed import epoch_sync, is_main, sum_over_ranks
+    from bench.ddp import epoch_sync, is_main, sum_over_ranks
     from bench.measure import evaluate
 
     progress = progress or Progress()
@@ -198,7 +213,8 @@ def train(
     spe = int(data.steps_per_epoch)
     if compile:
         forward = compiled(model if forward is None else forward, compile)
-    opt = make_optimizer(model, lr, momentum, weight_decay)
+    # built here, after the method's attach: the parameters of any layer it replaced are the ones trained
+    opt = make_optimizer(model, lr, momentum, weight_decay, method.param_groups(model) if method is not None else None)
     sched = make_scheduler(opt, schedule, epochs, spe, milestones, gamma)
     # bf16 autocast needs no loss scaling; on CPU it is slower, so amp only applies on CUDA
     use_amp = bool(amp) and device.type == "cuda"
@@ -212,7 +228,7 @@ def train(
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
-            if method is not None and ck.get("method") is not None and hasattr(method, "load_state_dict"):
+            if method is not None and ck.get("method") is not None:
                 method.load_state_dict(ck["method"])
             _set_rng_state(ck["rng"])
             start_epoch = int(ck["epoch"])
@@ -253,7 +269,7 @@ def train(
             state = {
                 "phase": phase, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "method": method.state_dict() if method is not None and hasattr(method, "state_dict") else None,
+                "method": method.state_dict() if method is not None else None,
                 "rng": _rng_state(), "elapsed_s": progress.elapsed_s, "history": progress.history,
             }
             atomic_torch_save(state, checkpoint)

@@ -5,12 +5,11 @@ The paper reports accuracy and macro F1 (the harness computes F1 for every trial
 fine-tuning is indicated (``finetune_epochs`` makes it optional)."""
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
+from bench.checks import is_int
 from methods import lowrank
-from methods.base import Context, Method, check_param
+from methods.base import Method, MethodReport, check_param
 from methods.registry import register
 
 
@@ -18,6 +17,7 @@ from methods.registry import register
 class ARSVD(Method):
     """Adaptive-rank SVD of a trained network: per-layer rank by energy (v1) or spectral entropy (v2)."""
 
+    name = "arsvd"
     starts_from_baseline = True
 
     def __init__(self, rule: str = "energy:0.9", scheme: str = "linear", finetune_epochs: int = 0,
@@ -27,21 +27,18 @@ class ARSVD(Method):
                     '"energy:E" (v1) or "entropy:TAU" (v2), 0 < E, TAU <= 1')
         check_param("scheme", scheme, scheme in lowrank.SCHEMES, ", ".join(lowrank.SCHEMES))
         check_param("finetune_epochs", finetune_epochs,
-                    isinstance(finetune_epochs, int) and not isinstance(finetune_epochs, bool) and finetune_epochs >= 0,
+                    is_int(finetune_epochs) and finetune_epochs >= 0,
                     "an int >= 0")
         check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
         self.rule, self.scheme, self.finetune_epochs, self.layers = rule, scheme, finetune_epochs, layers
         self._reports: list[lowrank.LayerReport] = []
-
-    def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx = ctx
 
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(model, self.scheme, self.rule, self.layers,
                                                        example_input=self.example_input(model))
         return small
 
-    def report(self) -> dict[str, Any]:
-        out = lowrank.method_report(self._reports, scheme=self.scheme, rule=self.rule)
-        out["metrics"] = ["top1", "f1"]  # the paper's table reports accuracy and macro F1
-        return out
+    def report(self) -> MethodReport:
+        # the paper's table reports accuracy and macro F1
+        return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.rule,
+                            info={"metrics": ["top1", "f1"]})

@@ -12,13 +12,14 @@ divide is handled untiled, and its report says ``tiles: 1``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
+from bench.checks import is_int
 from methods import lowrank
-from methods.base import Context, Method, check_param
+from methods.base import Context, Method, MethodReport, check_param
 from methods.registry import register
 
 
@@ -26,9 +27,11 @@ from methods.registry import register
 class DeepTwist(Method):
     """Dense training with low-rank replacement every `period` steps (optionally tiled), decomposed at the end."""
 
+    name = "deeptwist"
+
     def __init__(self, period: int = 200, scheme: str = "channel", rule: str = "energy:0.9", tiles: int = 1,
                  export: Optional[str] = None, layers: str = "official", include_stride2: bool = True) -> None:
-        check_param("period", period, isinstance(period, int) and not isinstance(period, bool) and period >= 1,
+        check_param("period", period, is_int(period) and period >= 1,
                     "an int >= 1 (200 in the paper; 100-5000 reasonable)")
         check_param("scheme", scheme, scheme in lowrank.SCHEMES, ", ".join(lowrank.SCHEMES))
         check_param("rule", rule, not lowrank.parse_rule(rule, "rule").is_global,
@@ -46,7 +49,6 @@ class DeepTwist(Method):
         self._reports: list[lowrank.LayerReport] = []
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx = ctx
         self.names = [n for n, r in lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
                       if r is None]
         self._tiles = [lowrank.layer_tiles(model.get_submodule(n), self.scheme, self.tiles) for n in self.names]
@@ -73,5 +75,5 @@ class DeepTwist(Method):
             include_stride2=self.include_stride2, tiles=self.tiles)
         return small
 
-    def report(self) -> dict[str, Any]:
-        return lowrank.method_report(self._reports, scheme=self.scheme, rule=self.export)
+    def report(self) -> MethodReport:
+        return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.export)

@@ -2,14 +2,21 @@
 discovery of third-party plugins through the entry-point group ``rankbench.methods``.
 
 Like timm's model registry: a name maps to a class, lookups fail with the list of known names.
+The built-in methods are imported by the ``methods`` package (``methods/__init__.py``), whose
+method modules import this one: nothing here imports a method back. Entry points are for
+third-party plugins only.
+
+Names: the registry key is the class's ``name``. A class that declares ``name`` itself must
+declare the key it is registered under (a mismatch is an error naming both); one that declares
+none gets the key as its ``name`` when registered.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from importlib import metadata
 from typing import Any, Callable, TypeVar
 
+from bench.checks import unknown
 from methods.base import Method
 
 ENTRY_POINT_GROUP = "rankbench.methods"
@@ -25,18 +32,19 @@ def register(name: str) -> Callable[[M], M]:
     def deco(cls: M) -> M:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register({name!r}) needs a subclass of methods.base.Method, got {cls!r}")
+        declared = cls.__dict__.get("name")
+        if declared is not None and declared != name:
+            raise ValueError(f"@register({name!r}): {cls.__module__}.{cls.__qualname__} declares name = "
+                             f"{declared!r}; the registry key and the class's name must agree")
         old = _REGISTRY.get(name)
         if old is not None and old.__qualname__ != cls.__qualname__:
             raise ValueError(f"method name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
-        cls.name = name
+        if declared is None:
+            cls.name = name   # a class without a name of its own is named by its key (documented above)
         _REGISTRY[name] = cls
         return cls
 
     return deco
-
-
-def _load_builtin() -> None:
-    import methods.builtin  # noqa: F401  (imports every in-tree method module)
 
 
 def _load_entry_points() -> None:
@@ -51,7 +59,6 @@ def _load_entry_points() -> None:
 
 
 def available() -> list[str]:
-    _load_builtin()
     _load_entry_points()
     return sorted(_REGISTRY)
 
@@ -59,9 +66,8 @@ def available() -> list[str]:
 def get_method(name: str) -> type[Method]:
     names = available()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"method: unknown method {name!r}{hint}; accepted: {', '.join(names)}")
+        # a KeyError (a lookup), in the one-line format of bench.checks
+        raise KeyError(str(unknown("method", name, names, "unknown method")))
     return _REGISTRY[name]
 
 
@@ -77,7 +83,5 @@ def build(name: str, params: dict[str, Any]) -> Method:
     known = parameters(name)
     for key in params:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"methods.{name}.{key}: unknown parameter{hint}; accepted: {', '.join(known) or 'none'}")
+            raise unknown(f"methods.{name}", key, known, "unknown parameter")
     return get_method(name)(**params)

@@ -3,12 +3,11 @@ chosen layer is decomposed under ``scheme`` at the rank ``rule`` gives; then ``f
 epochs of fine-tuning (0 = "decompose, no fine-tuning", k = "decompose + fine-tune")."""
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
+from bench.checks import is_int
 from methods import lowrank
-from methods.base import Context, Method, check_param
+from methods.base import Context, Method, MethodReport, check_param
 from methods.registry import register
 
 
@@ -16,6 +15,7 @@ from methods.registry import register
 class SVD(Method):
     """Decompose the trained baseline at a rank rule (speedup:S to match cost), then optionally fine-tune."""
 
+    name = "svd"
     starts_from_baseline = True
 
     def __init__(self, scheme: str = "channel", rule: str = "energy:0.9", finetune_epochs: int = 0,
@@ -23,7 +23,7 @@ class SVD(Method):
         check_param("scheme", scheme, scheme in lowrank.SCHEMES, ", ".join(lowrank.SCHEMES))
         lowrank.parse_rule(rule)
         check_param("finetune_epochs", finetune_epochs,
-                    isinstance(finetune_epochs, int) and not isinstance(finetune_epochs, bool) and finetune_epochs >= 0,
+                    is_int(finetune_epochs) and finetune_epochs >= 0,
                     "an int >= 0")
         check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
         check_param("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
@@ -32,7 +32,6 @@ class SVD(Method):
         self._reports: list[lowrank.LayerReport] = []
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx = ctx
         lowrank.check_reachable(model, self.scheme, self.rule, self.example_input(model), self.layers,
                                 self.include_stride2)
 
@@ -42,6 +41,6 @@ class SVD(Method):
             include_stride2=self.include_stride2)
         return small
 
-    def report(self) -> dict[str, Any]:
-        return lowrank.method_report(self._reports, scheme=self.scheme, rule=self.rule)
+    def report(self) -> MethodReport:
+        return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.rule)
 

@@ -7,10 +7,11 @@ on the same steps (``grad += nuclear * U_r V_r^T``). ``solver`` picks how the pr
 computed: ``auto`` (default: the Gram-matrix eigensolver where a layer's matrix is at least 2x
 wider than tall, else the exact SVD), ``gram``, ``svd``, or ``warm`` (the Gram solver started from
 the previous step's factors: a couple of matrix products and a small eigensolve while its check
-holds, the full eigensolve otherwise; the row's ``method_info.warm_start`` counts both); all
-keep the exact ranks and agree with a float64 SVD to float32 rounding (tests/test_lowrank.py,
-BENCHMARKS.md). After training the chosen layers are
-decomposed with the ``export`` rule (value 0.05 by default), no fine-tuning.
+holds, the full eigensolve otherwise; the row's ``method_info.warm_start`` counts both, and
+the warm factors are the method's ``state_dict``, so a resumed run starts warm); all keep the
+exact ranks and agree with a float64 SVD to float32 rounding (tests/methods/test_lowrank_solvers.py,
+BENCHMARKS.md). After training the chosen layers are decomposed with the ``export`` rule
+(value 0.05 by default), no fine-tuning.
 
 Ablations: ``project=False`` is "Nu without TRP" (only the nuclear-norm term; the weight is not
 projected, so the sub-gradient is the full ``U V^T`` of ``||W||_*``, as the official nuclear
@@ -23,29 +24,28 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from bench.checks import is_int, is_number
 from methods import lowrank
-from methods.base import Context, Method, check_param
+from methods.base import Context, Method, MethodReport, check_param
 from methods.registry import register
 
 TRP_SCHEMES = ("channel", "spatial", "decoupling")
-
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # no bools, no NaN
 
 
 @register("trp")
 class TRP(Method):
     """Trained Rank Pruning: low-rank projection during training (+ nuclear norm), decomposed at export."""
 
+    name = "trp"
+
     def __init__(self, scheme: str = "channel", period: int = 1, energy: float = 0.9, nuclear: float = 0.0,
                  project: bool = True, export: str = "value:0.05", layers: str = "official",
                  include_stride2: bool = True, solver: str = "auto") -> None:
         check_param("scheme", scheme, scheme in TRP_SCHEMES, ", ".join(TRP_SCHEMES))
-        check_param("period", period, isinstance(period, int) and not isinstance(period, bool) and period >= 1,
+        check_param("period", period, is_int(period) and period >= 1,
                     "an int >= 1")
-        check_param("energy", energy, _number(energy) and 0 < energy <= 1, "a number in (0, 1]")
-        check_param("nuclear", nuclear, _number(nuclear) and nuclear >= 0,
+        check_param("energy", energy, is_number(energy) and 0 < energy <= 1, "a number in (0, 1]")
+        check_param("nuclear", nuclear, is_number(nuclear) and nuclear >= 0,
                     "a number >= 0 (0 = off; 3e-4 in the paper)")
         check_param("project", project, isinstance(project, bool), "true or false")
         lowrank.parse_rule(export, "export")
@@ -62,7 +62,6 @@ class TRP(Method):
         self._warm = lowrank.WarmStart()   # solver "warm": the previous step's factors
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx = ctx
         self.names = [n for n, r in lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
                       if r is None]
         # an unreachable speedup export would only fail after training: fail now
@@ -104,8 +103,16 @@ class TRP(Method):
             include_stride2=self.include_stride2)
         return small
 
-    def report(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"scheme": self.scheme, "rule": self.export}
+    def report(self) -> MethodReport:
+        info: dict[str, Any] = {}
         if self.solver == "warm":  # how often the warm start held, in shape-group projections since start
-            facts["warm_start"] = {"warm": self._warm.warm, "cold": self._warm.cold}
-        return lowrank.method_report(self._reports, **facts)
+            info["warm_start"] = {"warm": self._warm.warm, "cold": self._warm.cold}
+        return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.export, info=info)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm solver's factors and counts, so a resumed run starts warm where it stopped."""
+        return {"warm": self._warm.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "warm" in state:
+            self._warm.load_state_dict(state["warm"])

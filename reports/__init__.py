@@ -1,6 +1,7 @@
 """Reports: result rows -> tables (Markdown, LaTeX, CSV), paper diffs and Pareto plots.
 
-``collate`` reads results folders into pandas, ``tables`` formats them, ``paper`` compares
-them with the published numbers in ``reports/published/*.yaml``, ``plots`` draws the Pareto
-plot and ``cli`` is ``rankbench report``.
+``collate`` reads results folders into pandas, ``format`` holds the number formats, cell
+escaping and row order every report shares, ``tables`` formats the accuracy/speed-up table,
+``paper`` compares it with the published numbers in ``reports/published/*.yaml``, ``plots``
+draws the Pareto plot and ``cli`` is ``rankbench report``.
 """

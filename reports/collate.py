@@ -13,17 +13,11 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-# The flat keys of the Result row (docs/CONTRACTS.md). Missing keys become None so that a row
+from bench import row as result_row
+
+# The keys of the Result row, as bench.row defines them. Missing keys become None so that a row
 # written by an older or partial harness still lines up with the rest.
-ROW_KEYS: tuple[str, ...] = (
-    "trial_id", "sweep", "status", "error", "last_good_epoch",
-    "dataset", "model", "method", "seed", "params", "variant", "scheme", "rule",
-    "top1", "top5", "f1",
-    "macs", "dense_macs", "macs_speedup", "params_count", "dense_params_count",
-    "latency_ms", "dense_latency_ms", "latency_speedup",
-    "latency_device", "latency_dtype", "latency_batch", "latency_layout", "dense_latency_layout",
-    "layers", "wall_s", "gpu_hours", "skipped_images", "env", "spec",
-)
+ROW_KEYS: tuple[str, ...] = result_row.KEYS
 
 GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
 
@@ -147,9 +141,10 @@ def _layer_counts(layers: object) -> tuple[float, float]:
 def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """One row per trial from one or more results folders, failed trials included.
 
-    Columns: the Result row keys, plus ``source`` (the file), ``param.<k>`` for each method
-    parameter, ``env.<k>`` for each environment field, ``n_factorized`` / ``n_skipped`` layer
-    counts. ``params``, ``layers``, ``env`` and ``spec`` stay as dict/list columns.
+    Columns: the Result row keys (``bench.row.KEYS``), plus ``source`` (the file), ``params.<k>``
+    for each method parameter and ``env.<k>`` for each environment field (``bench.row.spread``,
+    the names results.csv uses), ``n_factorized`` / ``n_skipped`` layer counts. ``params``,
+    ``layers``, ``env``, ``spec`` and the other dict/list fields stay as dict/list columns.
     A trial found twice (the same sweep reached through two paths) appears once.
     """
     from bench.fs import RemotePath
@@ -175,10 +170,7 @@ def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         seen_ids.add(key)
         rec = {k: r.get(k) for k in ROW_KEYS}
         rec["source"] = r.get("source")
-        for k, v in (r.get("params") or {}).items():
-            rec[f"param.{k}"] = v
-        for k, v in (r.get("env") or {}).items():
-            rec[f"env.{k}"] = v
+        rec.update(result_row.spread(r))
         rec["n_factorized"], rec["n_skipped"] = _layer_counts(r.get("layers"))
         if rec["variant"] is None and isinstance(r.get("params"), dict):
             rec["variant"] = canonical_variant(r["params"])

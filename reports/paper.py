@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import pandas as pd
 import yaml
 
+from bench.checks import bad, check, is_number, missing, unknown
 from reports.collate import load_results, summarize
-from reports.tables import DASH, _nan, fmt_pm, fmt_x, latex_escape
+from reports.format import DASH, fmt_pm, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 NUMBERS = ("top1", "top5", "speedup", "params_m")
@@ -31,6 +32,7 @@ DIFF_COLUMNS = (
 
 
 def available_papers() -> list[str]:
+    """Names of the published tables in ``reports/published``."""
     return sorted(p.stem for p in PUBLISHED_DIR.glob("*.yaml"))
 
 
@@ -39,28 +41,30 @@ def load_published(name: str) -> dict[str, Any]:
     and every "derived" note names one of the row's numbers."""
     path = PUBLISHED_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"paper: unknown table {name!r}; accepted: {', '.join(available_papers())}")
+        raise unknown("paper", name, available_papers())
     table = yaml.safe_load(path.read_text())
     for key in ("name", "title", "dataset", "model", "spec", "sources", "rows"):
         if key not in table:
-            raise ValueError(f"{path}: missing key {key!r}")
+            raise missing(f"{path}: {key}", "a published table with name, title, dataset, model, "
+                          "spec, sources and rows")
     for i, row in enumerate(table["rows"]):
         where = f"{path}: rows[{i}] ({row.get('label')!r})"
         if row.get("source") not in table["sources"]:
-            raise ValueError(f"{where}: source {row.get('source')!r} is not one of {list(table['sources'])}")
+            raise unknown(f"{where}.source", row.get("source"), table["sources"])
         if ("match" in row) == ("published_only" in row):
-            raise ValueError(f"{where}: needs exactly one of 'match' (a trial selector) or 'published_only'")
+            raise bad(where, sorted(k for k in ("match", "published_only") if k in row),
+                      "exactly one of 'match' (a trial selector) or 'published_only'")
         for k in NUMBERS:
             v = row.get(k)
-            if v is not None and not isinstance(v, (int, float)):
-                raise ValueError(f"{where}: {k} must be a number or null, got {v!r}")
+            check(f"{where}.{k}", v, v is None or is_number(v), "a number or null")
         for k in row.get("derived") or {}:
-            if k not in NUMBERS or row.get(k) is None:
-                raise ValueError(f"{where}: derived names {k!r}, which is not a number of this row")
+            check(f"{where}.derived", k, k in NUMBERS and row.get(k) is not None,
+                  "a number this row gives: " + ", ".join(n for n in NUMBERS if row.get(n) is not None))
     return table
 
 
 def command_for(table: dict[str, Any]) -> str:
+    """The command that runs the trials a published table is compared with."""
     return f"rankbench run {table['spec']}"
 
 
@@ -102,7 +106,7 @@ def matches(group: pd.Series, selector: dict[str, Any], table: dict[str, Any]) -
 # ---------------------------------------------------------------------------- the diff
 
 def _diff(ours: float, theirs: Any) -> float:
-    if _nan(ours) or theirs is None:
+    if is_missing(ours) or theirs is None:
         return math.nan
     return float(ours) - float(theirs)
 
@@ -164,7 +168,7 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
 
     out = pd.DataFrame(lines).reindex(columns=list(DIFF_COLUMNS))
     for k in ("top1", "top5", "speedup"):
-        out[f"diff_{k}"] = [_diff(o, t if not _nan(t) else None)
+        out[f"diff_{k}"] = [_diff(o, t if not is_missing(t) else None)
                             for o, t in zip(out[f"ours_{k}"], out[f"theirs_{k}"])]
     out.attrs["table"] = table
     return out
@@ -184,23 +188,24 @@ def _ours(g: pd.Series) -> dict[str, Any]:
         "ours_top5": g["top5_mean"], "ours_top5_ci95": g["top5_ci95"],
         "ours_speedup": g["macs_speedup_mean"], "ours_speedup_ci95": g["macs_speedup_ci95"],
         "ours_latency_speedup": g["latency_speedup_mean"],
-        "ours_params_m": g["params_count_mean"] / 1e6 if not _nan(g["params_count_mean"]) else math.nan,
+        "ours_params_m": g["params_count_mean"] / 1e6 if not is_missing(g["params_count_mean"]) else math.nan,
     }
 
 
 # ---------------------------------------------------------------------------- printing
 
 def _signed(v: float, suffix: str = "") -> str:
-    return DASH if _nan(v) else f"{v:+.2f}{suffix}"
+    return DASH if is_missing(v) else f"{v:+.2f}{suffix}"
 
 
 def _plain(v: float, digits: int = 2, suffix: str = "", derived: bool = False) -> str:
-    if _nan(v):
+    if is_missing(v):
         return DASH
     return f"{v:.{digits}f}{suffix}" + ("*" if derived else "")
 
 
 def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows of display strings and notes of a ``paper_diff``."""
     table = diff.attrs.get("table", {})
     has_top5 = diff["theirs_top5"].notna().any() or diff["ours_top5"].notna().any()
     header = ["Row", "Status", "Top-1 ours", "Top-1 theirs", "Δ Top-1"]
@@ -209,7 +214,7 @@ def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str
     header += ["Speed-up ours", "Speed-up theirs", "Δ Speed-up", "Params ours", "Params theirs", "Seeds"]
     rows = []
     for _, r in diff.iterrows():
-        der = "" if _nan(r["derived"]) else str(r["derived"])
+        der = "" if is_missing(r["derived"]) else str(r["derived"])
         status = r["status"]
         if status == "not run" or status.startswith("failed"):
             status = f"{status}: `{r['command']}`"
@@ -225,7 +230,7 @@ def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str
                   _plain(r["theirs_speedup"], suffix="x", derived="speedup:" in der),
                   _signed(r["diff_speedup"], "x"),
                   _plain(r["ours_params_m"], suffix="M"), _plain(r["theirs_params_m"], suffix="M"),
-                  DASH if _nan(r["n"]) else str(int(r["n"]))]
+                  DASH if is_missing(r["n"]) else str(int(r["n"]))]
         rows.append(cells)
     notes = [
         "Ours: mean ± 95% CI half-width over seeds; Δ = ours - theirs.",
@@ -235,7 +240,7 @@ def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str
         "Sources: " + "; ".join(f"{k}: {v}" for k, v in table.get("sources", {}).items()),
     ]
     for _, r in diff.iterrows():
-        if not _nan(r["derived"]) and r["derived"]:
+        if not is_missing(r["derived"]) and r["derived"]:
             notes.append(f"* {r['label']}: derived ({r['derived']})")
     return header, rows, notes
 
@@ -247,16 +252,14 @@ def format_paper_diff(diff: pd.DataFrame, fmt: str = "md") -> str:
     header, rows, notes = diff_cells(diff)
     title = diff.attrs.get("table", {}).get("title", "")
     if fmt == "md":
-        esc = lambda c: c.replace("|", "\\|")  # noqa: E731
         lines = [f"### {title}: published vs ours", "",
                  "| " + " | ".join(header) + " |",
                  "|" + "|".join(":--" if i < 2 else "--:" for i in range(len(header))) + "|"]
-        lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+        lines += ["| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows]
         return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
     if fmt == "latex":
-        from reports.tables import _latex_cell
         spec = "ll" + "r" * (len(header) - 2)
-        tex = lambda c: _latex_cell(c.replace("`", "")).replace("Δ", r"$\Delta$")  # noqa: E731
+        tex = lambda c: latex_cell(c.replace("`", "")).replace("Δ", r"$\Delta$")  # noqa: E731
         body = [" & ".join(tex(c) for c in r) + r" \\" for r in [header] + rows]
         return "\n".join([
             r"\begin{table}[t]", r"\centering", r"\small",
@@ -266,7 +269,7 @@ def format_paper_diff(diff: pd.DataFrame, fmt: str = "md") -> str:
             f"\\begin{{tabular}}{{{spec}}}", r"\toprule", body[0], r"\midrule", *body[1:],
             r"\bottomrule", r"\end{tabular}", r"\end{table}",
         ]) + "\n"
-    raise ValueError(f"format: {fmt!r} is not one of md, latex, csv")
+    raise unknown("format", fmt, ("md", "latex", "csv"))
 
 
 def published_points(name: str) -> list[dict[str, Any]]:

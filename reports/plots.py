@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports.tables import _COLUMN_PARAMS, _nan, _sorted
+from reports.format import COLUMN_PARAMS, is_missing, sort_rows
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
@@ -23,9 +23,9 @@ def series_label(row: pd.Series) -> str:
     """Method, scheme and every parameter but the rank rule: the rule picks the point on the
     curve, everything else picks the curve."""
     p = row.get("params") if isinstance(row.get("params"), dict) else {}
-    extra = [f"{k}={p[k]}" for k in sorted(p) if k not in _COLUMN_PARAMS]
+    extra = [f"{k}={p[k]}" for k in sorted(p) if k not in COLUMN_PARAMS]
     scheme = row.get("scheme")
-    label = str(row["method"]) + ("" if _nan(scheme) or not scheme else f" {scheme}")
+    label = str(row["method"]) + ("" if is_missing(scheme) or not scheme else f" {scheme}")
     return label + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -69,7 +69,7 @@ def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: st
 def _setting(groups: pd.DataFrame) -> str:
     parts = []
     for col, fmt in (("latency_device", "{}"), ("latency_dtype", "{}"), ("latency_batch", "batch {}")):
-        vals = sorted({str(v) for v in groups.get(col, []) if not _nan(v) and v is not None})
+        vals = sorted({str(v) for v in groups.get(col, []) if not is_missing(v) and v is not None})
         if vals:
             parts.append(fmt.format("/".join(vals)))
     return ", ".join(parts)
@@ -85,7 +85,7 @@ def pareto_plot(summary: pd.DataFrame, path: str | Path,
     """
     if summary.empty:
         raise ValueError("plot: no successful trials to plot")
-    s = _sorted(summary)
+    s = sort_rows(summary)
     s["_series"] = [series_label(r) for _, r in s.iterrows()]
     series = list(dict.fromkeys(s["_series"]))
     styles = {lab: {"marker": MARKERS[i % len(MARKERS)], "color": f"C{i % 10}"}

@@ -6,78 +6,18 @@ raw numbers (mean, std, CI half-width, n) in separate columns.
 """
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from bench.checks import unknown
 from reports.collate import failed_trials, load_results, summarize
+from reports.format import (COLUMN_PARAMS, DASH, fmt_duration, fmt_pm, fmt_si, fmt_x, is_missing,
+                            latex_cell, latex_escape, markdown_cell, sort_rows)
 
 FORMATS = ("md", "latex", "csv")
 SUFFIX = {"md": "md", "latex": "tex", "csv": "csv"}
-# Parameters that already have their own column (or are the rank rule under another name).
-_COLUMN_PARAMS = {"scheme", "rule", "export"}
-DASH = "-"
-
-
-# ---------------------------------------------------------------------------- number formats
-
-def _nan(v: object) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def fmt_pm(mean: float | None, ci: float | None, digits: int = 2) -> str:
-    """``90.50 ± 0.21``; just ``90.50`` when there is no CI (a single seed)."""
-    if _nan(mean):
-        return DASH
-    if _nan(ci):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
-
-def fmt_x(mean: float | None, ci: float | None = None) -> str:
-    """``2.17x``; ``2.17x ± 0.04`` when the seeds disagree visibly at two decimals."""
-    if _nan(mean):
-        return DASH
-    s = f"{mean:.2f}x"
-    if not _nan(ci) and round(ci, 2) > 0:
-        s += f" ± {ci:.2f}"
-    return s
-
-
-def fmt_si(v: float | None) -> str:
-    """Three significant digits with an SI suffix: ``40.6M``, ``4.09G``, ``272K``, ``950``."""
-    if _nan(v):
-        return DASH
-    v = float(v)
-    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(v) >= div:
-            x = v / div
-            break
-    else:
-        return f"{v:.0f}"
-    if abs(x) >= 999.5 and suf != "T":  # 999.7K rounds to 1000K: print 1.00M instead
-        return _si_next(v, suf)
-    digits = 0 if abs(x) >= 99.95 else 1 if abs(x) >= 9.995 else 2
-    return f"{x:.{digits}f}{suf}"
-
-
-def _si_next(v: float, suf: str) -> str:
-    nxt = {"K": (1e6, "M"), "M": (1e9, "G"), "G": (1e12, "T")}[suf]
-    return f"{v / nxt[0]:.2f}{nxt[1]}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """Wall time the way a person reads it: ``42 s``, ``3.1 min``, ``2.4 h``."""
-    if _nan(seconds):
-        return DASH
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------- table contents
@@ -94,7 +34,7 @@ def _varying_params(summary: pd.DataFrame) -> tuple[dict[str, list[str]], dict[s
     constant: dict[str, dict] = {}
     for method, g in summary.groupby("method", sort=True):
         plist = [_params_of(r) for _, r in g.iterrows()]
-        keys = sorted({k for p in plist for k in p} - _COLUMN_PARAMS)
+        keys = sorted({k for p in plist for k in p} - COLUMN_PARAMS)
         var, const = [], {}
         for k in keys:
             vals = {repr(p.get(k)) for p in plist}
@@ -114,30 +54,16 @@ def _method_label(row: pd.Series, varying: dict[str, list[str]]) -> str:
     return f"{row['method']} ({extra})" if extra else str(row["method"])
 
 
-def _sorted(summary: pd.DataFrame) -> pd.DataFrame:
-    s = summary.copy()
-    s["_dense_first"] = (s["method"] != "dense").astype(int)
-    s["_scheme"] = s["scheme"].fillna("").astype(str) if "scheme" in s else ""
-    by = ["dataset", "model", "_dense_first", "method", "_scheme", "macs_speedup_mean"]
-    s = s.sort_values(by, kind="stable", na_position="last")
-    return s.drop(columns=["_dense_first", "_scheme"]).reset_index(drop=True)
-
-
-def _uniform(summary: pd.DataFrame, col: str) -> str | None:
-    vals = {v for v in summary.get(col, pd.Series(dtype=object)) if not _nan(v)}
-    return next(iter(vals)) if len(vals) == 1 else None
-
-
 def _latency_setting(row: pd.Series) -> str:
     parts = [row.get("latency_device"), row.get("latency_dtype")]
     b = row.get("latency_batch")
-    parts.append(f"batch {b}" if not _nan(b) and b is not None else None)
-    return ", ".join(str(p) for p in parts if p and not _nan(p))
+    parts.append(f"batch {b}" if not is_missing(b) and b is not None else None)
+    return ", ".join(str(p) for p in parts if p and not is_missing(p))
 
 
 def _cost_mode(summary: pd.DataFrame) -> str:
     """"gpu" when every row spent GPU time, "cpu" when none did, "mixed" otherwise."""
-    on_gpu = [(not _nan(v)) and v > 0 for v in summary["gpu_hours_mean"]]
+    on_gpu = [(not is_missing(v)) and v > 0 for v in summary["gpu_hours_mean"]]
     if all(on_gpu):
         return "gpu"
     if not any(on_gpu):
@@ -147,7 +73,7 @@ def _cost_mode(summary: pd.DataFrame) -> str:
 
 def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows of display strings and notes for the people-facing formats."""
-    s = _sorted(summary)
+    s = sort_rows(summary)
     varying, constant = _varying_params(s)
     multi = s[["dataset", "model"]].drop_duplicates().shape[0] > 1
     has_top5 = "top5_mean" in s and s["top5_mean"].notna().any()
@@ -169,8 +95,8 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
         row = ([str(r["dataset"]), str(r["model"])] if multi else [])
         row += [
             _method_label(r, varying),
-            DASH if _nan(r.get("scheme")) else str(r["scheme"]),
-            DASH if _nan(r.get("rule")) else str(r["rule"]),
+            DASH if is_missing(r.get("scheme")) else str(r["scheme"]),
+            DASH if is_missing(r.get("rule")) else str(r["rule"]),
             fmt_pm(r["top1_mean"], r["top1_ci95"]),
         ]
         if has_top5:
@@ -184,7 +110,7 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
         elif cost == "cpu":
             cost_cell = fmt_duration(wall)
         else:
-            cost_cell = f"{gpu_h:.2f} GPU-h" if not _nan(gpu_h) and gpu_h > 0 else f"{fmt_duration(wall)} CPU"
+            cost_cell = f"{gpu_h:.2f} GPU-h" if not is_missing(gpu_h) and gpu_h > 0 else f"{fmt_duration(wall)} CPU"
         seeds = str(int(r["n"]))
         if r.get("n_failed", 0):
             seeds += f" (+{int(r['n_failed'])} failed)"
@@ -228,43 +154,26 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
 # ---------------------------------------------------------------------------- renderers
 
 def to_markdown(summary: pd.DataFrame, title: str | None = None) -> str:
+    """A Markdown table with its notes as a list below it (what ``rankbench run`` prints)."""
     if summary.empty:
         return "(no successful trials)\n"
     header, rows, notes = table_cells(summary)
-    esc = lambda c: c.replace("|", "\\|")  # noqa: E731
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
     lines = []
     if title:
         lines += [f"### {title}", ""]
-    lines.append("| " + " | ".join(esc(h).ljust(w) for h, w in zip(header, widths)) + " |")
+    lines.append("| " + " | ".join(markdown_cell(h).ljust(w) for h, w in zip(header, widths)) + " |")
     lines.append("|" + "|".join(
         (":" + "-" * (w + 1)) if h in text_cols else ("-" * (w + 1) + ":")
         for h, w in zip(header, widths)) + "|")
     for r in rows:
         lines.append("| " + " | ".join(
-            esc(c).ljust(w) if h in text_cols else esc(c).rjust(w)
+            markdown_cell(c).ljust(w) if h in text_cols else markdown_cell(c).rjust(w)
             for c, h, w in zip(r, header, widths)) + " |")
     lines.append("")
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def _latex_cell(text: str) -> str:
-    t = latex_escape(text)
-    t = t.replace(" ± ", r" $\pm$ ").replace("±", r"$\pm$")
-    # "2.17x" -> "2.17$\times$" (only a number directly followed by x)
-    return re.sub(r"(\d)x(?![A-Za-z])", r"\1$\\times$", t)
 
 
 def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
@@ -282,14 +191,14 @@ def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        f"\\caption{{{latex_escape(caption)} " + " ".join(_latex_cell(n) for n in notes) + "}",
+        f"\\caption{{{latex_escape(caption)} " + " ".join(latex_cell(n) for n in notes) + "}",
         f"\\label{{{label}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
-        " & ".join(_latex_cell(h) for h in header) + r" \\",
+        " & ".join(latex_cell(h) for h in header) + r" \\",
         r"\midrule",
     ]
-    lines += [" & ".join(_latex_cell(c) for c in r) + r" \\" for r in rows]
+    lines += [" & ".join(latex_cell(c) for c in r) + r" \\" for r in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -306,15 +215,16 @@ CSV_COLUMNS = (
 
 def to_csv(summary: pd.DataFrame) -> str:
     """Raw numbers, one row per group: for spreadsheets and scripts, not for reading."""
-    s = _sorted(summary) if not summary.empty else summary
+    s = sort_rows(summary) if not summary.empty else summary
     out = s.reindex(columns=list(CSV_COLUMNS))
     out["seeds"] = out["seeds"].map(lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
     return out.to_csv(index=False)
 
 
 def render(summary: pd.DataFrame, fmt: str) -> str:
+    """The table in one of ``FORMATS``."""
     if fmt not in FORMATS:
-        raise ValueError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+        raise unknown("format", fmt, FORMATS)
     return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](summary)
 
 
@@ -341,11 +251,11 @@ def failed_list(df: pd.DataFrame) -> str:
         return ""
     lines = [f"**{len(bad)} failed trial(s)** (not in the table above):"]
     for _, r in bad.iterrows():
-        what = " ".join(str(x) for x in (r["method"], r["variant"]) if not _nan(x) and x)
-        seed = "" if _nan(r["seed"]) else f" seed {int(r['seed'])}"
-        err = str(r["error"]).strip().splitlines()[-1] if not _nan(r["error"]) and r["error"] else "no error recorded"
-        epoch = "" if _nan(r["last_good_epoch"]) else f" (last good epoch {int(r['last_good_epoch'])})"
-        where = f"{r['dataset']}/{r['model']}" if not _nan(r["dataset"]) else ""
+        what = " ".join(str(x) for x in (r["method"], r["variant"]) if not is_missing(x) and x)
+        seed = "" if is_missing(r["seed"]) else f" seed {int(r['seed'])}"
+        err = str(r["error"]).strip().splitlines()[-1] if not is_missing(r["error"]) and r["error"] else "no error recorded"
+        epoch = "" if is_missing(r["last_good_epoch"]) else f" (last good epoch {int(r['last_good_epoch'])})"
+        where = f"{r['dataset']}/{r['model']}" if not is_missing(r["dataset"]) else ""
         lines.append(f"- `{r['sweep']}/{r['trial_id']}` {where} {what}{seed}: {err}{epoch}".replace("  ", " "))
     return "\n".join(lines) + "\n"
 

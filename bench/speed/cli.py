@@ -10,7 +10,7 @@ from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 
-from bench.checks import UserError, bad, check, missing, unknown
+from bench.checks import UserError, bad, check, missing
 from bench.inference import layout_menu
 from bench.spec import check_compile
 from bench.speed import core, suite
@@ -64,7 +64,7 @@ def _count(field: str, value: Optional[int], least: int) -> None:
 def check_args(args: argparse.Namespace) -> torch.device:
     """Refuse what cannot run, before anything is measured; returns the device to run on."""
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise unknown("--device", args.device, ["auto", "cpu", "cuda", "cuda:N"])
+        raise bad("--device", args.device, "auto, cpu, cuda, cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise bad("--device", args.device, "auto or cpu", "no CUDA device is available")
     if args.device.startswith("cuda:"):
@@ -77,14 +77,14 @@ def check_args(args: argparse.Namespace) -> torch.device:
     _count("--packed", args.packed, 0)
     for m in args.model or ():
         if m not in core.MODELS:
-            raise unknown("--model", m, core.MODELS)
+            raise bad("--model", m, ", ".join(core.MODELS))
     check("--weights", args.weights, args.weights in ("paper", "init"), "paper, init")
     if args.suite is not None:
         if args.suite not in suite.SUITES:
-            raise unknown("--suite", args.suite, suite.SUITES)
+            raise bad("--suite", args.suite, ", ".join(suite.SUITES))
         for part in args.only or ():
             if part not in suite.SUITE_PARTS:
-                raise unknown("--only", part, suite.SUITE_PARTS)
+                raise bad("--only", part, ", ".join(suite.SUITE_PARTS))
         if args.out is None:
             raise missing("--out", "a folder for the suite's results.json and summary.md")
         if args.out.exists() and not args.out.is_dir():
@@ -92,7 +92,7 @@ def check_args(args: argparse.Namespace) -> torch.device:
     else:
         for part in args.only or ():
             if part not in core.PARTS:
-                raise unknown("--only", part, core.PARTS)
+                raise bad("--only", part, ", ".join(core.PARTS))
         if args.out is not None and args.out.is_dir():
             raise bad("--out", str(args.out), "a JSON file path", "that is a folder")
     if args.out is not None and not args.out.resolve().parent.is_dir():

@@ -1,7 +1,7 @@
 """``rankbench speed``: the numbers that decide what an ImageNet comparison costs.
 
-Four benchmarks, each reported as a ratio measured in one process on one machine (these
-machines are noisy; absolute numbers from different runs do not compare):
+Four benchmarks, each reported as a ratio measured in one process on one machine (timings are
+noisy and machines differ, so absolute numbers from different runs do not compare):
 
 1. step       images/s of the harness's own training step (``bench.train.train_step``): plain
               vs TRP (projection every step, +Nu) for each scheme and projection solver.
@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from bench.checks import check, unknown
+from bench.checks import bad, check
 from bench.measure import compare_latency, count_macs
 from bench.packing import peak_step_memory, share_fits
 from bench.models import build_model
@@ -120,8 +120,9 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
         method = None
         if params:
             method = build_method("trp", params)
-            method.attach(model, Context(input_shape=shape, num_classes=classes, steps_per_epoch=1,
-                                         epochs=1, device=setup.device))
+            method.ctx = Context(input_shape=shape, num_classes=classes, steps_per_epoch=1, epochs=1,
+                                 device=setup.device)
+            method.attach(model, method.ctx)
         forward = compiled(model, compile) if compile else None
         scheme = params.get("scheme", "channel") if params else "channel"
         paper = (start or {}).get(scheme) or (None if params else next(iter((start or {}).values()), None))
@@ -160,7 +161,7 @@ def _refresher(model: nn.Module, paper: ranks.PaperRanks, device: torch.device, 
 def _warm_share(method: Any) -> Optional[float]:
     """Share of a ``warm`` TRP's shape-group projections (warm-up steps included) that took the
     warm path; None for other variants."""
-    counts = method.report().get("warm_start") if method is not None else None
+    counts = method.report().info.get("warm_start") if method is not None else None
     return counts["warm"] / max(1, counts["warm"] + counts["cold"]) if counts else None
 
 
@@ -432,10 +433,10 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     cuda = dev.type == "cuda"
     for part in parts:
         if part not in PARTS:
-            raise unknown("--only", part, PARTS)
+            raise bad("--only", part, ", ".join(PARTS))
     for name in models:
         if name not in MODELS:
-            raise unknown("--model", name, MODELS)
+            raise bad("--model", name, ", ".join(MODELS))
     check("--weights", weights, weights in ("paper", "init"), "paper, init")
     setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3),
                   warmup=(10 if cuda else 1) if warmup is None else warmup)

@@ -194,10 +194,10 @@ def part_packed(plan: Plan) -> list[dict[str, Any]]:
 
 def part_pipeline(plan: Plan) -> list[dict[str, Any]]:
     """Images/s of the training input pipeline for every (layout, decode) pair, on one set of
-    synthetic JPEGs written as an ImageFolder and converted to shards (``bench.data``,
-    ``bench.shards``)."""
-    from bench.data import fake_imagefolder, input_throughput
-    from bench.shards import imagefolder_to_shards
+    synthetic JPEGs written as an ImageFolder and converted to shards (``bench.data``'s probe
+    functions)."""
+    from bench.data import fake_imagefolder, imagefolder_to_shards
+    from bench.data.probe import input_throughput
 
     pl = plan.pipeline
     rows = []

@@ -63,3 +63,19 @@ def test_an_os_error_without_a_file_is_not_blamed_on_the_results_folder(monkeypa
     monkeypatch.setattr(cli, "cmd_methods", broken)
     assert cli.main(["methods"]) == 2
     assert capsys.readouterr().err.strip() == "error: BrokenPipeError: [Errno 32] Broken pipe"
+
+
+def test_only_the_cli_imports_reports():
+    """bench.cli is the top module: reports imports bench (fs, row), so no other bench module may
+    import reports, or the two packages would import each other."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        if path.name == "cli.py" and path.parent == ROOT / "bench":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "reports"]
+    assert offenders == []

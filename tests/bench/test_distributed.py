@@ -50,16 +50,16 @@ def test_two_worker_ddp_trial_ends_with_identical_weights_and_one_row(tmp_path, 
 
 def test_distributed_spec_fields_are_checked_before_anything_runs():
     base = "sweep: x\nmethods: [dense]\ndata: {name: synthetic}\n"
-    with pytest.raises(SpecError, match=r"^resources.workers: 0: accepted: an integer >= 1$"):
+    with pytest.raises(SpecError, match=r"^resources.workers: 0; accepted: an integer >= 1$"):
         parse_spec(base + "resources: {workers: 0}")
-    with pytest.raises(SpecError, match=r"^train.batch_size: 30: accepted: a multiple of resources.workers \(4\)"):
+    with pytest.raises(SpecError, match=r"^train.batch_size: 30; accepted: a multiple of resources.workers \(4\)"):
         parse_spec(base + "resources: {workers: 4}\ntrain: {batch_size: 30}")
-    with pytest.raises(SpecError, match=r"^train.sync_bn: True: accepted: false on CPU"):
+    with pytest.raises(SpecError, match=r"^train.sync_bn: True; accepted: false on CPU"):
         parse_spec(base + "train: {sync_bn: true}")
-    with pytest.raises(SpecError, match=r"^train.sync_bn: 'yes': accepted: true or false$"):
+    with pytest.raises(SpecError, match=r"^train.sync_bn: 'yes'; accepted: true or false$"):
         parse_spec(base + "train: {sync_bn: 'yes'}")
     for gpus in (3, 1, 4, 0.5):        # one GPU per data-parallel worker, or none
-        with pytest.raises(SpecError, match=rf"^resources.gpus: {gpus}: accepted: 0 \(CPU workers\) or 2, one GPU"):
+        with pytest.raises(SpecError, match=rf"^resources.gpus: {gpus}; accepted: 0 \(CPU workers\) or 2, one GPU"):
             parse_spec(base + f"resources: {{gpus: {gpus}, workers: 2}}\ntrain: {{batch_size: 64}}", check=False)
     (t,) = parse_spec(base + "resources: {gpus: 2, workers: 2}", check=False).trials
     assert t.resources_cfg["gpus"] == 2.0 and t.resources_cfg["workers"] == 2
@@ -119,7 +119,7 @@ def _train_trp(rank: int, world: int, checkpoint: Path | None = None, stop_at: i
     import dataclasses
 
     from bench.data import build_data
-    from bench.distributed import current, wrap
+    from bench.ddp import current, wrap
     from bench.train import train
     from methods.base import Context
     from methods.trp import TRP
@@ -130,15 +130,16 @@ def _train_trp(rank: int, world: int, checkpoint: Path | None = None, stop_at: i
         data = dataclasses.replace(data, train=_StopAt(data.train, stop_at))
     model, forward = wrap(_model(), current())
     method = TRP(scheme="channel", energy=0.8, nuclear=1e-2, export="speedup:1.5")
-    method.attach(model, Context(input_shape=data.input_shape, num_classes=4,
-                                 steps_per_epoch=data.steps_per_epoch, epochs=EPOCHS))
+    method.ctx = Context(input_shape=data.input_shape, num_classes=4, steps_per_epoch=data.steps_per_epoch,
+                         epochs=EPOCHS)
+    method.attach(model, method.ctx)
     train(model, data, epochs=EPOCHS, lr=0.1, momentum=0.9, weight_decay=1e-4, method=method,
           forward=forward, log=log, checkpoint=checkpoint)
     return model, method
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    from bench.distributed import gather_checksums
+    from bench.ddp import gather_checksums
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                           world_size=world)
@@ -194,7 +195,8 @@ def test_trp_under_ddp_equals_trp_in_one_process_on_the_same_global_batch(tmp_pa
 
     alone = _model()
     m = TRP(scheme="channel", energy=0.8, nuclear=1e-2, export="speedup:1.5")
-    m.attach(alone, Context(input_shape=half.input_shape, num_classes=4, steps_per_epoch=6, epochs=EPOCHS))
+    m.ctx = Context(input_shape=half.input_shape, num_classes=4, steps_per_epoch=6, epochs=EPOCHS)
+    m.attach(alone, m.ctx)
     train(alone, half, epochs=EPOCHS, lr=0.1, momentum=0.9, weight_decay=1e-4, method=m, log=lambda s: None)
     diff = max((alone.state_dict()[k] - v).abs().max().item() for k, v in single.state_dict().items())
     assert diff > 1e-3
@@ -208,7 +210,7 @@ def test_sync_bn_converts_every_batch_norm_and_keeps_layer_names_and_state_keys(
     # method's layer choice, the checkpoint keys and the eval forward are unchanged by it
     import copy
 
-    from bench.distributed import DistContext, wrap
+    from bench.ddp import DistContext, wrap
     from bench.models import build_model
     from methods.lowrank import select_layers
 

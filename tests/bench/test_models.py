@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import MODELS, build_model
+from bench.models import MODELS, CifarResNet, build_model
 from methods import lowrank as L
 
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "resnet18": (3, 32, 32), "resnet50": (3, 32, 32)}
@@ -33,7 +33,7 @@ def test_shortcut_option_b_and_bottleneck_variant():
     b = build_model("resnet20", 10, (3, 32, 32), shortcut="B")
     assert [n for n, m in b.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)] == \
         ["layer2.0.shortcut.0", "layer3.0.shortcut.0"]
-    with pytest.raises(ValueError, match="shortcut: got 'C'; accepted: 'A', 'B'"):
+    with pytest.raises(ValueError, match=r"^shortcut: 'C'; accepted: 'A' \(identity, zero-padded\) or 'B' "):
         build_model("resnet20", 10, (3, 32, 32), shortcut="C")
     bott = build_model("resnet56-bottleneck", 10, (3, 32, 32))
     assert len(bott.layer1) == len(bott.layer2) == len(bott.layer3) == 6  # (56 - 2) / 9
@@ -47,13 +47,18 @@ def test_shortcut_option_b_and_bottleneck_variant():
 def test_cnn_gives_trp_layers_to_train():
     model = build_model("cnn", 10, (1, 8, 8))
     chosen = L.select_layers(model)
-    assert len(chosen) >= 2
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and list(chosen) == convs[1:]     # every conv but the first, kept dense
     assert all(model.get_submodule(n).kernel_size == (3, 3) for n in chosen)
 
 
 def test_unknown_model_names_the_accepted_ones():
-    with pytest.raises(KeyError, match=r"model: unknown model 'resnet-20' \(did you mean 'resnet20'\?\); accepted: mlp, cnn"):
+    with pytest.raises(ValueError, match=r"^model: 'resnet-20': unknown \(did you mean 'resnet20'\?\); accepted: mlp, cnn"):
         build_model("resnet-20", 10, (3, 32, 32))
+    with pytest.raises(ValueError, match=r"^depth: 21; accepted: 6n\+2 for basic blocks$"):
+        CifarResNet(21, 10)
+    with pytest.raises(ValueError, match=r"^num_classes: 0; accepted: an int >= 1$"):
+        build_model("cnn", 0, (1, 8, 8))
 
 
 def test_pretrained_weights_load_from_a_local_file(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench import packing
+from bench.models import build_model
 from bench.spec import parse_spec
 from bench.store import Store
 from bench.sweep import run_sweep
@@ -64,6 +65,14 @@ def test_a_sweep_fails_trials_that_would_not_fit_before_running_anything(tmp_pat
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measures CUDA memory")
 def test_peak_step_memory_on_a_gpu():
-    peak, total = packing.peak_step_memory("resnet20", {}, {"name": "synthetic", "shape": [3, 32, 32],
-                                                            "num_classes": 10}, 128, True, True)
-    assert 0 < peak < total
+    data = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 10}
+    peak, total = packing.peak_step_memory("resnet20", {}, data, 128, True, True)
+    assert total == torch.cuda.get_device_properties(0).total_memory
+    # at least weights, gradients and momentum (float32) and the float32 input batch; a ResNet-20
+    # step at batch 128 saves about 100 MiB of bf16 activations, far below 2 GiB on any GPU
+    params = sum(p.numel() for p in build_model("resnet20", 10, (3, 32, 32)).parameters())
+    batch_bytes = 4 * 128 * 3 * 32 * 32
+    assert 3 * 4 * params + batch_bytes < peak < 2 * 2**30, peak
+    # four times the batch holds at least three more input batches (and their activations)
+    big, _ = packing.peak_step_memory("resnet20", {}, data, 512, True, True)
+    assert big - peak > 3 * batch_bytes, (peak, big)

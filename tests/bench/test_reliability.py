@@ -6,7 +6,7 @@ with Ctrl-C (SIGINT to its process group), a second driver on the same folder, a
 row is being written. Already covered elsewhere (not repeated here):
 - every bad-input message, word by word, at the parser: tests/test_spec.py (ERRORS),
   tests/test_data.py (dataset layout), tests/test_pretrained_check.py (pretrained keys/shapes);
-- the driver killed with SIGKILL and resumed, each trial exactly once: tests/test_storage.py;
+- the driver killed with SIGKILL and resumed, each trial exactly once: tests/bench/test_resume.py;
 - a failed os.replace leaves the old file and no temp file: tests/test_store.py;
 - an unwritable results folder: tests/test_store.py; a NaN baseline failing its methods:
   tests/test_sweep.py; trial ids independent of key order: tests/test_spec.py.
@@ -73,27 +73,27 @@ BAD = {
     "unknown-key": lambda tmp: ("sweep: t\ntrain: {epocs: 3}\nmethods: [dense]\n",
                                 ["train.epocs", "did you mean 'epochs'", "accepted: epochs, batch_size"]),
     "unknown-method": lambda tmp: ("sweep: t\nmethods: [{name: tpr}]\n",
-                                   ["methods[0].name", "'tpr'", "did you mean 'trp'", "accepted: arsvd, deeptwist, dense"]),
+                                   ["methods[0].name", "'tpr'", "did you mean 'trp'", "accepted: arsvd, ", ", dense, ", ", trp"]),
     "unknown-model": lambda tmp: ("sweep: t\nmodel: resnet21\nmethods: [dense]\n",
                                   ["model: ", "'resnet21'", "accepted: cnn, mlp"]),
     "unknown-dataset": lambda tmp: ("sweep: t\ndata: {name: mnist}\nmethods: [dense]\n",
                                     ["data.name", "'mnist'", "accepted: cifar10, cifar100, digits"]),
     "energy-above-1": lambda tmp: ("sweep: t\nmethods: [{name: trp, energy: 1.5}]\n",
-                                   ["energy", "1.5", "accepted a number in (0, 1]"]),
+                                   ["energy", "1.5", "accepted: a number in (0, 1]"]),
     "energy-0": lambda tmp: ("sweep: t\nmethods: [{name: arsvd, rule: 'energy:0'}]\n",
                              ["rule", "'energy:0'", "accepted: ", "0<E<=1"]),
     "negative-period": lambda tmp: ("sweep: t\nmethods: [{name: deeptwist, period: -5}]\n",
-                                    ["period", "-5", "accepted an int >= 1"]),
+                                    ["period", "-5", "accepted: an int >= 1"]),
     "speedup-1-trp-export": lambda tmp: ("sweep: t\nmethods: [{name: trp, export: 'speedup:1.0'}]\n",
                                          ["export", "'speedup:1.0'", "accepted: ", "S>1"]),
     "speedup-0.5-svd-rule": lambda tmp: ("sweep: t\nmethods: [{name: svd, rule: 'speedup:0.5'}]\n",
                                          ["rule", "'speedup:0.5'", "accepted: ", "S>1"]),
     "data-root-missing": lambda tmp: (f"sweep: t\ndata: {{name: cifar10, root: {tmp}/nope}}\nmethods: [dense]\n",
                                       ["data.root", f"{tmp}/nope", "does not exist",
-                                       "expected the CIFAR-10 python layout"]),
+                                       "accepted: the CIFAR-10 python layout"]),
     "data-root-wrong-layout": lambda tmp: (
         f"sweep: t\ndata: {{name: cifar10, root: {_cifar_two_batches(tmp)}}}\nmethods: [dense]\n",
-        ["data.root", f"{tmp}/cifar", "has no data_batch_3", "expected the CIFAR-10 python layout"]),
+        ["data.root", f"{tmp}/cifar", "has no data_batch_3", "accepted: the CIFAR-10 python layout"]),
     "pretrained-shapes": lambda tmp: (
         f"sweep: t\nmodel: {{name: cnn, pretrained: {_wrong_head(tmp)}}}\nmethods: [dense]\n",
         ["model.pretrained", f"'{tmp}/cnn-3-classes.pt'", "has shape (3, ", "the model expects (10, ",
@@ -125,7 +125,7 @@ def test_results_folder_of_an_incompatible_version_exits_2_and_is_left_alone(tmp
     _no_run(monkeypatch)
     rc, out, err = _cli(["run", str(spec), "--results", str(tmp_path / "res")], capsys)
     assert rc == 2 and out == ""
-    assert err.strip() == (f"error: results: {fmt.parent}: format 999 (written by another rankbench "
+    assert err.strip() == (f"error: results: {str(fmt.parent)!r}: format 999 (written by another rankbench "
                            f"version); accepted: format 1, or a new --results folder")
     assert fmt.read_text() == '{"format": 999}'
     assert {str(p.relative_to(fmt.parent)) for p in fmt.parent.rglob("*")} <= {"FORMAT", "trials"}
@@ -287,13 +287,14 @@ def test_a_killed_ray_worker_is_retried_from_its_last_epoch_checkpoint(tmp_path,
 
 # ------------------------------------- 2. faults: the driver interrupted; two sweeps at once
 
-SIGINT_SPEC = """
+SIGINT_EPOCHS = 8
+SIGINT_SPEC = f"""
 sweep: sig
 seeds: [0, 1]
-data: {name: digits}
+data: {{name: digits}}
 model: cnn
-train: {epochs: 5, batch_size: 32, lr: 0.05}
-measure: {latency_repeats: 2}
+train: {{epochs: {SIGINT_EPOCHS}, batch_size: 32, lr: 0.05}}
+measure: {{latency_repeats: 2}}
 methods: [dense]
 """
 
@@ -302,8 +303,9 @@ methods: [dense]
 def interrupted(tmp_path_factory) -> dict:
     """``rankbench run`` in a subprocess (driver A, one trial at a time); while A holds the
     folder, this process starts the same sweep on it; then Ctrl-C reaches A's process group once
-    one trial is finished and the other is on its way (1 or 2 of its 5 epochs checkpointed: the
-    rest cannot finish in the second its Ray worker takes to go)."""
+    one trial is finished and the other is on its way (1 or 2 of its 8 epochs checkpointed). The
+    6 epochs left are a wide window, but how long the signal takes to land is up to the machine,
+    so the test accepts the second trial finished too (see the test)."""
     import contextlib
     import io
 
@@ -360,7 +362,7 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused_and_writes_nothing(interru
     rc, out, err = interrupted["second"]
     assert interrupted["second_alive"]
     assert rc == 2 and out == ""                      # refused before its first progress line
-    assert err.strip() == (f"error: results: {interrupted['dir']}: in use by another sweep "
+    assert err.strip() == (f"error: results: {str(interrupted['dir'])!r}: in use by another sweep "
                            f"(pid {interrupted['pid']}); accepted: one sweep per results folder at a time")
     # nothing mixed in: each trial's log holds only driver A's single attempt
     for tid, text in interrupted["logs"].items():
@@ -372,15 +374,21 @@ def test_ctrl_c_mid_sweep_then_the_same_command_resumes_and_runs_each_trial_once
     assert interrupted["rc"] == 130, interrupted["out"]
     assert "interrupted: finished trials are kept; run the same command again to resume" in interrupted["out"]
     assert interrupted["left"] == []                  # no Ray process outlives the interrupted driver
+    trials = parse_spec(SIGINT_SPEC).trials
     done, partial = interrupted["done"], interrupted["partial"]
-    assert len(done) == 1 and len(partial) == 1
+    # Ctrl-C came with one trial finished and the other checkpointed mid-way; before the signal
+    # landed that one may have finished too (a fast machine). Either way nothing is lost: every
+    # trial has its row or its epoch checkpoint.
+    assert len(done) >= 1, (done, partial)
+    assert done | partial == {t.id for t in trials}, (done, partial)
 
-    # the same command again (in this process, on the test session's Ray)
+    # the same command again (in this process, on the test session's Ray): runs exactly the
+    # trials without a row, each resuming from its checkpoint
     rc, out, _ = _cli(["run", str(interrupted["spec"]), "--results", str(interrupted["res"])], capsys)
     assert rc == 0, out
-    assert "2 trials, 1 already done, 1 to run" in out
+    assert f"2 trials, {len(done)} already done, {len(partial)} to run" in out
     store = Store(interrupted["res"], "sig")
-    for t in parse_spec(SIGINT_SPEC).trials:
+    for t in trials:
         row = store.read_result(t.id)
         assert row is not None and row["status"] == "ok", (t.id, row)
         log = store.log_path(t.id).read_text()
@@ -390,7 +398,7 @@ def test_ctrl_c_mid_sweep_then_the_same_command_resumes_and_runs_each_trial_once
         else:
             assert log.count(f"trial {t.id}: dense") == 2         # the cut attempt and the resume
             assert "[train] resumed from epoch " in log.split(f"trial {t.id}: dense")[2]
-            assert [h["epoch"] for h in row["history"]] == [1, 2, 3, 4, 5]
+        assert [h["epoch"] for h in row["history"]] == list(range(1, SIGINT_EPOCHS + 1))   # each epoch once
     assert len(list((store.dir / "trials").iterdir())) == 2
 
 
@@ -472,7 +480,7 @@ def test_disk_full_in_the_driver_is_one_clear_line_and_no_partial_file(tmp_path,
     _no_run(monkeypatch)
     rc, out, err = _cli(["run", str(spec), "--results", str(tmp_path / "res")], capsys)
     assert rc == 2 and "1 already done, 0 to run" in out
-    assert err.strip() == (f"error: results: {store.csv_path}: No space left on device; "
+    assert err.strip() == (f"error: results: {str(store.csv_path)!r}: No space left on device; "
                            f"accepted: a writable folder with free space")
     assert not store.csv_path.exists() and not list(store.dir.glob(".*.tmp"))
 

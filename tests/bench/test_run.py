@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
+from bench import row as result_row
 from bench.run import run_trial
 from bench.spec import parse_spec
 from bench.store import Store
-from methods.base import Method
+from methods.base import Context, Method
 from methods.registry import register
 
 SPEC = """
@@ -24,13 +25,6 @@ methods:
   - {name: svd, scheme: channel, rule: "speedup:2.0", finetune_epochs: 1}
 """
 
-# the Result row's keys (docs/CONTRACTS.md)
-CONTRACT_KEYS = {
-    "trial_id", "sweep", "status", "error", "last_good_epoch", "dataset", "model", "method", "seed",
-    "params", "variant", "scheme", "rule", "top1", "top5", "f1", "macs", "dense_macs", "macs_speedup",
-    "params_count", "dense_params_count", "latency_ms", "dense_latency_ms", "latency_speedup",
-    "latency_device", "latency_dtype", "latency_batch", "latency_layout", "dense_latency_layout", "layers", "wall_s", "gpu_hours", "env", "spec",
-}
 
 
 @register("test_diverge")
@@ -68,7 +62,7 @@ def test_dense_then_svd_from_the_saved_baseline(tmp_path, trials):
     store = Store(tmp_path, "r")
     d = run_trial(dense, tmp_path)
     assert d["status"] == "ok", d["error"]
-    assert CONTRACT_KEYS <= set(d)
+    assert result_row.problems(d) == []
     assert store.baseline_weights(dense.id).exists()
     assert d["macs"] == d["dense_macs"] and d["macs_speedup"] == 1.0 and d["top1"] > 50
     assert d["env"]["rankbench"] == "0.1.0" and d["env"]["torch"] == torch.__version__
@@ -122,3 +116,68 @@ def test_model_options_from_the_spec_reach_the_builder(tmp_path):
     assert row["status"] == "ok", row["error"]
     assert row["params_count"] == 64 * 32 + 32 + 32 * 10 + 10      # digits 8x8 -> 32 -> 10
     assert row["spec"]["model_options"] == {"hidden": [32]}
+
+
+@register("test_sees_context")
+class SeesContext(Method):
+    """Test-only: records what the harness hands over before attach (ctx, training batches)."""
+
+    seen: dict = {}
+
+    def attach(self, model, ctx):
+        SeesContext.seen.update(ctx_set=self.ctx is ctx, batches=ctx.train_batches(2))
+
+    def before_step(self, model, step):
+        if step == 0:
+            SeesContext.seen["first_step_ctx"] = self.ctx
+
+
+def test_a_row_written_through_run_trial_matches_the_schema_and_collate_reads_the_same_keys(tmp_path):
+    """The row schema in one place: bench.row's FIELDS describe what run_trial writes, key for key
+    and type for type, and reports.collate's columns are those keys."""
+    from reports.collate import load_results
+
+    sweep = parse_spec("sweep: schema\nseeds: [0]\nmodel: mlp\ntrain: {epochs: 1, batch_size: 128}\n"
+                       "measure: {latency_repeats: 2}\nmethods: [dense, {name: svd, rule: 'rank:4', scheme: linear}]\n")
+    rows = [run_trial(t, tmp_path) for t in sweep.trials]
+    failed = result_row.failed_row(sweep.trials[0], "Boom: no")
+    for row in rows + [failed]:
+        assert result_row.problems(row) == [], row.get("error")
+    on_disk = [json.loads(Store(tmp_path, "schema").trial_path(t.id).read_text()) for t in sweep.trials]
+    for row in on_disk:
+        assert row["status"] == "ok", row["error"]
+        assert result_row.problems(row) == []
+        assert set(row) == {f.key for f in result_row.FIELDS if f.always}
+    svd = on_disk[1]
+    # scheme and rule come from the method's report(), its other facts ride along in method_info
+    assert (svd["scheme"], svd["rule"]) == ("linear", "rank:4") and isinstance(svd["method_info"], dict)
+    assert all(isinstance(L, dict) and L["scheme"] == "linear" for L in svd["layers"])
+    df = load_results(tmp_path / "schema")
+    assert list(df.columns[:len(result_row.KEYS)]) == list(result_row.KEYS)
+    assert df.loc[df["method"] == "svd", "params.scheme"].tolist() == ["linear"]
+    # results.csv flattens the same way (params.scheme, env.torch)
+    header = Store(tmp_path, "schema").write_csv().read_text().splitlines()[0].split(",")
+    assert {"params.scheme", "env.torch", "top1", "macs_speedup"} <= set(header)
+
+
+def test_the_harness_sets_ctx_and_hands_over_unaugmented_training_batches_without_moving_the_epoch(tmp_path):
+    t = next(iter(parse_spec("sweep: c\nseeds: [0]\nmodel: mlp\ntrain: {epochs: 1, batch_size: 32, augment: true}\n"
+                             "measure: {latency_repeats: 2}\nmethods: [test_sees_context]\n").trials))
+    row = run_trial(t, tmp_path)
+    assert row["status"] == "ok", row["error"]
+    seen = SeesContext.seen
+    assert seen["ctx_set"] and isinstance(seen["first_step_ctx"], Context)
+    assert len(seen["batches"]) == 2 and all(x.shape[0] == 32 and len(y) == 32 for x, y in seen["batches"])
+    # the training loop still ran its epoch 1 as a trial without the method would: same loss
+    plain = next(iter(parse_spec("sweep: c\nseeds: [0]\nmodel: mlp\ntrain: {epochs: 1, batch_size: 32, augment: true}\n"
+                                 "measure: {latency_repeats: 2}\nmethods: [dense]\n").trials))
+    assert run_trial(plain, tmp_path)["history"][0]["loss"] == row["history"][0]["loss"]
+
+
+def test_the_contracts_table_lists_the_row_keys_in_order():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "CONTRACTS.md").read_text()
+    section = text.split("## Result row", 1)[1].split("\n## ", 1)[0]
+    keys = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert keys[1:] == list(result_row.KEYS)      # keys[0] is the header

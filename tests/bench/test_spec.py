@@ -5,7 +5,8 @@ import textwrap
 
 import pytest
 
-from bench.spec import SpecError, Trial, default_spec_path, load_spec, parse_spec
+from bench.spec import SpecError, default_spec_path, load_spec, parse_spec
+from bench.trial import Trial
 
 BASE = """
 sweep: t
@@ -200,3 +201,15 @@ def test_measure_latency_layout_auto_keeps_the_trial_id_and_a_named_one_is_kept(
     assert one.measure_cfg["latency_layout"] == "channels_last+jit" and one.id != plain[0].id
     menu = spec(BASE.replace("methods:", "measure: {latency_layout: [contiguous, contiguous+folded]}\nmethods:"))[0]
     assert list(menu.measure_cfg["latency_layout"]) == ["contiguous", "contiguous+folded"]
+
+
+def test_the_trial_and_what_runs_it_need_no_yaml():
+    """bench.trial is the Trial's home: run, sweep, distributed and the row import it without the
+    spec's YAML loader."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bench.trial, bench.row, bench.run, bench.sweep, bench.distributed; "
+            "print('yaml' in sys.modules, 'bench.spec' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

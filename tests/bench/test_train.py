@@ -125,10 +125,119 @@ def test_a_compiled_forward_sees_trps_in_place_projection_and_trains_like_eager(
         torch.manual_seed(0)
         model = build_model("cnn", data.num_classes, data.input_shape)
         trp = TRP(scheme="channel", nuclear=3e-4, export="energy:0.9")
-        trp.attach(model, Context(data.input_shape, data.num_classes, data.steps_per_epoch, 1))
+        trp.ctx = Context(data.input_shape, data.num_classes, data.steps_per_epoch, 1)
+        trp.attach(model, trp.ctx)
         train(model, data, epochs=1, method=trp, compile=compile, log=lambda s: None, **FIT)
         return model
 
     eager, comp = run(False), run("aot_eager")
     for (name, a), b in zip(eager.state_dict().items(), comp.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-4), name
+
+
+# --- the Method API hooks the loop calls --------------------------------------------------------
+
+class ExtraLoss(Method):
+    """A constant extra loss: no gradient, so training is unchanged and the loss shifts by it."""
+
+    def extra_loss(self, model, step):
+        return torch.tensor(5.0)
+
+
+def test_extra_loss_is_added_to_the_training_loss():
+    data, plain = setup()
+    base = train(plain, data, epochs=1, log=lambda s: None, **FIT).history[0]["loss"]
+    data, model = setup()
+    shifted = train(model, data, epochs=1, method=ExtraLoss(), log=lambda s: None, **FIT).history[0]["loss"]
+    assert shifted == pytest.approx(base + 5.0, abs=1e-4)
+    for a, b in zip(plain.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+class FrozenFirst(Method):
+    """Replaces the first Linear at attach (a fresh copy) and trains it with lr 0 in its own group."""
+
+    def attach(self, model, ctx):
+        old = model[1]
+        self.new = torch.nn.Linear(old.in_features, old.out_features)
+        self.new.load_state_dict(old.state_dict())
+        model[1] = self.new
+
+    def param_groups(self, model):
+        rest = [p for n, p in model.named_parameters() if not n.startswith("1.")]
+        return [{"params": list(self.new.parameters()), "lr": 0.0}, {"params": rest}]
+
+
+class Replacing(FrozenFirst):
+    def param_groups(self, model):
+        return None
+
+
+def test_optimizer_is_built_after_attach_from_the_method_s_groups():
+    data, model = setup()
+    m = FrozenFirst()
+    m.attach(model, None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, data, epochs=1, method=m, log=lambda s: None, **FIT)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in ("1.weight", "1.bias"))   # its group has lr 0
+    assert not torch.equal(before["3.weight"], after["3.weight"])
+    # a layer replaced at attach is trained (the optimizer holds the new layer's parameters)
+    data, model = setup()
+    r = Replacing()
+    r.attach(model, None)
+    w = r.new.weight.detach().clone()
+    train(model, data, epochs=1, method=r, log=lambda s: None, **FIT)
+    assert model[1] is r.new and not torch.equal(w, r.new.weight)
+
+
+class Stateful(Counting):
+    def state_dict(self):
+        return {"before": self.before}
+
+    def load_state_dict(self, state):
+        self.before = state["before"]
+
+
+def test_method_state_is_checkpointed_and_restored_on_resume(tmp_path):
+    data, model = setup()
+    ck = tmp_path / "epoch.pt"
+    first = Stateful(crash_at=data.steps_per_epoch + 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(model, data, epochs=2, method=first, checkpoint=ck, **FIT, log=lambda s: None)
+    assert torch.load(ck, weights_only=False)["method"] == {"before": data.steps_per_epoch}
+    data, fresh = setup()
+    again = Stateful()
+    train(fresh, data, epochs=2, method=again, checkpoint=ck, **FIT, log=lambda s: None)
+    assert again.before == 2 * data.steps_per_epoch      # restored count + the second epoch's steps
+
+
+def test_trp_warm_solver_state_survives_a_resume(tmp_path):
+    from methods.base import Context
+    from methods.trp import TRP
+
+    def attached(model, data):
+        trp = TRP(scheme="channel", solver="warm", export="energy:0.9")
+        trp.ctx = Context(data.input_shape, data.num_classes, data.steps_per_epoch, 1)
+        trp.attach(model, trp.ctx)
+        return trp
+
+    data, _ = setup()
+    torch.manual_seed(0)
+    model = build_model("cnn", data.num_classes, data.input_shape)
+    ck = tmp_path / "epoch.pt"
+    trp = attached(model, data)
+    train(model, data, epochs=1, method=trp, checkpoint=ck, log=lambda s: None, **FIT)
+    saved = trp.state_dict()["warm"]
+    assert saved["warm"] + saved["cold"] > 0 and saved["starts"]
+
+    fresh_model = build_model("cnn", data.num_classes, data.input_shape)
+    fresh = attached(fresh_model, data)
+    assert fresh.state_dict()["warm"]["starts"] == []
+    train(fresh_model, data, epochs=1, method=fresh, checkpoint=ck, log=lambda s: None, **FIT)  # resumes: done
+    got = fresh.state_dict()["warm"]
+    assert (got["warm"], got["cold"]) == (saved["warm"], saved["cold"])
+    assert [k for k, _ in got["starts"]] == [k for k, _ in saved["starts"]]
+    for (_, a), (_, b) in zip(got["starts"], saved["starts"]):
+        assert torch.equal(a, b)
+    assert fresh.report().info["warm_start"] == {"warm": saved["warm"], "cold": saved["cold"]}

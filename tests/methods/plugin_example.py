@@ -1,22 +1,22 @@
 """A rankbench method plugin: low-rank projection every `period` steps, factorized at the end."""
-from typing import Any
-
 import torch
 from torch import nn
 
 from methods import lowrank
-from methods.base import Context, Method, check_param
+from methods.base import Context, Method, MethodReport, check_param
 from methods.registry import register
 
 
 @register("example-lowrank")
 class ExampleLowRank(Method):
+    name = "example-lowrank"
+
     def __init__(self, period: int = 100, rule: str = "energy:0.9") -> None:
         check_param("period", period, isinstance(period, int) and period >= 1, "an int >= 1")
         self.period, self.rule, self.layers = period, lowrank.parse_rule(rule), []
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.ctx, self.names = ctx, lowrank.select_layers(model)  # convs > 1x1 but the first
+        self.names = lowrank.select_layers(model)  # convs > 1x1 but the first
 
     def before_step(self, model: nn.Module, step: int) -> None:
         if step > 0 and step % self.period == 0 and not self.rule.is_global:
@@ -30,5 +30,5 @@ class ExampleLowRank(Method):
                                                      example_input=self.example_input(model))
         return small
 
-    def report(self) -> dict[str, Any]:
-        return lowrank.method_report(self.layers, scheme="channel", rule=str(self.rule))
+    def report(self) -> MethodReport:
+        return MethodReport(self.layers, scheme="channel", rule=str(self.rule))

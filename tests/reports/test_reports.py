@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports import collate, tables
+from reports import collate, format as fmt, tables
 
 
 def make_row(sweep: str = "quick", method: str = "dense", seed: int = 0, *, model: str = "resnet20",
@@ -89,7 +89,7 @@ def test_summary_groups_seeds_and_keeps_failures(tmp_path):
     write_rows(tmp_path, rows)
     df = collate.load_results(tmp_path / "quick")
     assert len(df) == 6 and (df["status"] == "failed").sum() == 1
-    assert df["param.scheme"].dropna().eq("channel").all()
+    assert df["params.scheme"].dropna().eq("channel").all()
     assert set(df["n_factorized"]) == {1.0} and set(df["n_skipped"]) == {1.0}
 
     s = collate.summarize(df)
@@ -120,14 +120,41 @@ def test_unreadable_row_is_listed_as_failed_not_dropped(tmp_path):
 # ---------------------------------------------------------------------------- tables
 
 def test_number_formats_follow_paper_conventions():
-    assert tables.fmt_pm(90.5, 0.2093) == "90.50 ± 0.21"
-    assert tables.fmt_pm(90.5, float("nan")) == "90.50"
-    assert tables.fmt_x(2.1712) == "2.17x"
-    assert tables.fmt_si(40_560_000) == "40.6M"
-    assert tables.fmt_si(4_089_184_256) == "4.09G"
-    assert tables.fmt_si(272_474) == "272K"
-    assert tables.fmt_si(999_700) == "1.00M"
-    assert tables.fmt_duration(5400) == "1.5 h"
+    assert fmt.fmt_pm(90.5, 0.2093) == "90.50 ± 0.21"
+    assert fmt.fmt_pm(90.5, float("nan")) == "90.50"
+    assert fmt.fmt_pm(None, 0.2) == fmt.DASH
+    assert fmt.fmt_x(2.1712) == "2.17x"
+    assert fmt.fmt_x(2.1712, 0.0449) == "2.17x ± 0.04" and fmt.fmt_x(2.1712, 0.001) == "2.17x"
+    assert fmt.fmt_si(40_560_000) == "40.6M"
+    assert fmt.fmt_si(4_089_184_256) == "4.09G"
+    assert fmt.fmt_si(272_474) == "272K"
+    assert fmt.fmt_si(999_700) == "1.00M"
+    assert fmt.fmt_si(999_700_000) == "1.00G" and fmt.fmt_si(950) == "950"
+    assert fmt.fmt_duration(5400) == "1.5 h" and fmt.fmt_duration(42) == "42 s"
+    assert fmt.fmt_duration(186) == "3.1 min" and fmt.fmt_duration(float("nan")) == fmt.DASH
+    assert fmt.is_missing(None) and fmt.is_missing(float("nan")) and not fmt.is_missing(0.0)
+
+
+def test_cells_escape_what_would_break_a_table():
+    assert fmt.markdown_cell("a|b") == "a\\|b"
+    assert fmt.latex_escape("my_method & 50%") == r"my\_method \& 50\%"
+    assert fmt.latex_cell("2.17x ± 0.04") == r"2.17$\times$ $\pm$ 0.04"
+    assert fmt.latex_cell("x2 box 4xb") == "x2 box 4xb"      # only a number then a lone x is a factor
+
+
+def test_rows_come_dense_first_then_by_method_scheme_and_speedup():
+    rows = pd.DataFrame([
+        {"dataset": "cifar10", "model": "resnet20", "method": "trp", "scheme": "spatial", "macs_speedup_mean": 2.0},
+        {"dataset": "cifar10", "model": "resnet20", "method": "trp", "scheme": "channel", "macs_speedup_mean": 3.0},
+        {"dataset": "cifar10", "model": "resnet20", "method": "trp", "scheme": "channel", "macs_speedup_mean": 1.5},
+        {"dataset": "cifar10", "model": "resnet20", "method": "dense", "scheme": None, "macs_speedup_mean": 1.0},
+        {"dataset": "cifar10", "model": "resnet20", "method": "arsvd", "scheme": "channel", "macs_speedup_mean": 2.5},
+    ])
+    s = fmt.sort_rows(rows)
+    assert list(zip(s["method"], s["scheme"].fillna(""), s["macs_speedup_mean"])) == [
+        ("dense", "", 1.0), ("arsvd", "channel", 2.5), ("trp", "channel", 1.5),
+        ("trp", "channel", 3.0), ("trp", "spatial", 2.0)]
+    assert list(rows.columns) == list(s.columns)              # the sort keys do not leak out
 
 
 def _summary(tmp_path: Path) -> pd.DataFrame:
@@ -230,7 +257,10 @@ def test_write_tables_and_quick_table(tmp_path):
     s = _summary(tmp_path)
     written = tables.write_tables(s, tmp_path / "out")
     assert {p.name for p in written.values()} == {"table.md", "table.tex", "table.csv"}
-    assert all(p.stat().st_size > 0 for p in written.values())
+    assert written["md"].read_text() == tables.to_markdown(s)
+    assert written["csv"].read_text() == tables.to_csv(s)
+    check_latex(written["latex"].read_text())
+    assert not list((tmp_path / "out").glob(".*.tmp"))         # no temp file left behind
     write_rows(tmp_path, [make_row(method="trp", params={"scheme": "spatial"}, status="failed",
                                    error="ValueError: rank: 0 is impossible")])
     q = tables.quick_table(tmp_path / "quick")
@@ -273,7 +303,7 @@ def test_published_tables_load_with_sources_and_derived_marks():
     assert set(r18["TRP+Nu spatial"]["derived"]) == {"speedup", "top1", "top5"}
     # derived speed-ups agree with the quoted FLOPs reductions
     assert 1 / (1 - 0.6855) == pytest.approx(r18["TRP+Nu spatial"]["speedup"], abs=0.005)
-    with pytest.raises(ValueError, match="accepted: trp-cifar10-resnet20"):
+    with pytest.raises(ValueError, match=r"^paper: 'trp-cifar10-resnet21': unknown .*; accepted: trp-cifar10-resnet20, "):
         paper.load_published("trp-cifar10-resnet21")
 
 

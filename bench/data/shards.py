@@ -29,13 +29,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-# bench.data imports this module only inside functions, so importing it here is not circular
-from bench.data import (IMAGE_EXTENSIONS, _class_dirs, _imagenet_classes, _is_int, _scan, load_sample,
-                        write_fake_imagefolder)
+from bench.checks import bad, is_int
+
+from .base import bad_path, usable_cpus
+from .decode import load_sample
+from .imagefolder import IMAGE_EXTENSIONS, class_dirs, imagefolder_classes, scan
 
 log = logging.getLogger(__name__)
 EXPECTED = ("WebDataset shards root/train/*.tar and root/val/*.tar, members KEY.jpg (or .jpeg, .png, "
             ".webp) + KEY.cls (class index), optional root/classes.txt")
+CLASSES_TXT = "one distinct class name a line"
 # processes that index shards, and threads that read files when writing them
 _INDEX_PROCS = 16
 _IO_THREADS = 16
@@ -54,7 +57,7 @@ def resolve_layout(root: Path, layout: str) -> str:
     if layout != "auto":
         return layout
     train = root / "train"
-    return "tar" if train.is_dir() and tar_files(train) and not _class_dirs(train) else "imagefolder"
+    return "tar" if train.is_dir() and tar_files(train) and not class_dirs(train) else "imagefolder"
 
 
 def read_classes(root: Path) -> list[str] | None:
@@ -67,12 +70,12 @@ def read_classes(root: Path) -> list[str] | None:
         names.pop()                                  # trailing blank lines
     for i, n in enumerate(names):
         if not n:
-            raise ValueError(f"data.root: {path} line {i + 1} is empty (expected one class name a line)")
+            raise bad_path(path, f"line {i + 1} is empty", CLASSES_TXT)
     if not names:
-        raise ValueError(f"data.root: {path} names no classes (expected one class name a line)")
+        raise bad_path(path, "names no classes", CLASSES_TXT)
     if len(set(names)) != len(names):
         dup = next(n for i, n in enumerate(names) if n in names[:i])
-        raise ValueError(f"data.root: {path} names class {dup!r} twice (expected one class name a line)")
+        raise bad_path(path, f"names class {dup!r} twice", CLASSES_TXT)
     return names
 
 
@@ -80,14 +83,13 @@ def check_shards(root: Path) -> None:
     """The shard layout's folders and classes.txt, without opening a shard (cheap: one listing
     of each split folder), so a spec fails before any training starts."""
     if not root.is_dir():
-        raise ValueError(f"data.root: {root} {'is not a folder' if root.exists() else 'does not exist'} "
-                         f"(expected {EXPECTED})")
+        raise bad_path(root, "is not a folder" if root.exists() else "does not exist", EXPECTED)
     for split in ("train", "val"):
         d = root / split
         if not d.is_dir():
-            raise ValueError(f"data.root: {root} has no {split}/ folder (expected {EXPECTED})")
+            raise bad_path(root, f"has no {split}/ folder", EXPECTED)
         if not tar_files(d):
-            raise ValueError(f"data.root: {d} has no .tar shards (data.layout: tar; expected {EXPECTED})")
+            raise bad_path(d, "has no .tar shards (data.layout: tar)", EXPECTED)
     read_classes(root)
 
 
@@ -133,8 +135,7 @@ def _parse_label(text: bytes, where: str) -> int:
     except (UnicodeDecodeError, ValueError):
         label = -1
     if label < 0:
-        raise ValueError(f"data.root: {where}: {text[:20]!r} is not a class index "
-                         f"(accepted: a non-negative integer as ASCII text)")
+        raise bad_path(where, f"{text[:20]!r} is not a class index", "a non-negative integer as ASCII text")
     return label
 
 
@@ -155,7 +156,7 @@ def _index_shard(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
                     raise
                 cut = str(e)
     except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"data.root: {path} is not a readable tar ({type(e).__name__}: {e})") from e
+        raise bad_path(path, f"not a readable tar ({type(e).__name__}: {e})", EXPECTED) from e
     if cut:
         # a copy cut short: keep what precedes the cut, as an ImageFolder would list the files
         # that arrived. The member the cut runs through fails its read and is counted as skipped
@@ -176,8 +177,8 @@ def _add_member(tar: tarfile.TarFile, m: tarfile.TarInfo, path: str, images: dic
     if "." + ext not in IMAGE_EXTENSIONS:
         return False
     if key in images:
-        raise ValueError(f"data.root: {path}/{m.name}: key {key!r} has a second image "
-                         f"({images[key].name}); expected one image per key")
+        raise bad_path(f"{path}/{m.name}", f"key {key!r} has a second image ({images[key].name})",
+                       "one image per key")
     images[key] = m
     return True
 
@@ -186,11 +187,9 @@ def _arrays(path: str, order: list[str], images: dict[str, tarfile.TarInfo],
             labels: dict[str, int]) -> tuple[np.ndarray, ...]:
     for key in order:
         if key not in labels:
-            raise ValueError(f"data.root: {path}/{images[key].name} has no {key}.cls member "
-                             f"(expected {EXPECTED})")
+            raise bad_path(f"{path}/{images[key].name}", f"has no {key}.cls member", EXPECTED)
         if key not in images:
-            raise ValueError(f"data.root: {path}/{key}.cls has no image member {key}.jpg "
-                             f"(expected {EXPECTED})")
+            raise bad_path(f"{path}/{key}.cls", f"has no image member {key}.jpg", EXPECTED)
     ms = [images[k] for k in order]
     return (np.array([m.offset_data for m in ms], dtype=np.int64), np.array([m.size for m in ms], dtype=np.int64),
             np.array([labels[k] for k in order], dtype=np.int64), np.array([m.name.encode() for m in ms], dtype=bytes))
@@ -210,7 +209,7 @@ def _index_shards(paths: list[str]) -> list[tuple]:
         st = os.stat(p)
         keys.append((p, st.st_size, st.st_mtime_ns))
     todo = [k for k in keys if k not in _INDEXED]
-    procs = min(len(todo), os.cpu_count() or 1, _INDEX_PROCS)
+    procs = min(len(todo), usable_cpus(), _INDEX_PROCS)
     if procs > 1 and "fork" in multiprocessing.get_all_start_methods():
         with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as ex:
             done = list(ex.map(_index_shard, [k[0] for k in todo], chunksize=max(1, len(todo) // (4 * procs))))
@@ -228,7 +227,7 @@ def index_split(split_dir: Path) -> ShardIndex:
     paths = [str(p) for p in tar_files(split_dir)]
     parts = _index_shards(paths)
     if not parts or not sum(len(p[0]) for p in parts):
-        raise ValueError(f"data.root: {split_dir} has no image + .cls samples in its shards (expected {EXPECTED})")
+        raise bad_path(split_dir, "has no image + .cls samples in its shards", EXPECTED)
     shard = np.concatenate([np.full(len(p[0]), j, dtype=np.int32) for j, p in enumerate(parts)])
     offset, size, label, name = (np.concatenate([p[k] for p in parts]) for k in range(4))
     return ShardIndex(tuple(paths), shard, offset, size, label, name)
@@ -255,8 +254,8 @@ def split_classes(root: Path, *indexes: ShardIndex) -> list[str]:
     if top >= len(names):
         ix = next(ix for ix in indexes if int(ix.label.max()) == top)
         i = int(np.argmax(ix.label))
-        raise ValueError(f"data.root: {ix.path(i)} has class {top}, but {root / 'classes.txt'} names "
-                         f"{len(names)} classes (accepted: 0..{len(names) - 1})")
+        raise bad_path(ix.path(i), f"has class {top}, but {root / 'classes.txt'} names {len(names)} classes",
+                       f"0..{len(names) - 1}")
     return names
 
 
@@ -301,7 +300,7 @@ def _allow_open_files(n: int) -> int:
 
 class TarSamples(torch.utils.data.Dataset):
     """ImageFolderSamples' contract over shards: item ``i`` is ``(payload, label, name, error)``
-    with name ``shard.tar/member``, decoded by the same code (``bench.data.load_sample``), so the
+    with name ``shard.tar/member``, decoded by the same code (``decode.load_sample``), so the
     StreamLoader, TensorDecoder, corrupt/CMYK/grayscale handling and skip counts are shared.
 
     Random access by index, not streaming shards through a shuffle buffer: the ImageFolder
@@ -418,15 +417,16 @@ def imagefolder_to_shards(src: str | os.PathLike, dst: str | os.PathLike, per_sh
     """Convert an ImageFolder root (train/<class>/*, val/<class>/*) into WebDataset shards at
     ``dst`` (train/, val/, classes.txt). Returns the images and shards written per split."""
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if not (_is_int(per_shard) and per_shard > 0):
-        raise ValueError(f"per_shard (--shard-size): {per_shard!r} is not accepted; accepted: a positive integer")
-    classes = _imagenet_classes(src)
+    if not (is_int(per_shard) and per_shard > 0):
+        raise bad("per_shard (--shard-size)", per_shard, "a positive integer")
+    classes = imagefolder_classes(src)
     for split in ("train", "val"):
         if (dst / split).is_dir() and tar_files(dst / split):
-            raise ValueError(f"{dst / split} already holds .tar shards; accepted: a folder without shards")
+            raise bad_path(dst, f"{split}/ already holds .tar shards", "a folder without .tar shards",
+                           field="dst (--write-shards)")
     out: dict[str, int] = {}
     for split in ("train", "val"):
-        samples = _scan(src / split, classes, None)
+        samples = scan(src / split, classes, None)
         if split == "train":
             # mixed classes in every shard, so the shards also suit streaming readers (webdataset's
             # shard shuffle + buffer); this reader indexes and does not depend on it
@@ -439,14 +439,3 @@ def imagefolder_to_shards(src: str | os.PathLike, dst: str | os.PathLike, per_sh
     os.replace(tmp, dst / "classes.txt")
     return out
 
-
-def write_fake_shards(root: str | os.PathLike, classes: int = 4, per_class: int = 16, val_per_class: int = 4,
-                      size: tuple[int, int] = (500, 375), per_shard: int = 1000, seed: int = 0) -> Path:
-    """Shards of the synthetic JPEGs ``bench.data.write_fake_imagefolder`` writes (same
-    arguments), through the ImageFolder conversion users run on their own data."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_fake_imagefolder(tmp, classes, per_class, val_per_class, size, seed=seed)
-        imagefolder_to_shards(tmp, root, per_shard=per_shard, seed=seed)
-    return Path(root)

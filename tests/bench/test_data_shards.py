@@ -1,23 +1,20 @@
-"""ImageNet as WebDataset .tar shards (bench/shards.py): real tar files in tmp_path."""
+"""ImageNet as WebDataset .tar shards (bench.data.shards): real tar files in tmp_path."""
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from test_data import SMALL, _gradient, _pixels, make_imagefolder
+from data_files import SMALL, gradient, make_imagefolder, pixels
 
-from bench.data import _main, build_data, check_data, describe
-from bench.shards import imagefolder_to_shards, write_fake_shards
+from bench.data import build_data, check_data, describe, imagefolder_to_shards, write_fake_shards
 
 
 def _jpeg(w: int, h: int, seed: int) -> bytes:
     buf = io.BytesIO()
-    _gradient(w, h, seed).save(buf, format="JPEG", quality=95)
+    gradient(w, h, seed).save(buf, format="JPEG", quality=95)
     return buf.getvalue()
 
 
@@ -49,7 +46,7 @@ def _converted(tmp_path: Path) -> tuple[Path, Path]:
 def test_webdataset_shards_from_another_writer_are_read_with_labels_and_class_names(tmp_path):
     red = _jpeg(40, 30, 1)
     png = io.BytesIO()
-    _gradient(30, 40, 2).save(png, format="PNG")
+    gradient(30, 40, 2).save(png, format="PNG")
     _tar(tmp_path / "train" / "imagenet-train-000000.tar", [
         ("s000.jpg", red), ("s000.cls", b"2"),                        # image before its label
         ("s001.cls", b" 0\n"), ("s001.jpeg", _jpeg(30, 30, 3)),
@@ -79,7 +76,7 @@ def test_webdataset_shards_from_another_writer_are_read_with_labels_and_class_na
 
 def _webp() -> bytes:
     buf = io.BytesIO()
-    _gradient(20, 20, 5).save(buf, format="WEBP")
+    gradient(20, 20, 5).save(buf, format="WEBP")
     return buf.getvalue()
 
 
@@ -99,13 +96,13 @@ def test_shards_skip_corrupt_and_convert_cmyk_and_gray_as_the_imagefolder_does(t
     assert torch.bincount(y, minlength=3).tolist() == [3, 4, 4]
     xv, yv = (torch.cat(t) for t in zip(*d.val))
     assert yv.tolist() == [0, 0, 1, 2, 2]
-    px = _pixels(xv).mean(dim=(2, 3))
+    px = pixels(xv).mean(dim=(2, 3))
     assert torch.allclose(px[2], torch.tensor([200.0, 30.0, 60.0]), atol=6)     # CMYK converted
     assert torch.allclose(px[3], torch.tensor([128.0, 128.0, 128.0]), atol=3)   # grayscale -> RGB
     assert torch.allclose(px[4], torch.tensor([0.0, 0.0, 250.0]), atol=6)       # palette PNG
 
 
-def test_imagefolder_and_its_shards_hold_the_same_samples_labels_and_pixels(tmp_path):
+def test_imagefolder_and_its_shards_hold_the_same_samples_labels_andpixels(tmp_path):
     folder, root = _converted(tmp_path)
     data = {layout: build_data({"name": "imagenet", "root": str(r), "decode": "pil", "workers": 0, **SMALL},
                                seed=0, batch_size=4, augment=False, device="cpu")
@@ -185,27 +182,28 @@ methods: [dense]
 
 def test_bad_layouts_and_shards_are_one_line_errors_that_name_the_field(tmp_path):
     folder, root = _converted(tmp_path)
-    with pytest.raises(ValueError, match=r"data.layout: 'zip' is not accepted; accepted: auto \(tar when "
+    with pytest.raises(ValueError, match=r"data.layout: 'zip'; accepted: auto \(tar when "
                                          r"root/train holds .tar files\), imagefolder, tar"):
         check_data({"name": "imagenet", "root": str(root), "layout": "zip"})
-    with pytest.raises(ValueError, match=r"data.root: .*folder/train has no .tar shards \(data.layout: tar; "
-                                         r"expected WebDataset shards"):
+    with pytest.raises(ValueError, match=r"data.root: '.*folder/train': has no .tar shards \(data.layout: tar\); "
+                                         r"accepted: WebDataset shards"):
         check_data({"name": "imagenet", "root": str(folder), "layout": "tar"})
-    with pytest.raises(ValueError, match=r"data.layout: 'imagefolder' is not accepted; accepted: tar or auto "
+    with pytest.raises(ValueError, match=r"data.layout: 'imagefolder'; accepted: tar or auto "
                                          r"\(.*shards/train holds .tar shards, no class folders\)"):
         check_data({"name": "imagenet", "root": str(root), "layout": "imagefolder"})
     # ImageNet's per-class train archives left beside their extracted folders: still an ImageFolder
     (folder / "train" / "n01.tar").write_bytes(b"")
     assert build_data({"name": "imagenet", "root": str(folder), **SMALL}, 0, 4, False).info["layout"] == "imagefolder"
-    with pytest.raises(ValueError, match=r"already holds .tar shards; accepted: a folder without shards"):
+    with pytest.raises(ValueError, match=r"dst \(--write-shards\): '.*shards': train/ already holds .tar shards; "
+                                         r"accepted: a folder without .tar shards"):
         imagefolder_to_shards(folder, root)
 
     (root / "classes.txt").write_text("n01\nn02\n")
-    with pytest.raises(ValueError, match=r"data.root: .*\.tar/n03/.* has class 2, but .*classes.txt names 2 "
-                                         r"classes \(accepted: 0..1\)"):
+    with pytest.raises(ValueError, match=r"data.root: '.*\.tar/n03/.*': has class 2, but .*classes.txt names 2 "
+                                         r"classes; accepted: 0..1"):
         build_data({"name": "imagenet", "root": str(root)}, 0, 4, False)
     (root / "classes.txt").write_text("n01\n\nn03\n")
-    with pytest.raises(ValueError, match=r"classes.txt line 2 is empty"):
+    with pytest.raises(ValueError, match=r"classes.txt': line 2 is empty; accepted: one distinct class name a line"):
         check_data({"name": "imagenet", "root": str(root)})
     (root / "classes.txt").unlink()
     assert describe({"name": "imagenet", "root": str(root)})[1] == 3                # from the .cls labels
@@ -213,15 +211,15 @@ def test_bad_layouts_and_shards_are_one_line_errors_that_name_the_field(tmp_path
     bad = tmp_path / "bad"
     _tar(bad / "val" / "v.tar", [("a.cls", b"0"), ("a.jpg", _jpeg(8, 8, 0))])
     _tar(bad / "train" / "t.tar", [("a.cls", b"zero"), ("a.jpg", _jpeg(8, 8, 0))])
-    with pytest.raises(ValueError, match=r"data.root: .*t.tar/a.cls: b'zero' is not a class index \(accepted: "
-                                         r"a non-negative integer as ASCII text\)"):
+    with pytest.raises(ValueError, match=r"data.root: '.*t.tar/a.cls': b'zero' is not a class index; accepted: "
+                                         r"a non-negative integer as ASCII text"):
         build_data({"name": "imagenet", "root": str(bad)}, 0, 4, False)
     _tar(bad / "train" / "t.tar", [("a.jpg", _jpeg(8, 8, 0)), ("b.cls", b"0"), ("b.jpg", _jpeg(8, 8, 0))])
-    with pytest.raises(ValueError, match=r"data.root: .*t.tar/a.jpg has no a.cls member"):
+    with pytest.raises(ValueError, match=r"data.root: '.*t.tar/a.jpg': has no a.cls member; accepted: WebDataset"):
         build_data({"name": "imagenet", "root": str(bad)}, 0, 4, False)
     (bad / "train" / "t.tar").write_bytes(b"not a tar" * 100)
     _tar(bad / "train" / "u.tar", [("a.cls", b"0"), ("a.jpg", _jpeg(8, 8, 0))])     # 2 shards: 2 processes
-    with pytest.raises(ValueError, match=r"data.root: .*t.tar is not a readable tar"):
+    with pytest.raises(ValueError, match=r"data.root: '.*t.tar': not a readable tar"):
         build_data({"name": "imagenet", "root": str(bad)}, 0, 4, False)
 
 
@@ -232,31 +230,8 @@ def test_a_truncated_shard_skips_its_lost_images_instead_of_failing(tmp_path, ca
         last = tar.getmembers()[-1]
     # a copy cut short: the last image loses its tail (a tar ends in zero padding: cut inside the image)
     shard.write_bytes(shard.read_bytes()[: last.offset_data + last.size // 2])
-    with caplog.at_level("WARNING", logger="bench.shards"):
+    with caplog.at_level("WARNING", logger="bench.data.shards"):
         d = build_data({"name": "imagenet", "root": str(root), "decode": "pil", "workers": 0, **SMALL}, 0, 4, False)
     assert any("is truncated" in r.message and shard.name in r.message for r in caplog.records)
     assert sum(len(y) for _, y in d.train) == 3 and d.skipped == 1
     assert "truncated shard" in next(iter(d.train.skipped_files.values()))
-
-
-def test_probe_times_imagefolder_and_shards_alternating_and_converts_a_root(tmp_path, capsys):
-    args = ["--write", str(tmp_path / "fake"), "--images", "8", "--classes", "2", "--size", "64x48",
-            "--batch-size", "4", "--batches", "1", "--workers", "0", "--device", "cpu", "--decode", "pil",
-            "--layout", "imagefolder", "tar", "--rounds", "2", "--shard-size", "3"]
-    _main(args)
-    *rows, summary = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["layout"] for r in rows] == ["imagefolder", "tar", "tar", "imagefolder"]        # ABBA
-    assert rows[1]["root"] == str(tmp_path / "fake" / "shards") and all(r["skipped"] == 0 for r in rows)
-    assert len(list((tmp_path / "fake" / "shards" / "train").glob("*.tar"))) == 3
-    assert summary["tar_over_imagefolder"]["pil"] > 0 and len(summary["runs"]["tar/pil"]) == 2
-
-    _main(["--root", str(tmp_path / "fake"), "--write-shards", str(tmp_path / "mine"), "--shard-size", "5"])
-    out = json.loads(capsys.readouterr().out)
-    assert out["train_images"] == 8 and out["train_shards"] == 2 and out["val_shards"] == 1
-    assert (tmp_path / "mine" / "classes.txt").read_text() == "n00000000\nn00000001\n"
-    with tarfile.open(tmp_path / "mine" / "train" / "imagenet-train-000000.tar") as tar:
-        names = tar.getnames()
-    assert len(names) == 10 and names[0].endswith(".cls") and names[1] == names[0][:-4] + ".jpg"
-    with pytest.raises(SystemExit):
-        _main(["--write-shards", str(tmp_path / "x")])                  # needs --root
-    assert np.isfinite(summary["median_images_per_s"]["imagefolder/pil"])

@@ -1,0 +1,101 @@
+"""The data section of a spec: dataset names, the options each accepts with their defaults,
+and their validation (values only; the files a root holds are checked by each dataset's module)."""
+from __future__ import annotations
+
+from typing import Any
+
+from bench.checks import bad, check, did_you_mean, is_int, is_number, missing, unknown
+
+from .cifar import CIFAR_LAYOUT
+from .imagefolder import IMAGEFOLDER
+from .imagenet import IMAGENET_LAYOUTS
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
+
+# Options each dataset accepts besides ``name`` (value: default). ``root`` is required for
+# cifar10/cifar100/imagenet; the others accept only ``root: null``, so a spec may carry a
+# uniform root key for every dataset.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "digits": {"root": None, "val_fraction": 0.2, "split_seed": None},
+    "cifar10": {"root": None},
+    "cifar100": {"root": None, "labels": "fine"},
+    "imagenet": {
+        "root": None,
+        "layout": "auto",         # imagefolder | tar | auto (tar when root/train holds .tar files)
+        "workers": None,          # DataLoader workers; None -> min(8, the CPUs this process may use)
+        "decode": "auto",         # pil | torchvision | auto (torchvision on CUDA, else pil)
+        "image_size": 224,
+        "resize": 256,
+        "train_per_class": None,  # keep only the first N files per class (smoke runs)
+        "val_per_class": None,
+    },
+    "synthetic": {
+        "root": None,
+        "shape": [3, 32, 32],
+        "num_classes": 10,
+        "size": 1024,
+        "val_size": None,         # None -> size // 4
+        "data_seed": 0,
+    },
+}
+
+
+def _positive(v: Any) -> bool:
+    return is_int(v) and v > 0
+
+
+def options(cfg: dict) -> tuple[str, dict[str, Any]]:
+    """Validate names and values (not files); return (name, options with defaults filled)."""
+    if not isinstance(cfg, dict):
+        raise bad("data", cfg, f"a mapping {{name: one of {', '.join(DATASETS)}, ...}}", "not a mapping")
+    name = cfg.get("name", "digits")
+    if name not in DATASETS:
+        raise unknown("data.name", name, DATASETS, "unknown dataset")
+    allowed = OPTIONS[name]
+    extra = sorted(set(cfg) - set(allowed) - {"name"})
+    if extra:
+        key = extra[0]
+        raise bad(f"data.{key}", cfg[key], ", ".join(sorted(allowed)) or "(none)",
+                  f"unknown key for dataset {name!r}" + did_you_mean(key, allowed))
+    opts = {**allowed, **{k: v for k, v in cfg.items() if k != "name"}}
+
+    if name in ("cifar10", "cifar100", "imagenet"):
+        if opts["root"] in (None, ""):
+            want = CIFAR_LAYOUT[name]["expected"] if name in CIFAR_LAYOUT else (
+                f"{IMAGEFOLDER}, or WebDataset shards root/train/*.tar and root/val/*.tar")
+            raise missing("data.root", f"a folder with {want} (dataset {name!r} reads files)")
+    elif opts["root"] is not None:
+        raise bad("data.root", opts["root"], f"null (dataset {name!r} needs no files)")
+
+    def need(key: str, ok: bool, accepted: str) -> None:
+        check(f"data.{key}", opts[key], ok, accepted)
+
+    if name == "digits":
+        vf = opts["val_fraction"]
+        need("val_fraction", is_number(vf) and 0 < vf < 1, "a number strictly between 0 and 1")
+        need("split_seed", opts["split_seed"] is None or is_int(opts["split_seed"]),
+             "an integer or null (null: the trial's seed)")
+    elif name == "cifar100":
+        need("labels", opts["labels"] in ("fine", "coarse"), "fine (100 classes), coarse (20 superclasses)")
+    elif name == "imagenet":
+        need("layout", opts["layout"] in IMAGENET_LAYOUTS,
+             "auto (tar when root/train holds .tar files), imagefolder, tar")
+        need("workers", opts["workers"] is None or (is_int(opts["workers"]) and opts["workers"] >= 0),
+             "an integer >= 0 or null")
+        need("decode", opts["decode"] in ("auto", "pil", "torchvision"), "auto, pil, torchvision")
+        for k in ("image_size", "resize"):
+            need(k, _positive(opts[k]), "a positive integer")
+        need("resize", opts["resize"] >= opts["image_size"], f"an integer >= image_size ({opts['image_size']})")
+        for k in ("train_per_class", "val_per_class"):
+            need(k, opts[k] is None or _positive(opts[k]), "a positive integer or null (all files)")
+    elif name == "synthetic":
+        shape = opts["shape"]
+        need("shape", isinstance(shape, (list, tuple)) and bool(shape) and all(_positive(s) for s in shape),
+             "a non-empty list of positive integers, e.g. [3, 32, 32] or [64]")
+        opts["shape"] = [int(s) for s in shape]
+        need("num_classes", is_int(opts["num_classes"]) and opts["num_classes"] >= 2, "an integer >= 2")
+        need("size", _positive(opts["size"]), "a positive integer")
+        need("val_size", opts["val_size"] is None or _positive(opts["val_size"]),
+             "a positive integer or null (size // 4)")
+        need("data_seed", is_int(opts["data_seed"]), "an integer")
+    return name, opts

@@ -1,2 +1,0 @@
-"""Imports every in-tree method module so their ``@register`` decorators run."""
-from methods import arsvd, deeptwist, dense, svd, trp  # noqa: F401

@@ -1,0 +1,277 @@
+"""The batched projection used during training: every weight onto its low-rank set under a rule.
+
+:func:`project` stacks the matrices of one shape and projects them in one call, without host
+sync, through a solver: ``svd`` (exact), ``gram`` (eigendecomposition of the small Gram matrix),
+``auto`` (gram where the matrices are wide, else svd), or ``warm`` (gram started from the
+previous call's factors, kept in a :class:`WarmStart`, which a method checkpoints through
+:meth:`WarmStart.state_dict`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from bench.checks import bad
+
+from methods.lowrank.rules import Rule, parse_rule, rank_mask
+from methods.lowrank.schemes import from_matrix, svd_threads, to_matrix
+
+
+SOLVERS: tuple[str, ...] = ("svd", "gram", "auto", "warm")
+# "auto" uses the Gram solver where one side is at least this many times the other: the Gram
+# matrix is then small; on square-ish matrices the float64 eigensolve costs as much as the SVD
+# (measured on CPU in BENCHMARKS.md)
+AUTO_GRAM_ASPECT = 2.0
+# LAPACK/cuSOLVER drivers torch.linalg.svd takes on CUDA only; "svd-gesvdj" etc. pick one
+CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
+
+# "warm": TRP at period 1 projects almost the same weights at every step, and weights it has
+# projected have a few large singular values over a small tail, with a wide gap at the cut
+# (measured during training: BENCHMARKS.md). So the previous step's top eigenvectors of the Gram
+# matrix start a subspace iteration that converges in a couple of products, and a k x k
+# eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one. A residual check accepts
+# the result only where its top-r subspace provably lies within WARM_TOL of the exact one;
+# anywhere else the whole group falls back to the full Gram eigensolve, exactly as "gram".
+WARM_ITERS = 2          # subspace iterations before the check (each: two thin products and a thin QR)
+WARM_TOL = 1e-7         # bound on sin(angle) between the accepted and the exact top-r subspace
+WARM_GUARD = 4          # vectors kept beyond the largest rank, so the cut lies inside the block
+WARM_MAX_FRACTION = 0.5  # above this share of m the k x k solve saves too little: stay cold
+WARM_RULES: tuple[str, ...] = ("energy", "value")  # rules decidable from the top-k and the trace
+
+
+def check_solver(solver: str, field: str = "solver") -> str:
+    """Validate a projection solver name: one of :data:`SOLVERS`, or ``svd-<driver>`` (CUDA)."""
+    accepted = list(SOLVERS) + [f"svd-{d}" for d in CUDA_SVD_DRIVERS]
+    if solver not in accepted:
+        raise bad(field, solver, f"{', '.join(accepted)} (svd-* on CUDA only)")
+    return solver
+
+
+def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Optional[str]
+                 ) -> tuple[Tensor, Optional[Tensor]]:
+    """Exact: one batched ``torch.linalg.svd``; the rank enters as a mask on ``s``."""
+    with svd_threads(batch):
+        u, s, vh = torch.linalg.svd(batch, full_matrices=False, driver=driver)
+    keep = rank_mask(s, rule).to(s.dtype)                    # (B, k), stays on device
+    proj = (u * (s * keep).unsqueeze(-2)) @ vh
+    sub = (u * keep.unsqueeze(-2)) @ vh if with_subgradient else None
+    return proj, sub
+
+
+def _wide(batch: Tensor) -> tuple[Tensor, bool]:
+    """``(X, tall)``: the batch, transposed where tall, so that X X^T is the smaller Gram matrix."""
+    tall = batch.shape[-2] > batch.shape[-1]
+    return (batch.mT if tall else batch), tall
+
+
+def _gram(x: Tensor) -> Tensor:
+    """X X^T in float64: squaring X squares its condition number."""
+    x64 = x.to(torch.float64)
+    return x64 @ x64.mT
+
+
+def _inverse_s(s: Tensor, dims: Sequence[int]) -> Tensor:
+    """``1/s`` for the singular values that the Gram matrix resolves, 0 for the rest: values
+    below ``sqrt(eps64) * max(m, n) * s_max`` cannot be told from rounding in ``s^2``, and their
+    ``1/s`` in the sub-gradient would only amplify that noise."""
+    floor = s[..., :1] * (math.sqrt(torch.finfo(torch.float64).eps) * max(dims))
+    return torch.where(s > floor, 1.0 / s.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+
+
+def _project_from_eigs(x: Tensor, tall: bool, s: Tensor, q: Tensor, keep: Tensor, with_subgradient: bool
+                       ) -> tuple[Tensor, Optional[Tensor]]:
+    """Projection and sub-gradient of X from all eigenpairs of its Gram matrix (float64; ``s``
+    the singular values, descending, ``q`` (B, m, m) the left singular vectors, ``keep`` the
+    rule's mask on ``s``). ``V^T = diag(1/s) U^T X``, so the rank-r weight is ``U_r U_r^T X``
+    and the sub-gradient ``U_r V_r^T = U_r diag(1/s_r) U_r^T X``: the two m x m operators are
+    built in float64 and only the final ``[P; S] @ X`` (one batched product, most of the
+    arithmetic) runs in X's dtype, which matches an exact SVD to X's rounding. The projection
+    never divides, so it keeps values below the sub-gradient's floor (:func:`_inverse_s`)."""
+    keep = keep.to(s.dtype)
+    ops = [(q * keep.unsqueeze(-2)) @ q.mT]                  # P = U_r U_r^T, (B, m, m)
+    if with_subgradient:
+        ops.append((q * (keep * _inverse_s(s, x.shape[-2:])).unsqueeze(-2)) @ q.mT)  # U_r diag(1/s_r) U_r^T
+    out = torch.cat(ops, dim=-2).to(x.dtype) @ x            # [P X; S X], (B, m or 2m, n)
+    if tall:
+        out = out.mT
+    m = x.shape[-2]
+    if not with_subgradient:
+        return out, None
+    return (out[..., :, :m], out[..., :, m:]) if tall else (out[..., :m, :], out[..., m:, :])
+
+
+def _project_from_top(x: Tensor, tall: bool, s: Tensor, q: Tensor, keep: Tensor, with_subgradient: bool
+                      ) -> tuple[Tensor, Optional[Tensor]]:
+    """The same from the top k eigenpairs only (``q`` (B, m, k), k >= every kept rank):
+    ``Y = U_k^T X`` once, then ``U_k diag(keep) Y`` and ``U_k diag(keep / s) Y``, 3mkn products
+    in X's dtype instead of the m x m operators' 2m^2 n."""
+    keep = keep.to(s.dtype)
+    coefs = [keep] + ([keep * _inverse_s(s, x.shape[-2:])] if with_subgradient else [])
+    y = q.mT.to(x.dtype) @ x                                 # (B, k, n)
+    outs = [((q * c.unsqueeze(-2)).to(x.dtype) @ y) for c in coefs]
+    outs = [o.mT for o in outs] if tall else outs
+    return outs[0], (outs[1] if with_subgradient else None)
+
+
+def _full_eigs(a: Tensor) -> tuple[Tensor, Tensor]:
+    """All singular values (descending) and left singular vectors from the Gram matrix ``a``."""
+    with svd_threads(a):
+        lam, q = torch.linalg.eigh(a)                        # ascending eigenvalues
+    return lam.flip(-1).clamp_min(0).sqrt(), q.flip(-1)
+
+
+def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """The same projection from the eigendecomposition of the small Gram matrix: for ``X``
+    (m x n, m <= n; a tall matrix is transposed first), ``X X^T = U diag(s^2) U^T`` gives ``U``
+    and ``s`` (see :func:`_project_from_eigs`). An m x m symmetric eigensolver plus matrix
+    products is far cheaper than a general SVD of X."""
+    x, tall = _wide(batch)
+    s, q = _full_eigs(_gram(x))
+    return _project_from_eigs(x, tall, s, q, rank_mask(s, rule), with_subgradient)
+
+
+def warm_eigs(x64: Tensor, q: Tensor, rule: Rule) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
+    """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
+    start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
+    vectors, the rule's mask; None where any matrix fails the check (one host read-back for
+    both answers). A is never formed: ``A v = X (X^T v)`` costs 2mnk, not the Gram's m^2 n.
+
+    Subspace iteration (``q <- qr(A q)``, :data:`WARM_ITERS` times), then Rayleigh-Ritz: Ritz
+    values ``t`` and vectors. The energy left outside the block is ``tail = |X|_F^2 - sum(t)``;
+    with it as one extra value, the rule's mask on the top k is exactly the mask on the full
+    spectrum as long as the cut falls inside the block (checked). The check (Weyl and
+    Davis-Kahan): with ``R`` the residual ``A q - q diag(t)``, every eigenvalue of A beyond the
+    kept r is at most ``max(t_{r+1}, tail) + |R|``, so ``sep = t_r - max(t_{r+1}, tail) - 2|R|``
+    > 0 separates the top-r subspace, and ``|R_kept| / sep`` bounds the sine of its angle to
+    the exact one."""
+    for _ in range(WARM_ITERS):
+        q = torch.linalg.qr(x64 @ (q.mT @ x64).mT).Q         # (q^T X)^T: the fast side for BLAS
+    yt = q.mT @ x64                                          # (B, k, n): A q = X yt^T
+    with svd_threads(x64):
+        t, w = torch.linalg.eigh(yt @ yt.mT)                 # q^T A q, k x k: small, batched
+    t, w = t.flip(-1).clamp_min(0), w.flip(-1)
+    q, y = q @ w, yt.mT @ w
+    tail = (torch.linalg.vector_norm(x64, dim=(-2, -1)).square() - t.sum(-1)).clamp_min(0)  # |X|_F^2 = trace(A)
+    keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
+    keep = keep_k1[..., :-1]
+    k = t.shape[-1]
+    r = keep.sum(-1, keepdim=True)                           # (B, 1)
+    cols = (x64 @ y - q * t.unsqueeze(-2)).norm(dim=-2)      # residual of each Ritz pair, (B, k)
+    t_r = t.gather(-1, r - 1).squeeze(-1)
+    t_next = t.gather(-1, r.clamp_max(k - 1)).squeeze(-1)
+    sep = t_r - torch.maximum(t_next, tail) - 2 * cols.norm(dim=-1)
+    ok = ~keep_k1[..., k - 1] & ~keep_k1[..., k] & (sep > 0) & ((cols * keep).norm(dim=-1) <= WARM_TOL * sep)
+    r_max = int(torch.where(ok.all(), r.max(), -1))          # the one host sync
+    return (t.sqrt(), q, keep, r_max) if r_max > 0 else None
+
+
+@dataclass
+class WarmStart:
+    """What ``solver="warm"`` keeps between calls on the same weights: the top eigenvectors of
+    each shape group's Gram matrices, and how many group projections took the warm path or ran
+    the full eigensolve (so a report can say how often the fast path held)."""
+
+    starts: dict[tuple, Tensor] = field(default_factory=dict)
+    warm: int = 0
+    cold: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain lists, ints and tensors (loadable with ``torch.load(weights_only=True)``)."""
+        return {"starts": [[list(k), q] for k, q in self.starts.items()], "warm": self.warm, "cold": self.cold}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (in place: a method's reference stays valid)."""
+        self.starts = {tuple(k): q for k, q in state.get("starts", [])}
+        self.warm, self.cold = int(state.get("warm", 0)), int(state.get("cold", 0))
+
+
+def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[WarmStart], key: tuple
+                  ) -> tuple[Tensor, Optional[Tensor]]:
+    """The Gram projection, started from the factors ``state.starts[key]`` that the previous
+    call on the same group left (see :data:`WARM_ITERS`); a cold start, a rule the top-k cannot
+    decide, or a failed check runs the full eigensolve instead. ``state`` None keeps nothing:
+    every call is ``gram``."""
+    if state is None:
+        return _project_gram(batch, rule, with_subgradient)
+    x, tall = _wide(batch)
+    m = x.shape[-2]
+    q0 = state.starts.get(key)
+    if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == (*x.shape[:-2], m):
+        found = warm_eigs(x.to(torch.float64), q0, rule)
+        if found is not None:
+            s, q, keep, r_max = found
+            state.warm += 1
+            state.starts[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]
+            top = slice(0, r_max)                            # nothing past the largest rank is kept
+            return _project_from_top(x, tall, s[..., top], q[..., top], keep[..., top], with_subgradient)
+    s, q = _full_eigs(_gram(x))
+    keep = rank_mask(s, rule)
+    state.cold += 1
+    k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else m  # host sync, like eigh's
+    if k <= WARM_MAX_FRACTION * m:
+        state.starts[key] = q[..., :k]
+    else:
+        state.starts.pop(key, None)
+    return _project_from_eigs(x, tall, s, q, keep, with_subgradient)
+
+
+def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
+            tiles: Union[int, Sequence[int]] = 1, solver: str = "svd", state: Optional[WarmStart] = None
+            ) -> tuple[list[Tensor], list[Optional[Tensor]]]:
+    """Project each weight onto its low-rank set under ``rule``, batched and without host sync.
+
+    All matrices of one shape (and dtype/device), whatever layer, filter or tile they come
+    from, are stacked and go through one ``torch.linalg.svd`` call; the rank is applied as a mask (:func:`rank_mask`), never read back
+    to the host, so a training step keeps the GPU queue full. Returns the projected weights
+    ``U_r diag(s_r) V_r^T`` and, if asked, the nuclear-norm sub-gradients ``U_r V_r^T``, both in
+    each weight's own shape and order. (PyTorch documents that torch.linalg.svd itself
+    synchronizes a CUDA device with the CPU, to check for convergence errors; grouping keeps that
+    to one per distinct matrix shape, and nothing else here syncs.)
+
+    ``tiles`` (one int, or one per weight; see :func:`layer_tiles`): project each column tile
+    separately (DeepTwist's tiling); tiles of every layer batch together by shape.
+
+    ``solver``: ``"svd"`` (exact, the default), ``"svd-<driver>"`` (exact, a cuSOLVER driver on
+    CUDA), ``"gram"`` (eigendecomposition of the small Gram matrix in float64; same ranks and
+    agreement to the weights' rounding, faster on wide matrices: see :func:`_project_gram`),
+    ``"auto"`` (gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
+    wider than tall or the reverse, svd for the others) or ``"warm"`` (the Gram solver started
+    from the factors the previous call left in ``state``, a :class:`WarmStart` the caller keeps between calls
+    on the same weights: see :data:`WARM_ITERS`; it checks its answer and falls back to the full
+    eigensolve, so it keeps gram's exactness; it reads back one flag per shape group)."""
+    rule = parse_rule(rule)
+    check_solver(solver)
+    tl = [tiles] * len(weights) if isinstance(tiles, int) else list(tiles)
+    groups: dict[tuple, list[int]] = {}
+    mats = [to_matrix(w.detach(), scheme, t) for w, t in zip(weights, tl)]
+    for i, m in enumerate(mats):  # key: one matrix's shape, so tiles/filters of any layer batch together
+        groups.setdefault((m.shape[-2], m.shape[-1], m.dtype, m.device), []).append(i)
+    projected: list[Optional[Tensor]] = [None] * len(weights)
+    subgrads: list[Optional[Tensor]] = [None] * len(weights)
+    for (rows, cols, _, _), idx in groups.items():
+        flats = [mats[i].reshape(-1, rows, cols) for i in idx]
+        batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
+        if solver == "warm":
+            key = (rows, cols, batch.shape[0], str(batch.dtype), str(batch.device))
+            proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, key)
+        elif solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
+            proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
+        else:  # svd, auto on a square-ish group, or svd-<driver>
+            driver = solver.partition("-")[2] or None
+            if driver and batch.device.type != "cuda":
+                raise bad("solver", solver, f"on {batch.device}: {', '.join(SOLVERS)}", "needs CUDA")
+            proj_b, sub_b = _project_svd(batch, rule, with_subgradient, driver)
+        sizes = [f.shape[0] for f in flats]
+        proj = proj_b.split(sizes)
+        sub = sub_b.split(sizes) if sub_b is not None else None
+        for j, i in enumerate(idx):
+            wshape, mshape = weights[i].shape, mats[i].shape
+            projected[i] = from_matrix(proj[j].reshape(mshape), scheme, wshape, tl[i])
+            if sub is not None:
+                subgrads[i] = from_matrix(sub[j].reshape(mshape), scheme, wshape, tl[i])
+    return projected, subgrads  # type: ignore[return-value]
+

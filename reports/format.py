@@ -1,0 +1,115 @@
+"""How a result is shown: number formats, missing values, Markdown and LaTeX cells, row order.
+
+One home for the conventions every report shares (``tables``, ``paper``, ``plots``): numbers
+follow paper style (``90.50 ± 0.21``, ``2.17x``, ``40.6M``), a missing number is a dash, and
+rows come dense baseline first, then by method, scheme and speed-up. This module imports
+nothing from the project.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+DASH = "-"
+# Parameters that have their own column (or are the rank rule under another name), so they are
+# left out of a method's label and of a plot's series name.
+COLUMN_PARAMS = frozenset({"scheme", "rule", "export"})
+
+
+# ---------------------------------------------------------------------------- numbers
+
+def is_missing(v: object) -> bool:
+    """``None`` or a float NaN: a number the row does not have."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_pm(mean: float | None, ci: float | None, digits: int = 2) -> str:
+    """``90.50 ± 0.21``; just ``90.50`` when there is no CI (a single seed)."""
+    if is_missing(mean):
+        return DASH
+    if is_missing(ci):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def fmt_x(mean: float | None, ci: float | None = None) -> str:
+    """``2.17x``; ``2.17x ± 0.04`` when the seeds disagree visibly at two decimals."""
+    if is_missing(mean):
+        return DASH
+    s = f"{mean:.2f}x"
+    if not is_missing(ci) and round(ci, 2) > 0:
+        s += f" ± {ci:.2f}"
+    return s
+
+
+_SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+
+
+def fmt_si(v: float | None) -> str:
+    """Three significant digits with an SI suffix: ``40.6M``, ``4.09G``, ``272K``, ``950``."""
+    if is_missing(v):
+        return DASH
+    v = float(v)
+    for i, (div, suf) in enumerate(_SI):
+        if abs(v) >= div:
+            x = v / div
+            break
+    else:
+        return f"{v:.0f}"
+    if abs(x) >= 999.5 and i > 0:  # 999.7K rounds to 1000K: print 1.00M instead
+        div, suf = _SI[i - 1]
+        return f"{v / div:.2f}{suf}"
+    digits = 0 if abs(x) >= 99.95 else 1 if abs(x) >= 9.995 else 2
+    return f"{x:.{digits}f}{suf}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Wall time the way a person reads it: ``42 s``, ``3.1 min``, ``2.4 h``."""
+    if is_missing(seconds):
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------- cells
+
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table row (a ``|`` would start a new cell)."""
+    return text.replace("|", "\\|")
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped, to be typeset as written."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_cell(text: str) -> str:
+    """A display string (as ``fmt_*`` write them) as LaTeX: escaped, ``±`` and ``2.17x`` in math."""
+    t = latex_escape(text)
+    t = t.replace(" ± ", r" $\pm$ ").replace("±", r"$\pm$")
+    # "2.17x" -> "2.17$\times$" (only a number directly followed by x)
+    return re.sub(r"(\d)x(?![A-Za-z])", r"\1$\\times$", t)
+
+
+# ---------------------------------------------------------------------------- row order
+
+def sort_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """``collate.summarize`` rows in reading order: per dataset and model, the dense baseline
+    first, then by method, scheme and MAC speed-up (ascending; rows without one last)."""
+    s = summary.copy()
+    s["_dense_first"] = (s["method"] != "dense").astype(int)
+    s["_scheme"] = s["scheme"].fillna("").astype(str) if "scheme" in s else ""
+    by = ["dataset", "model", "_dense_first", "method", "_scheme", "macs_speedup_mean"]
+    s = s.sort_values(by, kind="stable", na_position="last")
+    return s.drop(columns=["_dense_first", "_scheme"]).reset_index(drop=True)
