@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50 CUDA, 3 CPU)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps per variant first (default 10 CUDA, 1 CPU)")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default: the paper's on CUDA, small on CPU)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="training batch (default: the paper's on CUDA, small on CPU)")
     p.add_argument("--packed", type=int, default=4, help="trials packed on one GPU (CUDA only; 0 or 1 = skip)")
     p.add_argument("--only", nargs="+", default=None, metavar="PART",
                    help=f"benchmarks to run (default: all); any of {', '.join(core.PARTS)}; with --suite, "
@@ -49,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a JSON file for the results (with --suite: a folder for results.json and summary.md); "
                         "its parent folder must exist")
     p.add_argument("--compile", default=None, metavar="MODE",
-                   help="also time compiled steps: true, a torch.compile mode (reduce-overhead: CUDA graphs) or backend")
+                   help="also time compiled steps: true, a torch.compile mode (reduce-overhead: CUDA graphs) "
+                        "or backend")
     p.add_argument("--layout", nargs="+", default=["auto"], metavar="LAYOUT",
                    help="latency: the layouts to time each model on (default auto: the device's menu); "
                         "contiguous alone is plain eager; any of contiguous|channels_last[+folded|+jit|+compiled]")
