@@ -62,10 +62,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each of ``fns`` over ``repeats`` runs after ``warmup`` runs. The functions
-    are timed in turns (a, b, c, a, b, c, ...), so a machine that slows down mid-benchmark slows
-    every variant alike and the ratios between them stay honest."""
+def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+           ) -> dict[str, list[float]]:
+    """Seconds of each run of each of ``fns``, ``repeats`` runs after ``warmup`` runs. The
+    functions are timed in turns (a, b, c, a, b, c, ...), so a machine that slows down
+    mid-benchmark slows every variant alike and the ratios between them stay honest."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -77,7 +78,11 @@ def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int
             fn()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return times
+
+
+def _median(v: list[float]) -> float:
+    return sorted(v)[len(v) // 2]
 
 
 def _model(name: str, setup: Setup) -> nn.Module:
@@ -130,14 +135,16 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
         kinds[label] = paper.describe() if paper else "init"
         steps[label] = _stepper(model, x, y, opt, method, setup.amp, forward, refresh)
         methods[label] = method
-    secs = _timed(steps, setup.device, setup.steps, setup.warmup)
+    runs = _timed(steps, setup.device, setup.steps, setup.warmup)
+    secs = {k: _median(v) for k, v in runs.items()}
     compiled_ = {label for label, _, how in variants if how}
 
     def plain(label: str) -> float:  # a compiled TRP step is compared with the compiled plain step
         base = secs.get("plain-compiled") if label in compiled_ else None
         return base or secs.get("plain") or math.nan
+    # ms: the median step; ms_min: the fastest (on a shared machine the least disturbed)
     return [{"model": name, "batch": batch, "variant": label, "weights": kinds[label], "ms": sec * 1e3,
-             "images_per_s": batch / sec, "slowdown_vs_plain": sec / plain(label),
+             "ms_min": min(runs[label]) * 1e3, "images_per_s": batch / sec, "slowdown_vs_plain": sec / plain(label),
              "warm_share": _warm_share(methods[label])}
             for label, sec in secs.items()]
 
@@ -249,7 +256,8 @@ def _time_solvers(name: str, scheme: str, rule: lowrank.Rule, sets: list[list[to
     for sv in names_:  # prime warm's state, as the previous training step would have
         call(sv)
         states[sv].warm = states[sv].cold = 0
-    secs = _timed({sv: (lambda sv=sv: call(sv)) for sv in names_}, setup.device, repeats, 1)
+    runs = _timed({sv: (lambda sv=sv: call(sv)) for sv in names_}, setup.device, repeats, 1)
+    secs = {k: _median(v) for k, v in runs.items()}
     rows = []
     refs: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
     for solver in names_:
@@ -265,8 +273,8 @@ def _time_solvers(name: str, scheme: str, rule: lowrank.Rule, sets: list[list[to
         gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))
         got = ranks.ranks_of(sub, scheme)
         rows.append({"model": name, "scheme": scheme, **facts, "solver": solver, "layers": len(last),
-                     "ms": secs[solver] * 1e3, "ranks_equal_exact": got == ref_ranks, "rank_sum": sum(got),
-                     "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr,
+                     "ms": secs[solver] * 1e3, "ms_min": min(runs[solver]) * 1e3,
+                     "ranks_equal_exact": got == ref_ranks, "rank_sum": sum(got), "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr,
                      "warm_share": share})
     return rows
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-STEP_COLS = ("model", "batch", "variant", "weights", "ms", "images_per_s", "slowdown_vs_plain", "warm_share")
-PROJ_COLS = ("model", "scheme", "weights", "solver", "layers", "ms", "rank_sum", "ranks_equal_exact",
+STEP_COLS = ("model", "batch", "variant", "weights", "ms", "ms_min", "images_per_s", "slowdown_vs_plain", "warm_share")
+PROJ_COLS = ("model", "scheme", "weights", "solver", "layers", "ms", "ms_min", "rank_sum", "ranks_equal_exact",
              "max_rel_err_weight", "max_rel_err_subgrad", "warm_share")
 LATENCY_COLS = ("model", "device", "dtype", "batch", "dense_ms", "ms", "latency_speedup", "macs_speedup",
                 "dense_layout", "layout")
