@@ -274,8 +274,8 @@ def _time_solvers(name: str, scheme: str, rule: lowrank.Rule, sets: list[list[to
         got = ranks.ranks_of(sub, scheme)
         rows.append({"model": name, "scheme": scheme, **facts, "solver": solver, "layers": len(last),
                      "ms": secs[solver] * 1e3, "ms_min": min(runs[solver]) * 1e3,
-                     "ranks_equal_exact": got == ref_ranks, "rank_sum": sum(got), "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr,
-                     "warm_share": share})
+                     "ranks_equal_exact": got == ref_ranks, "rank_sum": sum(got), "exact_rank_sum": sum(ref_ranks),
+                     "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr, "warm_share": share})
     return rows
 
 
