@@ -1,15 +1,15 @@
-"""Issue 7: bad input gets one clear line, faults lose nothing, a sweep always finishes.
+"""Bad input gets one clear line, faults lose nothing, a sweep always finishes.
 
 Faults are injected for real: a method plugin that raises (installed as a third-party plugin so
 Ray workers find it), a Ray worker process killed with SIGKILL mid-trial, the driver interrupted
 with Ctrl-C (SIGINT to its process group), a second driver on the same folder, and ENOSPC while a
 row is being written. Already covered elsewhere (not repeated here):
-- every bad-input message, word by word, at the parser: tests/test_spec.py (ERRORS),
-  tests/test_data.py (dataset layout), tests/test_pretrained_check.py (pretrained keys/shapes);
+- every bad-input message, word by word, at the parser: tests/bench/test_spec.py (ERRORS),
+  tests/bench/test_data_cifar.py (dataset layout), tests/bench/test_pretrained_check.py (pretrained keys/shapes);
 - the driver killed with SIGKILL and resumed, each trial exactly once: tests/bench/test_resume.py;
-- a failed os.replace leaves the old file and no temp file: tests/test_store.py;
-- an unwritable results folder: tests/test_store.py; a NaN baseline failing its methods:
-  tests/test_sweep.py; trial ids independent of key order: tests/test_spec.py.
+- a failed os.replace leaves the old file and no temp file: tests/bench/test_store.py;
+- an unwritable results folder: tests/bench/test_store.py; a NaN baseline failing its methods:
+  tests/bench/test_sweep.py; trial ids independent of key order: tests/bench/test_spec.py.
 """
 from __future__ import annotations
 
