@@ -109,7 +109,7 @@ def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, war
             packed=("resnet20", 128, 4, 50),
             pipeline=Pipeline(images=3072, classes=32, size=(500, 375), image_size=224, resize=256, batch=256,
                               batches=8, workers=min(16, os.cpu_count() or 1)),
-            estimate_s={"step": 100, "projection": 90, "latency": 60, "packed": 60, "pipeline": 90,
+            estimate_s={"step": 90, "projection": 120, "latency": 50, "packed": 50, "pipeline": 70,
                         "step-compiled": 150},
             budget_s=570.0)
     return Plan(
@@ -154,11 +154,22 @@ def _setup(plan: Plan, steps: Optional[int] = None) -> core.Setup:
     return core.Setup(dev, amp=cuda, channels_last=cuda, steps=steps or plan.steps, warmup=plan.warmup)
 
 
-def part_step(plan: Plan, compiled: bool = False) -> list[dict[str, Any]]:
+def _over(deadline: Optional[float], what: str) -> Optional[dict[str, Any]]:
+    """A row saying ``what`` was skipped when the suite's time is up, else None."""
+    if deadline is not None and time.perf_counter() > deadline:
+        return {"what": what, "skipped": "time budget: the suite's time was up before it started"}
+    return None
+
+
+def part_step(plan: Plan, deadline: Optional[float] = None, compiled: bool = False) -> list[dict[str, Any]]:
     setup = _setup(plan)
     rows = []
     models = plan.compiled_schemes if compiled else plan.step_schemes
     for name, schemes in models.items():
+        late = _over(deadline, name)
+        if late:
+            rows.append({"model": name, **late})
+            continue
         if compiled:
             variants = core.step_variants((), schemes, plan.compile, (plan.compiled_solver,), eager=False)
         else:
@@ -169,15 +180,19 @@ def part_step(plan: Plan, compiled: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def part_projection(plan: Plan) -> list[dict[str, Any]]:
+def part_projection(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, Any]]:
     setup = _setup(plan)
     rows = []
     for name, scheme in plan.projection:
+        late = _over(deadline, f"{name} {scheme}")
+        if late:
+            rows.append({"model": name, "scheme": scheme, **late})
+            continue
         rows += core.bench_projection(name, setup, scheme, repeats=plan.projection_repeats)
     return rows
 
 
-def part_latency(plan: Plan) -> list[dict[str, Any]]:
+def part_latency(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, Any]]:
     setup = _setup(plan)
     rows = []
     for name in plan.latency:
@@ -187,12 +202,12 @@ def part_latency(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def part_packed(plan: Plan) -> list[dict[str, Any]]:
+def part_packed(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, Any]]:
     name, batch, n, steps = plan.packed
     return [core.bench_packed(name, batch, n, steps, _setup(plan, steps))]
 
 
-def part_pipeline(plan: Plan) -> list[dict[str, Any]]:
+def part_pipeline(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, Any]]:
     """Images/s of the training input pipeline for every (layout, decode) pair, on one set of
     synthetic JPEGs written as an ImageFolder and converted to shards (``bench.data``'s probe
     functions)."""
@@ -217,9 +232,11 @@ def part_pipeline(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-PART_RUNNERS: dict[str, Callable[[Plan], list[dict[str, Any]]]] = {
+# part -> runner(plan, deadline): the step and projection parts check the deadline (the suite's
+# budget, perf_counter seconds) before each model and skip what starts too late
+PART_RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "step": part_step, "projection": part_projection, "latency": part_latency, "packed": part_packed,
-    "pipeline": part_pipeline, "step-compiled": lambda plan: part_step(plan, compiled=True),
+    "pipeline": part_pipeline, "step-compiled": lambda plan, deadline=None: part_step(plan, deadline, compiled=True),
 }
 
 
@@ -257,7 +274,7 @@ def run_suite(suite: str, device: torch.device, parts: Optional[Sequence[str]] =
             log(f"[suite] {part} ...")
             t0 = time.perf_counter()
             try:
-                entry["rows"] = PART_RUNNERS[part](plan)
+                entry["rows"] = PART_RUNNERS[part](plan, t_start + plan.budget_s)
             except Exception as e:  # one broken part must not cost the others' numbers
                 entry["error"] = f"{type(e).__name__}: {e}"
                 entry["traceback"] = traceback.format_exc(limit=8)
@@ -277,9 +294,12 @@ def main_suite(suite: str, out: Path, device: torch.device, parts: Optional[Sequ
     JSON after every part, the summary at the end. Exit status 0, or 1 if a part failed."""
     out.mkdir(exist_ok=True)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    result = run_suite(suite, device, parts, save=lambda r: core.write_json(out / "results.json", r), **overrides)
+    def save(result: dict[str, Any]) -> None:  # both files after every part: a run cut short keeps both
+        core.write_json(out / "results.json", result)
+        (out / "summary.md").write_text(summary_markdown(result))
+
+    result = run_suite(suite, device, parts, save=save, **overrides)
     text = summary_markdown(result)
-    (out / "summary.md").write_text(text)
     print(text)
     print(f"JSON: {out / 'results.json'}\nsummary: {out / 'summary.md'}")
     return 1 if any(e["error"] for e in result["parts"].values()) else 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-STEP_COLS = ("model", "batch", "variant", "weights", "ms", "ms_min", "images_per_s", "slowdown_vs_plain", "warm_share")
+STEP_COLS = ("model", "batch", "variant", "weights", "ms", "ms_min", "images_per_s", "slowdown_vs_plain", "warm_share",
+             "skipped")
 PROJ_COLS = ("model", "scheme", "weights", "solver", "layers", "ms", "ms_min", "rank_sum", "ranks_equal_exact",
-             "max_rel_err_weight", "max_rel_err_subgrad", "warm_share")
+             "max_rel_err_weight", "max_rel_err_subgrad", "warm_share", "skipped")
 LATENCY_COLS = ("model", "device", "dtype", "batch", "dense_ms", "ms", "latency_speedup", "macs_speedup",
                 "dense_layout", "layout")
 PACKED_COLS = ("model", "n", "batch", "peak_gib_per_trial", "single_images_per_s", "aggregate_images_per_s",
@@ -47,6 +48,7 @@ def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
 def projection_pivot(rows: Sequence[dict[str, Any]]) -> str:
     """ms per solver side by side for each (model, scheme, weights), the warm share, and the
     exact SVD's and the default solver's time over warm's."""
+    rows = [r for r in rows if "solver" in r]     # not the rows of skipped models
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["scheme"], r["weights"]), {})[r["solver"]] = r
@@ -84,7 +86,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         if entry.get("error"):
             out.append(f"Failed: `{entry['error']}`.")
         rows = entry["rows"]
-        if part == "projection" and rows:
+        if part == "projection" and any("solver" in r for r in rows):
             out += [projection_pivot(rows), ""]
         if rows:
             out.append(table(rows, COLUMNS.get(part, list(rows[0]))))

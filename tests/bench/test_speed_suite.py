@@ -57,8 +57,8 @@ def test_cpu_smoke_suite_writes_json_and_summary_with_rows_from_every_part(tmp_p
 
 def test_only_runs_the_named_parts_and_a_part_over_budget_is_skipped_not_run(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setitem(suite.PART_RUNNERS, "latency", lambda plan: calls.append("latency") or [{"x": 1}])
-    monkeypatch.setitem(suite.PART_RUNNERS, "packed", lambda plan: calls.append("packed") or [{"x": 1}])
+    monkeypatch.setitem(suite.PART_RUNNERS, "latency", lambda plan, deadline: calls.append("latency") or [{"x": 1}])
+    monkeypatch.setitem(suite.PART_RUNNERS, "packed", lambda plan, deadline: calls.append("packed") or [{"x": 1}])
     real = suite.make_plan
 
     def tight(*a, **k):  # packed alone is over the budget
@@ -71,11 +71,24 @@ def test_only_runs_the_named_parts_and_a_part_over_budget_is_skipped_not_run(tmp
     assert "time budget" in result["parts"]["packed"]["skipped"] and not result["parts"]["packed"]["rows"]
 
 
+def test_step_and_projection_skip_each_model_that_would_start_after_the_deadline():
+    plan = suite.make_plan("cpu-smoke", torch.device("cpu"))
+    rows = suite.part_step(plan, deadline=0.0)            # long past
+    assert rows == [{"model": "resnet20", "what": "resnet20",
+                     "skipped": "time budget: the suite's time was up before it started"}]
+    rows = suite.part_projection(plan, deadline=0.0)
+    assert [r["scheme"] for r in rows] == ["channel", "spatial"] and all("time budget" in r["skipped"] for r in rows)
+    text = suite.summary_markdown({"suite": "cpu-smoke", "device": "cpu", "environment": suite.environment(
+        torch.device("cpu")), "started": "now", "parts": {"projection": {"rows": rows, "seconds": 0.0,
+                                                                          "skipped": None, "error": None}}})
+    assert "time budget" in text
+
+
 def test_a_failing_part_is_recorded_and_the_others_still_run(monkeypatch):
-    def broken(plan):
+    def broken(plan, deadline):
         raise RuntimeError("cuSOLVER said no")
     monkeypatch.setitem(suite.PART_RUNNERS, "latency", broken)
-    monkeypatch.setitem(suite.PART_RUNNERS, "pipeline", lambda plan: [{"layout": "tar"}])
+    monkeypatch.setitem(suite.PART_RUNNERS, "pipeline", lambda plan, deadline: [{"layout": "tar"}])
     result = suite.run_suite("cpu-smoke", torch.device("cpu"), ["latency", "pipeline"], log=lambda s: None)
     assert result["parts"]["latency"]["error"] == "RuntimeError: cuSOLVER said no"
     assert result["parts"]["pipeline"]["rows"] == [{"layout": "tar"}]
