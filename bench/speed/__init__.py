@@ -7,7 +7,8 @@
 - :mod:`bench.speed.cli`: the command line (``rankbench speed``), arguments checked first.
 """
 from bench.speed.core import (MODELS, PARTS, Setup, bench_latency, bench_packed, bench_projection, bench_step,
-                              environment, format_report, run_speed, solvers, trp_steady_weights)
+                              environment, format_report, run_speed, solvers)
+from bench.speed.ranks import trp_steady_weights
 from bench.speed.cli import main
 
 __all__ = ["MODELS", "PARTS", "Setup", "bench_latency", "bench_packed", "bench_projection", "bench_step",

@@ -191,27 +191,12 @@ def solvers(device: torch.device) -> list[str]:
     return list(lowrank.SOLVERS) + ([f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS] if device.type == "cuda" else [])
 
 
-def trp_steady_weights(weights: Sequence[torch.Tensor], scheme: str, rule: lowrank.Rule, steps: int = 30,
-                       noise: float = 1e-3) -> list[torch.Tensor]:
-    """Weights as period-1 TRP leaves them: projected at every step with a small random update
-    between (``noise`` times the weight's RMS per element), so the spectrum has the few large
-    values over a small tail that TRP training produces. The cost of the ``warm`` solver depends
-    on it; He-initialised weights (full spectrum, no gap) are its worst case."""
-    g = torch.Generator(device=weights[0].device).manual_seed(0)
-    out = [w.clone() for w in weights]
-    for _ in range(steps):
-        out, _ = lowrank.project(out, scheme, rule, with_subgradient=False, solver="gram")
-        out = [w + noise * w.pow(2).mean().sqrt() * torch.randn(w.shape, generator=g, device=w.device, dtype=w.dtype)
-               for w in out]
-    return out
-
-
 def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: float = 0.9,
                      repeats: int = 5, kinds: Sequence[str] = ("init", "trp-steady", "paper-ranks")
                      ) -> list[dict[str, Any]]:
     """One projection of all TRP layers per solver: time, ranks vs exact, relative error, on
     each kind of weights in ``kinds``: He-initialised (``init``), TRP-steady
-    (:func:`trp_steady_weights`: about 10 ranks per layer) and at the ranks of the paper's
+    (:func:`ranks.trp_steady_weights`: about 10 ranks per layer) and at the ranks of the paper's
     exports where :data:`ranks.PAPER_SPEEDUPS` has them (``paper-ranks``, constructed spectra).
     ``warm`` keeps its state across the timed calls, as in training; ``warm_share`` says how
     many of its shape-group projections took the warm path (the rest ran the full eigensolve).
@@ -227,7 +212,7 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
     if "init" in kinds:
         cases.append(({"weights": "init"}, [init]))
     if "trp-steady" in kinds:
-        cases.append(({"weights": "trp-steady"}, [trp_steady_weights(init, scheme, rule)]))
+        cases.append(({"weights": "trp-steady"}, [ranks.trp_steady_weights(init, scheme, rule)]))
     if "paper-ranks" in kinds:
         example = torch.zeros(1, *MODELS[name][0], device=setup.device)
         for target in ranks.PAPER_SPEEDUPS.get((name, scheme), ()):
@@ -413,6 +398,11 @@ def step_variants(solvers_: Sequence[str] = lowrank.SOLVERS, schemes: Sequence[s
     return out
 
 
+def default_solver() -> str:
+    """TRP's default projection solver (what a spec that names none runs)."""
+    return str(build_method("trp", {}).solver)
+
+
 def paper_start(name: str, setup: Setup, schemes: Sequence[str] = ("channel", "spatial")
                 ) -> dict[str, ranks.PaperRanks]:
     """scheme -> paper-rank weights (the first of :data:`ranks.PAPER_SPEEDUPS`' targets) for
@@ -431,7 +421,7 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
               save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False,
               layout: str | Sequence[str] = "auto", weights: str = "paper") -> dict[str, Any]:
     """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
-    ``compile`` (a ``train.compile`` value) adds compiled plain and TRP (warm) steps.
+    ``compile`` (a ``train.compile`` value) adds compiled plain and TRP steps (TRP's default solver).
     ``layout`` is the latency menu (``bench.inference``; "auto": the device's default menu).
     ``weights``: the training step starts TRP from ``paper`` ranks (:func:`paper_start`) or
     from He-initialised weights (``init``: TRP's energy rule then cuts the ranks at every step).
@@ -453,7 +443,7 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     for name in models:
         b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
         if "step" in parts:
-            variants = step_variants(compile=compile)
+            variants = step_variants(compile=compile, compiled_solvers=(default_solver(),))
             log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
             start = paper_start(name, setup) if weights == "paper" else None
             out["step"] += bench_step(name, b, setup, variants, start)

@@ -17,6 +17,9 @@ that this leaves (the head's last value 1.4-1.9x the tail's first on ResNet-20/5
 bisection) sets every layer's r so that the TRP layers' conv MACs, dense over factorized
 (``lowrank.factorized_macs``, a layer whose factorized form would cost more stays dense),
 come as close to the target as the rank steps allow.
+
+:func:`trp_steady_weights` makes the other kind of TRP weights the benchmarks time: what
+repeated projection of He-initialised weights leaves (about 10 ranks per layer).
 """
 from __future__ import annotations
 
@@ -175,3 +178,18 @@ def perturbed(weights: Sequence[Tensor], count: int, noise: float = 1e-3, seed: 
 def ranks_of(subgrads: Sequence[Tensor], scheme: str) -> list[int]:
     """Ranks a projection kept, read from its sub-gradients ``U_r V_r^T`` (exactly r singular values are 1)."""
     return [int((torch.linalg.svdvals(lowrank.to_matrix(g.double().cpu(), scheme)) > 0.5).sum()) for g in subgrads]
+
+
+def trp_steady_weights(weights: Sequence[torch.Tensor], scheme: str, rule: lowrank.Rule, steps: int = 30,
+                       noise: float = 1e-3) -> list[torch.Tensor]:
+    """Weights as period-1 TRP leaves them: projected at every step with a small random update
+    between (``noise`` times the weight's RMS per element), so the spectrum has the few large
+    values over a small tail that TRP training produces. The cost of the ``warm`` solver depends
+    on it; He-initialised weights (full spectrum, no gap) are its worst case."""
+    g = torch.Generator(device=weights[0].device).manual_seed(0)
+    out = [w.clone() for w in weights]
+    for _ in range(steps):
+        out, _ = lowrank.project(out, scheme, rule, with_subgradient=False, solver="gram")
+        out = [w + noise * w.pow(2).mean().sqrt() * torch.randn(w.shape, generator=g, device=w.device, dtype=w.dtype)
+               for w in out]
+    return out

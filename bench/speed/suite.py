@@ -34,7 +34,6 @@ import torch
 from bench.speed import core
 from bench.speed.summary import summary_markdown
 from methods import lowrank
-from methods.registry import build as build_method
 
 SUITES: tuple[str, ...] = ("gpu", "cpu-smoke")
 SUITE_PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed", "pipeline", "step-compiled")
@@ -83,16 +82,11 @@ class Plan:
     budget_s: float = 570.0
 
 
-def default_solver() -> str:
-    """TRP's default projection solver (what a spec that names none runs)."""
-    return str(build_method("trp", {}).solver)
-
-
 def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, warmup: Optional[int] = None,
               batch: Optional[int] = None, compile: bool | str | None = None) -> Plan:
     """The suite's plan on ``device``; ``steps``/``warmup``/``batch``/``compile`` override the
     training-step parts' defaults."""
-    solver = default_solver()
+    solver = core.default_solver()
     if suite == "gpu":
         return Plan(
             suite, str(device),

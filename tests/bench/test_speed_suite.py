@@ -10,7 +10,7 @@ import torch
 
 from bench.cli import main
 from bench.models import build_model
-from bench.speed import ranks, suite
+from bench.speed import core, ranks, suite
 from methods import lowrank
 
 
@@ -34,7 +34,7 @@ def test_cpu_smoke_suite_writes_json_and_summary_with_rows_from_every_part(tmp_p
     assert set(step) == {"plain"} | {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in lowrank.SOLVERS}
     assert all(r["weights"].startswith("paper-ranks") and r["slowdown_vs_plain"] > 0 for r in step.values())
     compiled = {r["variant"] for r in parts["step-compiled"]["rows"]}
-    assert compiled == {"plain-compiled", f"trp-channel-{suite.default_solver()}-compiled"}
+    assert compiled == {"plain-compiled", f"trp-channel-{core.default_solver()}-compiled"}
     proj = parts["projection"]["rows"]
     assert {r["weights"] for r in proj} == {"init", "trp-steady", "paper-ranks 2.17x (constructed spectra)",
                                            "paper-ranks 2.84x (constructed spectra)"}
