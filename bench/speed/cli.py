@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"models to run (default: resnet20 resnet50 on CUDA, resnet20 on CPU); "
                         f"any of {', '.join(core.MODELS)}")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50 CUDA, 3 CPU)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per variant (default 50 CUDA, 3 CPU); timed calls per projection solver "
+                        "(default 5)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps per variant first (default 10 CUDA, 1 CPU)")
     p.add_argument("--batch", type=int, default=None,

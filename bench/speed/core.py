@@ -450,7 +450,7 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
         if "projection" in parts:
             log(f"[speed] {name}: projection solvers")
             for scheme in ("channel", "spatial"):
-                out["projection"] += bench_projection(name, setup, scheme)
+                out["projection"] += bench_projection(name, setup, scheme, repeats=steps or 5)
         if "latency" in parts:
             log(f"[speed] {name}: latency")
             runs = [(setup, (1, 256) if cuda else (1,))]
