@@ -19,11 +19,13 @@ convs included. ``stride2`` says what happens to the stride-2 ones:
 
 - ``official`` (default): projected in training; at export the channel and spatial schemes leave
   them dense (``decompose.py`` factorizes only ``stride == (1, 1)``), while network decoupling
-  factorizes every chosen layer, as ``network_decouple`` does, even where the factorized form
-  costs more MACs than the dense one. The official MAC formula counts stride-2 layers as dense
-  in every scheme: the layers it counts dense but the deployed model factorizes are listed in the
+  factorizes every chosen layer, as ``network_decouple`` does. As in the official code, every
+  layer chosen for export is factorized even where that costs more MACs than dense (decoupling's
+  stride-2 convs always do). The official MAC formula counts stride-2 layers as dense in every
+  scheme: the layers it counts dense but the deployed model factorizes are listed in the
   report's ``info["counted_dense"]``, and the row shows both counts (``bench.run``).
-- ``include``: projected in training and factorized at export wherever that lowers MACs.
+- ``include``: projected in training and factorized at export wherever that lowers MACs
+  (a layer whose factorized form would cost more stays dense).
 - ``exclude``: neither projected nor factorized.
 
 ``period_basis``: ``global`` (default) projects when the global step is a multiple of
@@ -79,9 +81,9 @@ class TRP(Method):
         self.period_basis, self.solver = period_basis, solver
         # stride-2 layers: trained unless excluded; exported per the rule above
         self._train_stride2 = stride2 != "exclude"
-        official_nd = stride2 == "official" and scheme == "decoupling"
-        self._export_stride2 = stride2 == "include" or official_nd
-        self._keep_dense_if_larger = not official_nd
+        self._export_stride2 = stride2 == "include" or (stride2 == "official" and scheme == "decoupling")
+        # official: the official model exactly, every chosen layer factorized whatever it costs
+        self._keep_dense_if_larger = stride2 != "official"
         self._steps_per_epoch = 0       # from the context at attach; 0: period_basis epoch acts as global
         self.names: list[str] = []
         self._subgrads: Optional[list[Tensor]] = None
