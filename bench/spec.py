@@ -352,7 +352,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
     method_names = available()
 
     trials: dict[str, Trial] = {}
-    layer_checks: list[tuple[str, str, dict, list, list]] = []   # for _check_layers, after the data roots
+    layer_checks: list[tuple[str, str, dict, list, list]] = []   # for check_layers, after the data roots
     for i, entry in enumerate(entries):
         where = f"methods[{i}]"
         if isinstance(entry, str):
@@ -405,7 +405,9 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
     if check:
         _check_data_roots(trials.values())
         _check_pretrained(trials.values())
-        _check_layers(layer_checks)
+        from bench.layercheck import check_layers
+
+        check_layers(layer_checks)
     # baselines first, then in spec order: `show` and the sweep list them the way they run
     ordered = sorted(trials.values(), key=lambda t: t.method != "dense")
     return Sweep(name=sweep, trials=tuple(ordered), source=source)
@@ -463,48 +465,6 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
             detail = str(e).splitlines()[0].removeprefix("pretrained: ")
             raise bad("model.pretrained", pre, f"a state dict of {t.model} for {nc} classes and inputs {shape}",
                       detail, PATH_QUOTE) from None
-
-
-def _check_layers(checks: list[tuple[str, str, dict, list, list]]) -> None:
-    """A method that picks layers (``Method.choose_layers``) must pick at least one layer of each
-    model it runs on: otherwise its trial would report the dense model as a compression. The
-    model is built on the meta device (no weights, no data), at the shape ``describe`` gives."""
-    import torch
-
-    from bench.data import describe
-    from bench.models import MODELS
-    from methods.lowrank import SCHEMES
-    from methods.registry import build, parameters
-
-    def picks(name: str, params: dict, model: torch.nn.Module) -> bool | None:
-        try:
-            chosen = build(name, params).choose_layers(model)
-        except (ValueError, TypeError, KeyError):
-            return False          # e.g. a scheme this method does not take
-        return None if chosen is None else any(reason is None for _, reason in chosen)
-
-    seen: set = set()
-    for where, name, params, models, datas in checks:
-        for (mname, mopts), data in itertools.product(models, datas):
-            key = (name, freeze(params), mname, freeze(mopts), freeze(data))
-            if key in seen:
-                continue
-            seen.add(key)
-            shape, nc = describe(data)
-            opts = {k: v for k, v in mopts.items() if k != "pretrained"}
-            try:
-                with torch.device("meta"):
-                    model = MODELS[mname](nc, tuple(shape), **opts)
-            except (ValueError, TypeError) as e:
-                raise SpecError(f"model.{e.args[0] if e.args else e}") from None
-            if picks(name, params, model) is not False:
-                continue
-            scheme = getattr(build(name, params), "scheme", params.get("scheme"))
-            fits = [sc for sc in SCHEMES if "scheme" in parameters(name) and sc != scheme
-                    and picks(name, {**params, "scheme": sc}, model)]
-            raise bad(f"{where}.scheme", scheme,
-                      ", ".join(fits) if fits else f"none: no scheme of {name} selects a layer of {mname}",
-                      f"selects no layer of model {mname!r}: {name} would deploy the dense model")
 
 
 def load_spec(path: str | Path, check: bool = True) -> Sweep:
