@@ -46,9 +46,10 @@ def check_layers(checks: list[tuple[str, str, dict, list, list]]) -> None:
                 raise UserError(f"model.{e.args[0] if e.args else e}") from None
             if picks(name, params, model) is not False:
                 continue
+            problem = f"selects no layer of model {mname!r}: {name} would deploy the dense model"
+            if "scheme" not in parameters(name):     # e.g. tucker2, cp: convs only, no scheme to change
+                raise bad(where, name, f"a model with layers {name} decomposes", problem)
             scheme = getattr(build(name, params), "scheme", params.get("scheme"))
-            fits = [sc for sc in SCHEMES if "scheme" in parameters(name) and sc != scheme
-                    and picks(name, {**params, "scheme": sc}, model)]
+            fits = [sc for sc in SCHEMES if sc != scheme and picks(name, {**params, "scheme": sc}, model)]
             raise bad(f"{where}.scheme", scheme,
-                      ", ".join(fits) if fits else f"none: no scheme of {name} selects a layer of {mname}",
-                      f"selects no layer of model {mname!r}: {name} would deploy the dense model")
+                      ", ".join(fits) if fits else f"none: no scheme of {name} selects a layer of {mname}", problem)

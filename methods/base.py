@@ -31,6 +31,10 @@ Hooks, each with a do-nothing default (a method overrides only what it needs):
 - ``choose_layers(model)``: every Conv2d/Linear with None (the deployed model compresses it) or
   why it stays dense, without changing ``model``; None (default): the method picks no layers.
   The spec refuses, before training, a method that would compress no layer of its model.
+- ``rebuild(model, layers)``: the deployed architecture rebuilt on a dense ``model`` from the report's
+  ``layers`` (weights are loaded after; default: ``lowrank.build_factorized``, which knows the
+  lowrank schemes; a method with layer types of its own rebuilds them). Used to load a saved
+  compressed model and by the conformance suite.
 - ``state_dict()`` / ``load_state_dict(d)``: method state, checkpointed every epoch and restored on resume.
 
 Attributes: ``name`` (the registry key), ``starts_from_baseline``, ``ctx`` (the trial's
@@ -44,13 +48,13 @@ gives a bad value the project's one-line error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from bench import checks
-from methods.lowrank import LayerReport
+from methods.lowrank import LayerReport, build_factorized
 
 
 @dataclass
@@ -135,6 +139,10 @@ class Method:
         reason it stays dense; ``model`` may live on the meta device (no weights). None: this
         method does not pick layers (e.g. dense), so there is nothing to check."""
         return None
+
+    def rebuild(self, model: nn.Module, layers: Sequence[LayerReport]) -> nn.Module:
+        """The deployed architecture for ``layers`` (a report's), built on the dense ``model``."""
+        return build_factorized(model, layers)
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that must survive a resume (saved with every epoch checkpoint)."""
