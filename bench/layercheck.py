@@ -24,11 +24,14 @@ def check_layers(checks: list[tuple[str, str, dict, list, list]]) -> None:
     (``models``: (name, options) pairs; ``datas``: data configs). Raises the one-line
     ``UserError`` for the first whose method selects no layer of one of its models."""
     def picks(name: str, params: dict, model: torch.nn.Module) -> bool | None:
+        chosen = build(name, params).choose_layers(model)
+        return None if chosen is None else any(reason is None for _, reason in chosen)
+
+    def other_picks(name: str, params: dict, model: torch.nn.Module) -> bool:
         try:
-            chosen = build(name, params).choose_layers(model)
+            return bool(picks(name, params, model))
         except (ValueError, TypeError, KeyError):
             return False          # e.g. a scheme this method does not take
-        return None if chosen is None else any(reason is None for _, reason in chosen)
 
     seen: set = set()
     for where, name, params, models, datas in checks:
@@ -50,6 +53,6 @@ def check_layers(checks: list[tuple[str, str, dict, list, list]]) -> None:
             if "scheme" not in parameters(name):     # e.g. tucker2, cp: convs only, no scheme to change
                 raise bad(where, name, f"a model with layers {name} decomposes", problem)
             scheme = getattr(build(name, params), "scheme", params.get("scheme"))
-            fits = [sc for sc in SCHEMES if sc != scheme and picks(name, {**params, "scheme": sc}, model)]
+            fits = [sc for sc in SCHEMES if sc != scheme and other_picks(name, {**params, "scheme": sc}, model)]
             raise bad(f"{where}.scheme", scheme,
                       ", ".join(fits) if fits else f"none: no scheme of {name} selects a layer of {mname}", problem)
