@@ -92,6 +92,13 @@ def test_conformance_compress_keeps_output_shape_and_round_trips(name, tmp_path)
         assert torch.equal(model(x), y), "compress() modified the model it was given"
     rep = method.report()
     assert isinstance(rep, MethodReport) and isinstance(rep.layers, list) and isinstance(rep.info, dict)
+    # choose_layers (what the spec asks before training) names every Conv2d/Linear, and covers
+    # every layer compress() factorized
+    chosen = method.choose_layers(_model(arch))
+    if chosen is not None:
+        layers = [n for n, m in _model(arch).named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert [n for n, _ in chosen] == layers
+        assert {r["name"] for r in rep.layers if r.get("skipped") is None} <= {n for n, r in chosen if r is None}
     # save the deployed model's state dict, load it into a freshly built factorized model
     path = tmp_path / "small.pt"
     torch.save(small.state_dict(), path)
