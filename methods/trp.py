@@ -21,7 +21,8 @@ convs included. ``stride2`` says what happens to the stride-2 ones:
   them dense (``decompose.py`` factorizes only ``stride == (1, 1)``), while network decoupling
   factorizes every chosen layer, as ``network_decouple`` does. As in the official code, every
   layer chosen for export is factorized even where that costs more MACs than dense (decoupling's
-  stride-2 convs always do). The official MAC formula counts stride-2 layers as dense in every
+  stride-2 convs always do; a ``speedup:`` export, which the official code does not have, keeps
+  such a layer dense, as its search assumes). The official MAC formula counts stride-2 layers as dense in every
   scheme: the layers it counts dense but the deployed model factorizes are listed in the
   report's ``info["counted_dense"]``, and the row shows both counts (``bench.run``).
 - ``include``: projected in training and factorized at export wherever that lowers MACs
@@ -82,8 +83,9 @@ class TRP(Method):
         # stride-2 layers: trained unless excluded; exported per the rule above
         self._train_stride2 = stride2 != "exclude"
         self._export_stride2 = stride2 == "include" or (stride2 == "official" and scheme == "decoupling")
-        # official: the official model exactly, every chosen layer factorized whatever it costs
-        self._keep_dense_if_larger = stride2 != "official"
+        # official: the official model exactly, every chosen layer factorized whatever it costs;
+        # a speedup: export (not in the official code) plans on layers costing at most dense
+        self._keep_dense_if_larger = stride2 != "official" or lowrank.parse_rule(export, "export").is_global
         self._steps_per_epoch = 0       # from the context at attach; 0: period_basis epoch acts as global
         self.names: list[str] = []
         self._subgrads: Optional[list[Tensor]] = None
