@@ -366,6 +366,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
 
     trials: dict[str, Trial] = {}
     wheres: dict[str, tuple[str, str]] = {}    # trial id -> (its methods[i] field, its model field)
+    layer_checks: list[tuple[str, str, dict, list, list]] = []   # for check_layers, after the data roots
     for i, entry in enumerate(entries):
         where = f"methods[{i}]"
         if isinstance(entry, str):
@@ -405,6 +406,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
             p = {k: _coerce_param(name, k, v) for k, v in zip(keys, combo)}
             if check:
                 _build_method(where, name, p)
+                layer_checks.append((where, name, p, models, datas))
             for d, m, seed in itertools.product(datas, models, seeds):
                 t = Trial(sweep=sweep, data=freeze(d), model=m[0], model_options=freeze(m[1]),
                           method=name, params=freeze(p),
@@ -420,6 +422,9 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         _check_data_roots(trials.values())
         check_pretrained_files(trials.values())
         check_models(trials.values(), wheres)
+        from bench.layercheck import check_layers
+
+        check_layers(layer_checks)                # a method that selects no layer, before its rule's reach
         check_reachable(trials.values(), wheres)
     # baselines first, then in spec order: `show` and the sweep list them the way they run
     ordered = sorted(trials.values(), key=lambda t: t.method != "dense")
