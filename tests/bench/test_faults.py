@@ -30,7 +30,7 @@ SPEC = """
 sweep: f
 seeds: [0]
 data: {name: digits}
-model: mlp
+model: cnn
 train: {epochs: 2, batch_size: 64, lr: 0.05}
 measure: {latency_repeats: 2}
 methods:
