@@ -1,6 +1,6 @@
 """The ``rankbench`` command (also ``python -m bench``).
 
-    rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
+    rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N] [--mlflow URI]
     rankbench methods
     rankbench show SPEC
     rankbench report ...        (reports.cli)
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where rows, checkpoints, logs and Ray's state go: a local or NFS folder, or a "
                         "URI pyarrow opens (s3://bucket/dir, gs://..., file:///dir); default ./results")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    r.add_argument("--mlflow", default=None, metavar="URI",
+                   help="also log every trial's epochs to this MLflow tracking URI (needs rankbench[mlflow]); "
+                        "TensorBoard files are always written under <results>/<sweep>/tensorboard")
     sub.add_parser("methods", help="list registered methods and their parameters")
     s = sub.add_parser("show", help="list the trials a spec expands to, without running them")
     s.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         if args.cmd == "run":
-            return cmd_run(args.spec, args.results, args.address, args.max_concurrent)
+            return cmd_run(args.spec, args.results, args.address, args.max_concurrent, args.mlflow)
         if args.cmd == "methods":
             return cmd_methods()
         if args.cmd == "show":
@@ -134,17 +137,21 @@ def cmd_show(spec: str | None, results: str = "results") -> int:
     return 0
 
 
-def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None) -> int:
+def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
+            mlflow: str | None = None) -> int:
     from bench.spec import load_spec
     from bench.sweep import run_sweep, set_ray_env
 
     set_ray_env()
     if max_concurrent is not None and max_concurrent < 1:
         raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
+    from bench.tracking import check_mlflow
+
+    check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
     sweep = load_spec(_spec_path(spec))            # every input error surfaces here, before Ray
     summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
-                        out=lambda s: print(s, flush=True))
+                        out=lambda s: print(s, flush=True), mlflow=mlflow)
     from bench.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI

@@ -14,7 +14,8 @@ calls its hooks around the ordinary training loop::
         loss.backward()
         method.after_backward(model, step)
         optimizer.step()
-    # every epoch: the checkpoint saves method.state_dict() with the model and optimizer
+    # every epoch: the checkpoint saves method.state_dict() with the model and optimizer, and
+    # method.epoch_metrics(model) goes to TensorBoard / MLflow beside the loss and val top-1
     small = method.compress(model)             # the deployable (factorized) model
     # fine-tuning of ``small`` for ``method.finetune_epochs`` epochs (0: none)
     row = method.report()                      # a MethodReport: per-layer facts, scheme, rule, info
@@ -28,6 +29,9 @@ Hooks, each with a do-nothing default (a method overrides only what it needs):
 - ``param_groups(model)``: optimizer parameter groups (e.g. no weight decay on singular values); None: one group.
 - ``compress(model)``: the model that is deployed and measured (default: ``model`` itself).
 - ``report()``: a :class:`MethodReport` for the result row (default: empty).
+- ``epoch_metrics(model)``: scalars for the experiment trackers after each training epoch, e.g.
+  ``{"mean_kept_rank": 7.5}`` (TensorBoard tag ``train/mean_kept_rank``; default: none). Called
+  on rank 0 outside the step loop, so it may read values back from the device.
 - ``rebuild(model, layers)``: the deployed architecture rebuilt on a dense ``model`` from the report's
   ``layers`` (weights are loaded after; default: ``lowrank.build_factorized``, which knows the
   lowrank schemes; a method with layer types of its own rebuilds them). Used to load a saved
@@ -130,6 +134,10 @@ class Method:
     def report(self) -> MethodReport:
         """Per-trial facts for the result row."""
         return MethodReport()
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Scalars to track after each training epoch (name -> number); {} by default."""
+        return {}
 
     def rebuild(self, model: nn.Module, layers: Sequence[LayerReport]) -> nn.Module:
         """The deployed architecture for ``layers`` (a report's), built on the dense ``model``."""
