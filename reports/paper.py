@@ -17,7 +17,7 @@ import yaml
 
 from bench.checks import bad, check, is_number, missing, unknown
 from reports.collate import load_results, summarize
-from reports.format import DASH, fmt_pm, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
+from reports.format import DASH, display_name, fmt_pm, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 NUMBERS = ("top1", "top5", "speedup", "params_m")
@@ -162,7 +162,7 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
         for i, g in summary.iterrows():
             if i in used or g["model"] != table["model"] or g["dataset"] != table["dataset"]:
                 continue
-            label = g["method"] + (f" [{g['variant']}]" if g["variant"] else "")
+            label = display_name(g) + (f" [{g['variant']}]" if g["variant"] else "")
             lines.append({"label": label, "status": "ours only", "scheme": g.get("scheme"),
                           "method": g["method"], "variant": g["variant"], **_ours(g)})
 
