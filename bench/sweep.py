@@ -191,6 +191,25 @@ def _needs_run(store: Store, t: Trial) -> bool:
     return t.method == "dense" and not store.baseline_weights(t.id).exists()
 
 
+def relabel(store: Store, done: list[Trial]) -> int:
+    """Give finished rows the display name their spec entry has now (``label:`` is not part of
+    the id, so a label added or changed after a run re-runs nothing); returns the rows rewritten."""
+    n = 0
+    for t in done:
+        row = store.read_result(t.id)
+        if row is None or (row.get("label") or "") == t.display_label:
+            continue
+        row["label"] = t.display_label or None
+        spec = row.get("spec")
+        if isinstance(spec, dict):
+            spec.pop("label", None)
+            if t.display_label:
+                spec["label"] = t.display_label
+        store.write_result(row)
+        n += 1
+    return n
+
+
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
               max_concurrent: int | None = None, out: Callable[[str], None] = print,
               mlflow: str | None = None) -> SweepSummary:
@@ -203,6 +222,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     store.ensure()
     with store.lock():
         todo = [t for t in sweep.trials if _needs_run(store, t)]
+        relabel(store, [t for t in sweep.trials if t not in todo])
         skipped = len(sweep.trials) - len(todo)
         out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
             f"-> {store.dir}")

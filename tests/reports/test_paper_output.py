@@ -192,3 +192,22 @@ def test_rank_plot_of_dense_rows_only_is_refused_in_one_line(tmp_path, capsys):
     write_rows(tmp_path, [make_row(seed=0, layers=[])])
     assert main_report([str(tmp_path), "--ranks", str(tmp_path / "r")]) == 2
     assert "no successful trial reports per-layer ranks" in capsys.readouterr().err
+
+
+def test_a_label_changed_after_the_run_reaches_the_finished_rows_without_a_rerun(tmp_path):
+    from bench.row import empty_row
+    from bench.spec import parse_spec
+    from bench.store import Store
+    from bench.sweep import relabel
+
+    base = ("sweep: s\nseeds: [0]\ndata: {name: digits}\nmodel: cnn\nmethods:\n"
+            "  - {name: trp, scheme: channel, export: 'speedup:2.0'%s}\n")
+    (old,) = parse_spec(base % "", check=False).trials
+    (new,) = parse_spec(base % ", label: 'TRP+Nu'", check=False).trials
+    store = Store(tmp_path, "s")
+    store.write_result({**empty_row(old, env={}), "status": "ok"})
+    assert relabel(store, [new]) == 1 and relabel(store, [new]) == 0    # once; then nothing to do
+    row = store.read_result(new.id)
+    assert row["label"] == "TRP+Nu" and row["spec"]["label"] == "TRP+Nu" and row["status"] == "ok"
+    assert relabel(store, [old]) == 1 and store.read_result(old.id)["label"] is None
+    assert "label" not in store.read_result(old.id)["spec"]
