@@ -76,7 +76,7 @@ def build(conv: nn.Conv2d, ranks: Ranks) -> CPConv:
     (r,) = ranks
     t, s, kh, kw = conv.weight.shape
     kw_ = {"device": conv.weight.device, "dtype": conv.weight.dtype}
-    pad = tensordec.numeric_padding(conv)
+    pad = lowrank.numeric_padding(conv)
 
     def axis_pad(axis: int) -> Any:
         return pad if isinstance(pad, str) else _axis(pad, axis, 0)

@@ -16,7 +16,7 @@ disturbed; and layer-sized products gain nothing from threads, while with busy c
 multi-threaded BLAS was measured several times slower than one thread.
 
 Public API: :class:`Decomposition`, :class:`LayerPlan`, :func:`plan_layers`, :func:`check_speedup`, :func:`fit_speedup`,
-:func:`decompose_planned`, :func:`rebuild`, :func:`numeric_padding`, :func:`tensorly_numpy`,
+:func:`decompose_planned`, :func:`rebuild`, :func:`tensorly_numpy`,
 :func:`kernel64`, :func:`ratio_rank`.
 """
 from __future__ import annotations
@@ -53,18 +53,6 @@ def tensorly_numpy() -> Iterator[None]:
 def kernel64(conv: nn.Conv2d) -> np.ndarray:
     """The conv's kernel ``(T, S, kh, kw)`` as a float64 numpy array."""
     return conv.weight.detach().to("cpu", torch.float64).numpy()
-
-
-def numeric_padding(conv: nn.Conv2d) -> Any:
-    """'valid' -> 0 and a symmetric 'same' -> its integer pair: the same output, and fvcore only
-    counts convs with numeric padding. An asymmetric 'same' (even effective kernel) stays a string."""
-    if conv.padding == "valid":
-        return (0, 0)
-    if conv.padding == "same":
-        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        if all(t % 2 == 0 for t in total):
-            return tuple(t // 2 for t in total)
-    return conv.padding
 
 
 @dataclass(frozen=True)

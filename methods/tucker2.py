@@ -67,7 +67,7 @@ def build(conv: nn.Conv2d, ranks: Ranks) -> Tucker2Conv:
     t, s, kh, kw = conv.weight.shape
     kw_ = {"device": conv.weight.device, "dtype": conv.weight.dtype}
     first = nn.Conv2d(s, r_in, 1, bias=False, **kw_)
-    core = nn.Conv2d(r_in, r_out, (kh, kw), stride=conv.stride, padding=tensordec.numeric_padding(conv),
+    core = nn.Conv2d(r_in, r_out, (kh, kw), stride=conv.stride, padding=lowrank.numeric_padding(conv),
                      dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False, **kw_)
     last = nn.Conv2d(r_out, t, 1, bias=conv.bias is not None, **kw_)
     out = Tucker2Conv(first, core, last)
