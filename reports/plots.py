@@ -3,8 +3,8 @@
 One row of two panels per (dataset, model); one series per method variant (its points are the
 rank rules / operating points), named by the spec's ``label:`` when it has one, 95% CI error
 bars, our Pareto front as a dashed step line, and published points as hollow markers on the
-MAC panel (papers report FLOP/MAC speed-ups only). Series that meet at one speed-up (several
-methods exported at a matched 2x) are dodged sideways so that none hides another, and an error
+MAC panel (papers report FLOP/MAC speed-ups only). Points that would hide each other (several
+methods exported at a matched 2x) are spread sideways by about a marker's width, and an error
 bar cut by an axis limit gets a triangle on that edge; a note under the plot says both.
 
 ``ranks_plot`` draws the per-layer ranks of the rows: layer on the x axis (in model order), kept
@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 from reports.format import COLUMN_PARAMS, display_name, is_missing, sort_rows
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
-# sideways shift between series that meet at one speed-up, as a fraction of the panel's x span
-DODGE = 0.012
+# sideways spacing of points that would hide each other, as a fraction of the panel's x span
+# (about one marker's width)
+DODGE = 0.02
 
 
 def series_label(row: pd.Series) -> str:
@@ -51,19 +52,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def dodge(xs: Sequence[float], series: Sequence[str], step: float) -> list[float]:
-    """Sideways offsets: points of different series at the same speed-up (equal at two decimals,
-    as the tables print it) spread ``step`` apart around it; a lone point stays where it is."""
+    """Sideways offsets so that no two points sit closer than ``step`` where they would hide each
+    other: points less than ``step`` apart form a cluster, whose members (by speed-up, then series
+    order) shift by ``(j - (k-1)/2) * step`` each; a point alone stays where it is."""
     order = list(dict.fromkeys(series))
-    at: dict[float, list[str]] = {}
-    for x, lab in zip(xs, series):
-        if not math.isnan(x):
-            at.setdefault(round(x, 2), [])
-            if lab not in at[round(x, 2)]:
-                at[round(x, 2)].append(lab)
-    out = []
-    for x, lab in zip(xs, series):
-        here = sorted(at.get(round(x, 2), []) if not math.isnan(x) else [], key=order.index)
-        out.append((here.index(lab) - (len(here) - 1) / 2) * step if len(here) > 1 else 0.0)
+    idx = sorted((i for i, x in enumerate(xs) if not math.isnan(x)), key=lambda i: (xs[i], order.index(series[i])))
+    out = [0.0] * len(xs)
+    cluster: list[int] = []
+    for i in idx + [None]:   # None closes the last cluster
+        if i is not None and cluster and xs[i] - xs[cluster[-1]] < step:
+            cluster.append(i)
+            continue
+        k = len(cluster)
+        for j, c in enumerate(cluster if k > 1 else []):
+            out[c] = (j - (k - 1) / 2) * step
+        cluster = [i] if i is not None else []
     return out
 
 
@@ -176,8 +179,8 @@ def pareto_plot(summary: pd.DataFrame, path: str | Path,
     clipped = sum(mark_clipped(ax, pts) for ax, pts in drawn.items())
     notes = []
     if any(p[5] for pts in drawn.values() for p in pts):
-        notes.append("Series at the same speed-up are shifted sideways by a small amount so that none hides "
-                     "another; the tables give the exact values.")
+        notes.append("Points at nearly the same speed-up are shifted sideways by about a marker's width so that "
+                     "none hides another; the tables give the exact values.")
     if clipped:
         notes.append("A triangle on an axis edge: that 95% CI reaches past the axis (few seeds).")
     if notes:   # the plot's caption notes, under the panels
@@ -232,11 +235,17 @@ def rank_series(df: pd.DataFrame) -> dict[tuple[str, str], dict[str, dict[str, t
     if ok.empty:
         return {}
     names = ok.apply(display_name, axis=1)
-    several = {n for n, g in ok.groupby(names) if g["variant"].nunique() > 1}
+    # a name with several variants: its lines say the parameters that differ between them
+    differ: dict[str, list[str]] = {}
+    for n, g in ok.groupby(names):
+        plist = [p if isinstance(p, dict) else {} for p in g["params"]]
+        differ[n] = sorted(k for k in {k for p in plist for k in p} if len({repr(p.get(k)) for p in plist}) > 1)
     out: dict[tuple[str, str], dict[str, dict[str, tuple[float, bool]]]] = {}
     for key, g in ok.groupby(["dataset", "model", names.rename("_name"), "variant"], sort=True):
         dataset, model, name, variant = key
-        line = f"{name} [{variant}]" if name in several and variant else name
+        p = g["params"].iloc[0] if isinstance(g["params"].iloc[0], dict) else {}
+        extra = ", ".join(f"{k}={p.get(k)}" for k in differ.get(name, []))
+        line = f"{name} ({extra})" if extra else name
         acc: dict[str, list[tuple[float, bool]]] = {}
         for layers in g["layers"]:
             for L in layers:
@@ -253,7 +262,7 @@ def ranks_plot(df: pd.DataFrame, path: str | Path) -> list[Path]:
     if not series:
         raise ValueError("ranks: no successful trial reports per-layer ranks (dense rows have none)")
     n_layers = max(len({n for line in lines.values() for n in line}) for lines in series.values())
-    fig = Figure(figsize=(max(8.0, 0.4 * n_layers + 4), 4.2 * len(series) + 0.8), dpi=110, layout="constrained")
+    fig = Figure(figsize=(max(9.0, 0.4 * n_layers + 4), 4.2 * len(series) + 0.8), dpi=110, layout="constrained")
     axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
     any_skipped = False
     for ax, ((dataset, model), lines) in zip(axes, series.items()):
@@ -273,11 +282,7 @@ def ranks_plot(df: pd.DataFrame, path: str | Path) -> list[Path]:
         ax.set_ylabel("kept rank / full rank")
         ax.set_title(f"{model} on {dataset}: per-layer ranks (mean over seeds)", fontsize=11)
         ax.grid(True, alpha=0.3)
-    handles: dict[str, Any] = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=9, frameon=False)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)   # per panel: each has its own methods
     if any_skipped:
         fig.supxlabel("Hollow marker at 1.0: the layer was left dense (skipped).", fontsize=8, color="0.3")
     return save(fig, path)

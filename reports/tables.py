@@ -202,6 +202,21 @@ def select_columns(header: list[str], rows: list[list[str]], columns: Sequence[s
         return header, rows
     where = {column_key(h): i for i, h in enumerate(header)}
     idx = [where[k] for k in columns if k in where]
+    rows = [list(r) for r in rows]
+    m = where.get("method")
+    dropped = [where[k] for k in ("scheme", "rule") if k in where and k not in columns]
+    if m is not None and m in idx and dropped:
+        # rows that differ only in a dropped column (TRP+Nu channel / spatial) keep it in the name
+        ident = [where[k] for k in ("dataset", "model") if k in where] + [m]
+        groups: dict[tuple, list[int]] = {}
+        for j, r in enumerate(rows):
+            groups.setdefault(tuple(r[i] for i in ident), []).append(j)
+        for members in groups.values():
+            differ = [i for i in dropped if len({rows[j][i] for j in members}) > 1]
+            for j in members if differ else []:
+                extra = ", ".join(rows[j][i] for i in differ)
+                name = rows[j][m]
+                rows[j][m] = f"{name[:-1]}, {extra})" if name.endswith(")") else f"{name} ({extra})"
     return [header[i] for i in idx], [[r[i] for i in idx] for r in rows]
 
 

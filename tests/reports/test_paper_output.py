@@ -106,6 +106,9 @@ def test_the_full_table_has_13_columns_and_sets_or_keys_select_them(tmp_path):
     assert md.splitlines()[0].split("|")[1:-1] and [c.strip() for c in md.splitlines()[0].split("|")[1:-1]] == [
         "Dataset", "Model", "Method", "Top-1 (%)", "Top-5 (%)", "MAC speed-up",
         "Measured speed-up (cpu, float32, batch 1)", "Params"]
+    # without the Scheme column, TRP's two schemes would be two rows of one name: the name says it
+    trp = tables.to_markdown(_summary(tmp_path / "trp"), columns=tables.parse_columns("compact"))
+    assert _method_cells(trp) == ["dense", "SVD", "SVD+FT", "TRP+Nu (channel)", "TRP+Nu (spatial)"]
     keys = tables.parse_columns("method,macs_speedup,top1")
     md = tables.to_markdown(s, columns=keys)
     assert [c.strip() for c in md.splitlines()[0].split("|")[1:-1]] == ["Method", "MAC speed-up", "Top-1 (%)"]
@@ -167,7 +170,7 @@ def test_pareto_plot_uses_labels_dodges_and_marks_clipped_error_bars(tmp_path):
     assert png.stat().st_size > 0
     for name in ("TRP+Nu channel", "SVD channel", "DeepTwist channel", "lrd channel"):
         assert name in text
-    assert "shifted sideways" in text and "triangle on an axis edge" in text
+    assert "shifted sideways by about a marker" in text and "triangle on an axis edge" in text
 
 
 def test_rank_plot_draws_each_variants_kept_fraction_per_layer(tmp_path, capsys):
@@ -175,9 +178,8 @@ def test_rank_plot_draws_each_variants_kept_fraction_per_layer(tmp_path, capsys)
     df = collate.load_results(tmp_path / "res")
     series = plots.rank_series(df)
     lines = series[("cifar10", "resnet20")]
-    # one TRP+Nu label holds two variants: its lines name them; dense rows have no layers
-    assert set(lines) == {"SVD", "SVD+FT", "TRP+Nu [export=speedup:2.0,nuclear=0.0003,scheme=channel]",
-                          "TRP+Nu [export=speedup:2.0,nuclear=0.0003,scheme=spatial]"}
+    # one TRP+Nu label holds two variants: its lines name what differs; dense rows have no layers
+    assert set(lines) == {"SVD", "SVD+FT", "TRP+Nu (scheme=channel)", "TRP+Nu (scheme=spatial)"}
     assert lines["SVD"]["layer1.0.conv1"] == (0.5, False)        # rank 8 of 16
     assert lines["SVD"]["conv1"] == (1.0, True)                  # skipped: kept dense
     assert plots.kept_fraction({"rank": [2, 4], "full_rank": [4, 8], "skipped": None}) == (0.5, False)
