@@ -43,7 +43,7 @@ def check_mlflow(uri: str | None) -> None:
     if uri is None:
         return
     if not uri:
-        raise bad("--mlflow", uri, "a tracking URI, e.g. file:///tmp/mlruns or http://host:5000")
+        raise bad("--mlflow", uri, "a tracking URI, e.g. http://host:5000 or sqlite:///mlflow.db")
     if importlib.util.find_spec("mlflow") is None:
         raise bad("--mlflow", uri, MLFLOW_EXTRA, "the mlflow package is not installed")
 

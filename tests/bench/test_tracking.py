@@ -145,8 +145,10 @@ def test_a_tracker_that_fails_is_dropped_with_one_log_line_and_never_fails_the_t
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("mlflow") is None, reason="the mlflow extra")
-def test_mlflow_file_store_holds_the_trials_metrics(tmp_path):
+def test_mlflow_file_store_holds_the_trials_metrics(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")   # MLflow 3 prefers a database; a folder will do here
 
     trial = parse_spec(SPEC, check=False).trials[-1]
     uri = (tmp_path / "mlruns").as_uri()
