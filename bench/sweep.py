@@ -67,7 +67,7 @@ def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | Non
     if is_distributed(trial.resources_cfg):
         # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
         # retries the trial from its epoch checkpoint as for any other trial
-        row = run_distributed(trial, results_root, base_dir)
+        row = run_distributed(trial, results_root, base_dir, mlflow=mlflow)
         tune.report({"status": row["status"] if row else "failed",
                      "error": (row.get("error") or "") if row else "no result written (see the trial's log)",
                      "wall_s": (row or {}).get("wall_s") or 0.0, "top1": (row or {}).get("top1") or 0.0})
