@@ -70,10 +70,31 @@ def dodge(xs: Sequence[float], series: Sequence[str], step: float) -> list[float
     return out
 
 
-def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: str) -> list[tuple]:
-    """Draw one panel; returns the points drawn as ``(x, y, xerr, yerr, color, shift)`` ([]: none),
-    for marking the error bars an axis limit cuts."""
-    points: list[tuple] = []
+def _bars(g: pd.DataFrame, m: str) -> Any:
+    """Error bars of metric ``m``: the 95% interval clipped to what the metric can take
+    (``<m>_lo`` / ``<m>_hi`` of ``collate.summarize``), else the symmetric half-width."""
+    if f"{m}_lo" in g and f"{m}_hi" in g:
+        return [(g[f"{m}_mean"] - g[f"{m}_lo"]).fillna(0).clip(lower=0),
+                (g[f"{m}_hi"] - g[f"{m}_mean"]).fillna(0).clip(lower=0)]
+    return g[f"{m}_ci95"].fillna(0)
+
+
+def _ends(r: pd.Series, m: str) -> tuple[float, float, tuple[bool, bool]]:
+    """The drawn error bar of metric ``m`` in one summary row: its low and high end, and whether
+    a bound of the metric (``collate.BOUNDS``) cut each end."""
+    mean = float(r[f"{m}_mean"])
+    ci = 0.0 if is_missing(r.get(f"{m}_ci95")) else float(r[f"{m}_ci95"])
+    lo = r.get(f"{m}_lo")
+    hi = r.get(f"{m}_hi")
+    lo = mean - ci if is_missing(lo) else float(lo)
+    hi = mean + ci if is_missing(hi) else float(hi)
+    return lo, hi, (mean - ci < lo - 1e-9, mean + ci > hi + 1e-9)
+
+
+def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: str) -> list[dict[str, Any]]:
+    """Draw one panel; returns the points drawn (position, error-bar ends and cuts, colour,
+    sideways shift; [] when none), for :func:`mark_clipped`."""
+    points: list[dict[str, Any]] = []
     ok = groups[groups[f"{x}_mean"].notna() & groups["top1_mean"].notna()]
     xs = [float(v) for v in ok[f"{x}_mean"]]
     span = (max(xs) - min(xs)) if xs else 0.0
@@ -81,11 +102,13 @@ def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: st
     for label, g in ok.groupby("_series", sort=False):
         g = g.sort_values(f"{x}_mean")
         gx = g[f"{x}_mean"] + pd.Series([shift[i] for i in g.index], index=g.index)
-        xerr, yerr = g[f"{x}_ci95"].fillna(0), g["top1_ci95"].fillna(0)
-        ax.errorbar(gx, g["top1_mean"], yerr=yerr, xerr=xerr,
+        ax.errorbar(gx, g["top1_mean"], yerr=_bars(g, "top1"), xerr=_bars(g, x),
                     label=label, capsize=3, linewidth=1.2, markersize=7, **styles[label])
-        points += [(a, b, c, d, styles[label]["color"], shift[i])
-                   for a, b, c, d, i in zip(gx, g["top1_mean"], xerr, yerr, g.index)]
+        for (i, r), px in zip(g.iterrows(), gx):
+            (ylo, yhi, ycut), (xlo, xhi, xcut) = _ends(r, "top1"), _ends(r, x)
+            points.append({"x": px, "y": r["top1_mean"], "y_ends": (ylo, yhi), "y_cut": ycut,
+                           "x_ends": (px - (r[f"{x}_mean"] - xlo), px + (xhi - r[f"{x}_mean"])), "x_cut": xcut,
+                           "color": styles[label]["color"], "shift": shift[i]})
     # The front is the boundary of what is attainable: any speed-up up to a point's own is
     # reachable at that point's accuracy, hence the step drops at each front point ("pre").
     front = pareto_front(list(zip(groups[f"{x}_mean"], groups["top1_mean"])))
@@ -105,17 +128,20 @@ def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: st
     return points
 
 
-def mark_clipped(ax, points: Sequence[tuple]) -> int:
-    """A triangle on the axis edge (pointing out) where an error bar reaches past the axis
-    limits; returns how many were marked."""
+def mark_clipped(ax, points: Sequence[dict[str, Any]]) -> int:
+    """A triangle pointing out of the data at each error-bar end that was cut, by what the metric
+    can take (top-1 at 100%, a speed-up at 0) or by the axis limits; returns how many."""
     lo, hi = ax.get_ylim()
     left, right = ax.get_xlim()
     n = 0
-    for x, y, xerr, yerr, color, _ in points:
-        for cut, at, marker in ((y + yerr > hi, (x, hi), "^"), (y - yerr < lo, (x, lo), "v"),
-                                (x - xerr < left, (left, y), "<"), (x + xerr > right, (right, y), ">")):
+    for p in points:
+        (ylo, yhi), (xlo, xhi) = p["y_ends"], p["x_ends"]
+        for cut, at, marker in ((p["y_cut"][1] or yhi > hi, (p["x"], min(yhi, hi)), "^"),
+                                (p["y_cut"][0] or ylo < lo, (p["x"], max(ylo, lo)), "v"),
+                                (p["x_cut"][0] or xlo < left, (max(xlo, left), p["y"]), "<"),
+                                (p["x_cut"][1] or xhi > right, (min(xhi, right), p["y"]), ">")):
             if cut:
-                ax.plot(*[[v] for v in at], marker=marker, color=color, markersize=8, linestyle="none",
+                ax.plot([at[0]], [at[1]], marker=marker, color=p["color"], markersize=8, linestyle="none",
                         clip_on=False, zorder=5)
                 n += 1
     return n
@@ -149,7 +175,7 @@ def pareto_plot(summary: pd.DataFrame, path: str | Path,
 
     fig = Figure(figsize=(13, 4.8 * len(pairs) + 0.6), dpi=110, layout="constrained")
     axes = fig.subplots(len(pairs), 2, squeeze=False)
-    drawn: dict[Any, list[tuple]] = {}
+    drawn: dict[Any, list[dict[str, Any]]] = {}
     for (dataset, model), (ax_mac, ax_lat) in zip(pairs, axes):
         g = s[(s["dataset"] == dataset) & (s["model"] == model)]
         drawn[ax_mac] = _panel(ax_mac, g, "macs_speedup", styles, "MAC speed-up (dense MACs / MACs, ×)")
@@ -169,8 +195,8 @@ def pareto_plot(summary: pd.DataFrame, path: str | Path,
                         transform=ax_lat.transAxes, color="0.4")
         ax_lat.set_title(f"{model} on {dataset}: measured (latency)", fontsize=11)
 
-    # With two or three seeds the t factor is large (12.7 for n=2) and CI bars can reach past
-    # 100% or below 0x; the axes stop at what the quantities can be so the data stay readable.
+    # Error bars are clipped to what the quantities can take; the axes stop there too, so a wide
+    # interval of few seeds (the t factor is 12.7 for n=2) does not squash the data.
     for ax in axes.flat:
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0), min(hi, 100.5))
@@ -178,13 +204,17 @@ def pareto_plot(summary: pd.DataFrame, path: str | Path,
         ax.set_xlim(max(left, 0.0), right)
     clipped = sum(mark_clipped(ax, pts) for ax, pts in drawn.items())
     notes = []
-    if any(p[5] for pts in drawn.values() for p in pts):
+    if any(p["shift"] for pts in drawn.values() for p in pts):
         notes.append("Points at nearly the same speed-up are shifted sideways by about a marker's width so that "
                      "none hides another; the tables give the exact values.")
     if clipped:
-        notes.append("A triangle on an axis edge: that 95% CI reaches past the axis (few seeds).")
+        notes.append("A triangle at an error bar's end: the 95% interval was cut there, at what the metric "
+                     "can take (100% top-1, 0x) or at the axis (few seeds give wide intervals).")
     if notes:   # the plot's caption notes, under the panels
-        fig.supxlabel(" ".join(notes), fontsize=8, color="0.3")
+        import textwrap
+
+        # wrapped to the figure's width (about 17 characters of 8-point text per inch)
+        fig.supxlabel(textwrap.fill(" ".join(notes), int(fig.get_figwidth() * 17)), fontsize=8, color="0.3")
     # One legend for all panels, outside the data on the right.
     handles: dict[str, Any] = {}
     for ax in axes.flat:
