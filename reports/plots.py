@@ -1,11 +1,12 @@
 """Pareto plot: top-1 accuracy against speed-up, counted (MACs) and measured (latency).
 
 One row of two panels per (dataset, model); one series per method variant (its points are the
-rank rules / operating points), named by the spec's ``label:`` when it has one, 95% CI error
-bars, our Pareto front as a dashed step line, and published points as hollow markers on the
-MAC panel (papers report FLOP/MAC speed-ups only). Points that would hide each other (several
-methods exported at a matched 2x) are spread sideways by about a marker's width, and an error
-bar cut by an axis limit gets a triangle on that edge; a note under the plot says both.
+rank rules / operating points), named by the spec's ``label:`` when it has one, error bars of
+the 95% interval clipped to what the metric can take, our Pareto front as a dashed step line,
+and published points as hollow markers on the MAC panel (papers report FLOP/MAC speed-ups only).
+Points that would hide each other (several methods exported at a matched 2x) are spread sideways
+by about a marker's width, and an error-bar end cut by a bound of the metric or by the axis gets
+a triangle; a note under the plot says both.
 
 ``ranks_plot`` draws the per-layer ranks of the rows: layer on the x axis (in model order), kept
 rank / full rank on the y axis, one line per method variant (mean over seeds).
