@@ -2,7 +2,6 @@
 harness relies on, plus the training-time behaviour of TRP and DeepTwist against references."""
 from __future__ import annotations
 
-import inspect
 import re
 from importlib import metadata
 from pathlib import Path
@@ -13,6 +12,7 @@ from torch import nn
 
 import plugin_example  # noqa: F401  (registers "example-lowrank", so the conformance suite covers it)
 from bench.models import build_model
+from methods import conformance
 from methods import lowrank as L
 from methods import registry
 from methods.base import Context, Method, MethodReport
@@ -41,86 +41,73 @@ def _model(name: str = "cnn", seed: int = 0) -> nn.Module:
     return build_model(name, 10, SHAPE).eval()
 
 
-def _rule_params(name: str) -> list[str]:
-    """Parameters whose default is a rank rule: how the suite asks a method to compress."""
-    out = []
-    for k, p in registry.parameters(name).items():
-        try:
-            if isinstance(p.default, str):
-                L.parse_rule(p.default)
-                out.append(k)
-        except ValueError:
-            pass
-    return out
-
-
-def _asked(name: str) -> dict:
-    """Ask for 2x fewer MACs; methods whose rules cannot target a speed-up get a strong energy cut."""
-    params = {}
-    for k in _rule_params(name):
-        for rule in ("speedup:2.0", "energy:0.5"):
-            try:
-                registry.build(name, {k: rule})
-            except ValueError:
-                continue
-            params[k] = rule
-            break
-    return params
+BUILTIN = {"dense", "svd", "trp", "arsvd", "deeptwist", "zhang", "jaderberg", "svd-training"}
 
 
 def test_builtin_methods_are_registered():
-    assert {"dense", "svd", "trp", "arsvd", "deeptwist", "example-lowrank"} <= set(ALL)
+    assert BUILTIN | {"example-lowrank"} <= set(ALL)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_conformance_compress_keeps_output_shape_and_round_trips(name, tmp_path):
-    scheme = registry.parameters(name).get("scheme")
-    arch = "mlp" if scheme is not None and scheme.default == "linear" else "cnn"  # linear-only methods get the MLP
-    model = _model(arch)
-    method = registry.build(name, _asked(name))
-    x = torch.randn(3, *SHAPE)
-    with torch.no_grad():
-        y = model(x)
-    _attach(method, model)
-    with torch.no_grad():
-        # attach may replace layers to train them, but the replacement starts as the layer it replaces
-        assert torch.allclose(model(x), y, rtol=1e-4, atol=1e-5), "attach() changed what the model computes"
-    small = method.compress(model)
-    small.eval()
-    with torch.no_grad():
-        assert small(x).shape == y.shape
-        assert torch.equal(model(x), y), "compress() modified the model it was given"
-    rep = method.report()
-    assert isinstance(rep, MethodReport) and isinstance(rep.layers, list) and isinstance(rep.info, dict)
-    # save the deployed model's state dict, load it into a freshly built factorized model
-    path = tmp_path / "small.pt"
-    torch.save(small.state_dict(), path)
-    fresh = L.build_factorized(_model(arch, seed=1), rep.layers).eval()
-    fresh.load_state_dict(torch.load(path, weights_only=True))
-    with torch.no_grad():
-        assert torch.allclose(fresh(x), small(x), atol=1e-6)
-    # MACs: never more than dense; at least 2x fewer (within 2%) when asked for a speed-up,
-    # strictly fewer when asked by an energy cut
-    dense, macs = L.model_macs(model, x), L.model_macs(small, x)
-    asked = _asked(name)
-    if any(v.startswith("speedup") for v in asked.values()):
-        assert dense / macs == pytest.approx(2.0, rel=0.02)
-    elif asked:
-        assert macs < dense
-    else:
-        assert macs <= dense
+def test_conformance_suite_passes(name):
+    """methods.conformance (what `rankbench check-method NAME` runs) for every registered method."""
+    failed = [str(r) for r in conformance.run(name) if not r.ok]
+    assert not failed, "\n".join(failed)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_conformance_parameters_are_keyword_args_validated_by_name(name):
-    params = registry.parameters(name)
-    for k, p in params.items():
-        assert p.default is not inspect.Parameter.empty, f"{name}.{k} needs a default"
-        with pytest.raises(ValueError, match=rf"^{k}: "):
-            registry.build(name, {k: object()})
-    registry.build(name, {})  # defaults are valid
-    with pytest.raises(ValueError, match=rf"^methods\.{re.escape(name)}: 'nope': unknown parameter"):
-        registry.build(name, {"nope": 1})
+def test_conformance_suite_catches_a_broken_method(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class Sloppy(Method):
+        """Keeps state it does not restore, names a hook wrong, validates nothing."""
+
+        def __init__(self, scale: float = 1.0) -> None:
+            self.scale, self.seen = scale, 0
+
+        def before_step(self, model, step):
+            self.seen += 1
+
+        def extra_losses(self, model, step):  # a near miss of extra_loss: never called
+            return None
+
+        def state_dict(self):
+            return {"seen": self.seen}
+
+    class Untrained(Method):
+        starts_from_baseline = True
+
+        def after_backward(self, model, step):   # never called: a method from the baseline never trains
+            pass
+
+    registry.register("test_sloppy")(Sloppy)
+    registry.register("test_untrained")(Untrained)
+    results = {r.check: r for r in conformance.run("test_sloppy")}
+    assert not results["parameters"].ok and "'scale' accepted object()" in results["parameters"].detail
+    assert not results["hooks"].ok and "'extra_losses' (did you mean the hook 'extra_loss'?)" in results["hooks"].detail
+    assert not results["resume"].ok and "does not restore" in results["resume"].detail
+    assert results["compress"].ok and results["macs"].ok and results["round-trip"].ok
+    hooks = conformance.run("test_untrained", ("hooks",))[0]
+    assert not hooks.ok and "never calls after_backward" in hooks.detail
+
+
+def test_unknown_parameter_error_names_method_and_parameter():
+    with pytest.raises(ValueError, match=r"^methods\.trp: 'nope': unknown parameter"):
+        registry.build("trp", {"nope": 1})
+
+
+def test_choice_parameters_are_declared_validated_and_listed(capsys):
+    assert registry.choices("trp")["solver"][:4] == ("svd", "gram", "auto", "warm")
+    assert registry.choices("svd-training")["sparsity"] == ("l1", "hoyer")   # from a Literal annotation
+    with pytest.raises(ValueError, match=r"^solver: 'qr'; accepted: svd\|gram\|auto\|warm"):
+        registry.build("trp", {"solver": "qr"})
+    with pytest.raises(ValueError, match=r"^sparsity: 'l2'; accepted: l1\|hoyer$"):
+        registry.build("svd-training", {"sparsity": "l2"})
+    from bench.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "    solver: svd|gram|auto|warm|" in out and "    sparsity: l1|hoyer = 'hoyer'" in out
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) >= 9
 
 
 def test_unknown_method_names_the_accepted_ones():
