@@ -96,10 +96,6 @@ class DataDriven(Method):
         """Set ``fact``'s weights (in place) from the layer's statistics; return facts for the report."""
         raise NotImplementedError
 
-    def rebuild(self, model: nn.Module, layers: Sequence[lowrank.LayerReport]) -> nn.Module:
-        """The deployed structure from the report, so a saved state dict of the compressed model loads."""
-        return lowrank.build_factorized(model, layers)
-
     def report(self) -> MethodReport:
         return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.rule,
                             info={"calibration_batches": self.calibration, "fit": dict(self._fit)})

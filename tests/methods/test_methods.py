@@ -41,7 +41,7 @@ def _model(name: str = "cnn", seed: int = 0) -> nn.Module:
     return build_model(name, 10, SHAPE).eval()
 
 
-BUILTIN = {"dense", "svd", "trp", "arsvd", "deeptwist", "zhang", "jaderberg", "svd-training"}
+BUILTIN = {"dense", "svd", "trp", "arsvd", "deeptwist", "zhang", "jaderberg", "svd-training", "tucker2", "cp"}
 
 
 def test_builtin_methods_are_registered():
