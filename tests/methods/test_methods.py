@@ -149,7 +149,7 @@ def test_plugin_exposed_through_an_entry_point_is_found_by_name(monkeypatch):
 
 def test_plugin_doc_shows_exactly_the_tested_example():
     root = Path(__file__).resolve().parents[2]
-    doc = (root / "README.md").read_text().split("## Writing a method plugin", 1)[1]
+    doc = (root / "README.md").read_text().split("## Writing a method", 1)[1]
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
     assert blocks and blocks[0] == (root / "tests" / "methods" / "plugin_example.py").read_text()
     assert len(blocks[0].splitlines()) <= 40
