@@ -404,3 +404,41 @@ def test_trp_state_dict_round_trips_the_warm_solver_state():
     assert (got["warm"], got["cold"]) == (state["warm"]["warm"], state["warm"]["cold"])
     assert all(ka == kb and torch.equal(a, b) for (ka, a), (kb, b) in zip(got["starts"], state["warm"]["starts"]))
     assert len(got["starts"]) == len(state["warm"]["starts"])
+
+
+# --- the shipped spec that runs every method ----------------------------------------------------
+
+METHODS_SPEC = Path(__file__).resolve().parents[2] / "bench" / "configs" / "methods.yaml"
+
+
+def test_methods_spec_runs_every_builtin_method_at_a_matched_speedup():
+    from bench.spec import load_spec
+
+    sweep = load_spec(METHODS_SPEC)
+    assert {t.method for t in sweep.trials} == BUILTIN
+    assert len(sweep.trials) == len(BUILTIN) + 1          # one dense baseline per model (cnn, mlp)
+    for t in sweep.trials:
+        rules = [v for k, v in t.params_dict.items() if k in ("rule", "export")]
+        if t.method not in ("dense", "arsvd"):             # ARSVD's rule is an energy: that is the method
+            assert "speedup:2.0" in rules, t.label
+
+
+@pytest.mark.slow
+def test_methods_spec_prints_the_table_of_every_method(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "bench", "run", str(METHODS_SPEC), "--results", str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "PYTHONPATH": str(METHODS_SPEC.parents[2])})
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = [ln for ln in out.stdout.splitlines() if ln.startswith("| digits ")]
+    assert {ln.split("|")[3].strip() for ln in table} == BUILTIN
+    for ln in table:
+        cells = [c.strip() for c in ln.split("|")]
+        if cells[3] not in ("dense", "arsvd"):
+            assert abs(float(cells[9].rstrip("x")) - 2.0) <= 0.04, ln
+    print(f"methods.yaml ran in {took:.0f} s")
