@@ -22,7 +22,7 @@ is the spatial scheme's, so at full rank the pair reproduces the layer exactly.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,29 +68,42 @@ def back(sk: Tensor, b: Tensor) -> Tensor:
     return sk.reshape(n, -1, kw).transpose(0, 1).reshape(-1, n * kw) @ b.reshape(r, n * kw).T
 
 
-def error(a: Tensor, b: Tensor, k0: Tensor, s: Tensor) -> float:
+Moment = Callable[[Tensor], Tensor]   # X -> X @ S, S the input patches' second moment
+
+
+def moment(s: Tensor) -> Moment:
+    """``X -> X @ S`` for ``s`` = S (D x D), or for ``s`` a factor ``F`` (D x m, m < D) with
+    ``S = F F^T``: with fewer calibration pixels than D (e.g. a few images), two thin products
+    cost less than one with the D x D matrix."""
+    if s.shape[0] == s.shape[1]:
+        return lambda x: x @ s
+    return lambda x: (x @ s) @ s.T
+
+
+def error(a: Tensor, b: Tensor, k0: Tensor, op: Moment) -> float:
     """``tr((K - K0) S (K - K0)^T)`` for ``K`` = compose(a, b)."""
     e = compose(a, b) - k0
-    return float(((e @ s) * e).sum())
+    return float((op(e) * e).sum())
 
 
-def step_b(a: Tensor, k0: Tensor, s: Tensor, kw: int) -> Tensor:
+def step_b(a: Tensor, k0: Tensor, op: Moment, kw: int) -> Tensor:
     """The least-squares ``b`` for fixed ``a``: ``G = A (x) I_kw`` maps ``b``'s (r, kw) to the kernel's (C*kh, kw)."""
     g = torch.kron(a, torch.eye(kw, dtype=a.dtype, device=a.device))     # (D, r*kw)
-    h = g.T @ s @ g
-    rhs = g.T @ (s @ k0.T)                                              # (r*kw, N)
+    gs = op(g.T)                                                         # G^T S (S is symmetric)
+    h = gs @ g
+    rhs = gs @ k0.T                                                      # (r*kw, N)
     ridge = 1e-12 * float(h.diagonal().mean().clamp_min(1e-300))
     sol = torch.linalg.solve(h + ridge * torch.eye(h.shape[0], dtype=h.dtype, device=h.device), rhs)
     r = a.shape[1]
     return sol.reshape(r, kw, -1).permute(0, 2, 1).contiguous()          # (r, N, kw)
 
 
-def step_a(a: Tensor, b: Tensor, k0: Tensor, s: Tensor, steps: int = CG_STEPS) -> Tensor:
+def step_a(a: Tensor, b: Tensor, k0: Tensor, op: Moment, steps: int = CG_STEPS) -> Tensor:
     """The least-squares ``a`` for fixed ``b``, by conjugate gradients started at ``a``."""
     def hess(da: Tensor) -> Tensor:   # the normal-equations operator, matrix-free
-        return back(compose(da, b) @ s, b)
+        return back(op(compose(da, b)), b)
 
-    rhs = back(k0 @ s, b)
+    rhs = back(op(k0), b)
     x = a.clone()
     r = rhs - hess(x)
     p = r.clone()
@@ -114,21 +127,22 @@ def step_a(a: Tensor, b: Tensor, k0: Tensor, s: Tensor, steps: int = CG_STEPS) -
 
 def fit_spatial(conv: nn.Conv2d, fact: lowrank.Factorized, s: Tensor, iterations: int) -> dict[str, float]:
     """Fit ``fact`` (the spatial scheme's pair for ``conv``, holding the SVD factors) to the input
-    second moment ``s`` (D x D, float64) by alternating least squares; keep the best factors."""
+    second moment ``s`` (D x D, or a thin factor: see :func:`moment`; float64) by alternating
+    least squares; keep the best factors."""
     first, second = fact[0], fact[1]
     n, c, kh, kw = conv.weight.shape
     r = first.out_channels
-    s = s.to(conv.weight.device)
+    op = moment(s.to(conv.weight.device))
     k0 = conv.weight.detach().double().reshape(n, -1)
     a = first.weight.detach().double()[..., 0].reshape(r, c * kh).T.contiguous()   # (C*kh, r)
     b = second.weight.detach().double()[:, :, 0, :].permute(1, 0, 2).contiguous()  # (r, N, kw)
-    scale = float(((k0 @ s) * k0).sum())
-    start = best = error(a, b, k0, s)
+    scale = float((op(k0) * k0).sum())
+    start = best = error(a, b, k0, op)
     best_ab = (a, b)
     for _ in range(iterations):
-        b = step_b(a, k0, s, kw)
-        a = step_a(a, b, k0, s)
-        e = error(a, b, k0, s)
+        b = step_b(a, k0, op, kw)
+        a = step_a(a, b, k0, op)
+        e = error(a, b, k0, op)
         if e < best:
             best, best_ab = e, (a, b)
     a, b = best_ab
@@ -159,13 +173,19 @@ class Jaderberg(DataDriven):
                 stats[name] = None
                 return
             p = p.double()
-            s = stats.setdefault(name, {"pp": 0.0, "n": 0})
+            s = stats.setdefault(name, {"pp": 0.0, "n": 0, "rows": []})
             if s is not None:
                 s["pp"] = s["pp"] + p.T @ p
                 s["n"] += p.shape[0]
+                # few pixels (fewer than D/2): keep them, the fit then works with the thin factor
+                keep = s["rows"] is not None and s["n"] < p.shape[1] // 2
+                s["rows"] = s["rows"] + [p] if keep else None
         return add
 
     def refit(self, dense: nn.Module, fact: lowrank.Factorized, stats: Any) -> dict[str, float]:
         if stats is None:   # a padding unfold cannot express: the spatial SVD stays
             return {"skipped": 1.0}
+        if stats["rows"] is not None:
+            factor = torch.cat(stats["rows"]).T / stats["n"] ** 0.5      # S = factor @ factor.T
+            return fit_spatial(dense, fact, factor, self.iterations)
         return fit_spatial(dense, fact, stats["pp"] / stats["n"], self.iterations)

@@ -179,3 +179,16 @@ def test_parameters_are_validated_with_the_one_line_error():
     with pytest.raises(ValueError, match=r"^rule: 'fast'; accepted: \"energy:E\""):
         registry.build("jaderberg", {"rule": "fast"})
     assert registry.get_method("zhang").starts_from_baseline and registry.get_method("jaderberg").starts_from_baseline
+
+
+def test_jaderberg_fit_is_the_same_from_the_moment_or_from_its_thin_factor():
+    conv = _conv(bias=False)
+    p = patches(conv, _smooth(1, 0)[:, :, :4, :4])     # 16 pixels < D = 36: the method keeps the factor
+    assert p.shape[0] < p.shape[1]
+    a, b = L.factorize(conv, "spatial", 3), L.factorize(conv, "spatial", 3)
+    with torch.no_grad():
+        ia = fit_spatial(conv, a, p.T @ p / len(p), iterations=3)
+        ib = fit_spatial(conv, b, p.T / len(p) ** 0.5, iterations=3)
+    # S is singular here (16 pixels): the least-squares solutions are not unique, their error is
+    assert ia["svd"] == pytest.approx(ib["svd"], rel=1e-9)
+    assert ia["fit"] == pytest.approx(ib["fit"], rel=1e-2) and ib["fit"] < 0.5 * ib["svd"]
