@@ -10,7 +10,7 @@ Statistics are gathered on the dense model (the original network's responses), i
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +72,10 @@ class DataDriven(Method):
     def attach(self, model: nn.Module, ctx: Context) -> None:
         lowrank.check_reachable(model, self.scheme, self.rule, self.example_input(model), self.layers,
                                 self.include_stride2)
+
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
+        """The layers compress() factorizes and refits (None) or why each stays dense."""
+        return lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
 
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(

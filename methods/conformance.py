@@ -12,7 +12,9 @@ whose ``scheme`` defaults to ``linear``) with 1x8x8 inputs and random data. Chec
 - ``parameters``  every constructor parameter has a default, the defaults build, a bad value is
                   refused with the one-line error naming the parameter, an unknown one by name.
 - ``compress``    attach keeps what the model computes; compress keeps the output shape and
-                  leaves the trained model untouched; report() is a ``MethodReport``.
+                  leaves the trained model untouched; report() is a ``MethodReport``;
+                  ``choose_layers`` (unless None) names every Conv2d/Linear and covers every
+                  layer compress() decomposed.
 - ``round-trip``  the compressed model's state dict loads into the structure rebuilt from the
                   report (``method.rebuild(model, layers)``) and gives the same outputs.
 - ``macs``        asked for ``speedup:2.0`` (every parameter named ``rule``/``export`` or whose
@@ -290,6 +292,16 @@ def check_compress(name: str) -> str:
     rep = method.report()
     if not (isinstance(rep, MethodReport) and isinstance(rep.layers, list) and isinstance(rep.info, dict)):
         return f"report() must return a methods.base.MethodReport, got {type(rep).__name__}"
+    fresh = tiny_model(_arch(name))
+    chosen = method.choose_layers(fresh)
+    if chosen is not None:
+        layers = [n for n, m in fresh.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if [n for n, _ in chosen] != layers:
+            return f"choose_layers() must name every Conv2d/Linear in order: {layers}, got {[n for n, _ in chosen]}"
+        done = {r["name"] for r in rep.layers if r.get("skipped") is None and r.get("rank") is not None}
+        extra = sorted(done - {n for n, r in chosen if r is None})
+        if extra:
+            return f"compress() decomposed layers choose_layers() said stay dense: {', '.join(extra)}"
     return ""
 
 

@@ -13,8 +13,9 @@ target is not a :class:`~methods.base.Method` subclass, is an error (:class:`Plu
 ``UserError``) naming both.
 
 Choice parameters: a parameter annotated ``Literal[...]`` or listed in the class's ``choices``
-(``{"solver": ("auto", "svd")}``) accepts only those values; :func:`build` checks them and
-``rankbench methods`` lists them (:func:`choices`).
+(``{"solver": ("auto", "svd")}``) accepts only those values: :func:`build` refuses any other
+(after the method's own checks, whose message may say more) and ``rankbench methods`` lists them
+(:func:`choices`).
 
 Names: the registry key is the class's ``name``. A class that declares ``name`` itself must
 declare the key it is registered under (a mismatch is an error naming both); one that declares
@@ -153,7 +154,8 @@ def build(name: str, params: dict[str, Any]) -> Method:
     for key in params:
         if key not in known:
             raise unknown(f"methods.{name}", key, known, "unknown parameter")
+    method = get_method(name)(**params)   # the method's own checks first: their words may say more
     for key, accepted in choices(name).items():
         if key in params and not _is_choice(params[key], accepted):
             raise bad(key, params[key], "|".join(str(a) for a in accepted))
-    return get_method(name)(**params)
+    return method

@@ -127,10 +127,13 @@ class SVDTraining(Method):
     def attach(self, model: nn.Module, ctx: Context) -> None:
         lowrank.check_reachable(model, self.scheme, self.rule, self.example_input(model), self.layers,
                                 self.include_stride2)
-        self.names = [n for n, r in lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
-                      if r is None]
+        self.names = [n for n, r in self.choose_layers(model) if r is None]
         for n in self.names:
             lowrank.set_module(model, n, SVDLayer(model.get_submodule(n), self.scheme))
+
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
+        """The layers trained as U diag(s) V and factorized at compress (None), or why each stays dense."""
+        return lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
 
     def _layers(self, model: nn.Module) -> list[SVDLayer]:
         return [m for m in (model.get_submodule(n) for n in self.names) if isinstance(m, SVDLayer)]
