@@ -2,6 +2,7 @@
 
     rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N] [--mlflow URI]
     rankbench methods
+    rankbench check-method NAME [--check CHECK ...]   (methods.conformance)
     rankbench show SPEC
     rankbench report ...        (reports.cli)
     rankbench speed ...         (bench.speed)
@@ -38,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankbench", description="Benchmark low-rank compression methods.")
     p.add_argument("--version", action="version", version=f"rankbench {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,show,report,speed}")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,check-method,show,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
     r.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
     r.add_argument("--address", default=None,
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also log every trial's epochs to this MLflow tracking URI (needs rankbench[mlflow]); "
                         "TensorBoard files are always written under <results>/<sweep>/tensorboard")
     sub.add_parser("methods", help="list registered methods and their parameters")
+    c = sub.add_parser("check-method", help="run the conformance suite against a registered method or plugin")
+    c.add_argument("name", help="the method's registered name (see rankbench methods)")
+    c.add_argument("--check", action="append", default=None, metavar="CHECK",
+                   help="run only this check (repeatable; default: all)")
     s = sub.add_parser("show", help="list the trials a spec expands to, without running them")
     s.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
     s.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args.spec, args.results, args.address, args.max_concurrent, args.mlflow)
         if args.cmd == "methods":
             return cmd_methods()
+        if args.cmd == "check-method":
+            return cmd_check_method(args.name, args.check)
         if args.cmd == "show":
             return cmd_show(args.spec, args.results)
     except _user_errors() as e:
@@ -104,7 +111,9 @@ def _spec_path(spec: str | None) -> Path:
 
 
 def cmd_methods() -> int:
-    from methods.registry import available, get_method, parameters
+    """Every registered method (plugins whose import failed are skipped with a warning on stderr),
+    its one-line description and its parameters; a choice parameter shows its accepted values."""
+    from methods.registry import available, choices, get_method, parameters
 
     for name in available():
         cls = get_method(name)
@@ -113,12 +122,38 @@ def cmd_methods() -> int:
         doc = doc.split("\n")[0]
         kind = "starts from the dense baseline" if cls.starts_from_baseline else "trains from scratch"
         print(f"{name}: {doc} ({kind}; {cls.__module__})")
+        accepted = choices(name)
         for pname, p in parameters(name).items():
-            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-            ann = "" if ann in ("", "_empty") else f": {ann}"
+            if pname in accepted:
+                ann = ": " + "|".join(str(v) for v in accepted[pname])
+            else:
+                ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+                ann = "" if ann in ("", "_empty") else f": {ann}"
             default = "(required)" if p.default is inspect.Parameter.empty else f"= {p.default!r}"
             print(f"    {pname}{ann} {default}")
     return 0
+
+
+def cmd_check_method(name: str, only: list[str] | None = None) -> int:
+    """The conformance suite (``methods.conformance``) against one method: a line per check;
+    exit 0 if all pass, 1 if any fails, 2 for an unknown method or check."""
+    from bench.checks import unknown
+    from methods.conformance import CHECKS, run
+    from methods.registry import available
+
+    names = available()
+    if name not in names:
+        raise unknown("method", name, names, "unknown method")
+    for c in only or []:
+        if c not in CHECKS:
+            raise unknown("--check", c, CHECKS)
+    results = run(name, tuple(only) if only else CHECKS)
+    for r in results:
+        print(r, flush=True)
+    failed = [r.check for r in results if not r.ok]
+    print(f"{name}: {len(results) - len(failed)} of {len(results)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_show(spec: str | None, results: str = "results") -> int:

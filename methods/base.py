@@ -47,7 +47,9 @@ Helpers for subclasses: ``example_input(model)``, ``calibration_batches(n)``.
 
 Constructor keyword arguments *are* the method's parameters: the registry reads their names,
 defaults and annotations for ``rankbench methods`` and for spec validation; ``check_param``
-gives a bad value the project's one-line error.
+gives a bad value the project's one-line error. A choice parameter declares its accepted values
+with a ``Literal[...]`` annotation or in the class's ``choices`` dict; the registry rejects any
+other value and ``rankbench methods`` lists them (``solver: auto|svd|gram|warm``).
 """
 from __future__ import annotations
 
@@ -109,6 +111,8 @@ class Method:
     ctx: Context | None = None
     # epochs of fine-tuning after compress; a method that takes it as a parameter sets it in __init__
     finetune_epochs: int = 0
+    # accepted values of choice parameters not annotated Literal[...], e.g. {"solver": ("auto", "svd")}
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
         """Pick layers and build state, once before training. May replace layers of ``model``

@@ -59,6 +59,9 @@ class TRP(Method):
     """Trained Rank Pruning: low-rank projection during training (+ nuclear norm), decomposed at export."""
 
     name = "trp"
+    # svd-<driver>: torch's CUDA SVD drivers (lowrank.check_solver)
+    choices = {"scheme": TRP_SCHEMES, "stride2": STRIDE2, "period_basis": PERIOD_BASES,
+               "solver": lowrank.SOLVERS + tuple(f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS)}
 
     def __init__(self, scheme: str = "channel", period: int = 1, energy: float = 0.9, nuclear: float = 0.0,
                  project: bool = True, export: str = "value:0.05", layers: str = "official",
