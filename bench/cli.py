@@ -1,7 +1,8 @@
 """The ``rankbench`` command (also ``python -m bench``).
 
-    rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
+    rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N] [--mlflow URI]
     rankbench methods
+    rankbench check-method NAME [--check CHECK ...]   (methods.conformance)
     rankbench show SPEC
     rankbench report ...        (reports.cli)
     rankbench speed ...         (bench.speed)
@@ -53,7 +54,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankbench", description="Benchmark low-rank compression methods.")
     p.add_argument("--version", action="version", version=f"rankbench {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,show,report,speed}")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,check-method,show,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
     r.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
     r.add_argument("--address", default=None,
@@ -65,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
                    help="on a cluster (--address), how long to wait for nodes that can hold the spec's "
                         "resources to join (default: $RANKBENCH_WAIT_FOR_NODES, else 300)")
+    r.add_argument("--mlflow", default=None, metavar="URI",
+                   help="also log every trial's epochs to this MLflow tracking URI (needs rankbench[mlflow]); "
+                        "TensorBoard files are always written under <results>/<sweep>/tensorboard")
     sub.add_parser("methods", help="list registered methods and their parameters")
+    c = sub.add_parser("check-method", help="run the conformance suite against a registered method or plugin")
+    c.add_argument("name", help="the method's registered name (see rankbench methods)")
+    c.add_argument("--check", action="append", default=None, metavar="CHECK",
+                   help="run only this check (repeatable; default: all)")
     s = sub.add_parser("show", help="list the trials a spec expands to, without running them")
     s.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
     s.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
@@ -92,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         if args.cmd == "run":
-            return cmd_run(args.spec, args.results, args.address, args.max_concurrent, args.wait_for_nodes)
+            return cmd_run(args.spec, args.results, args.address, args.max_concurrent,
+                           wait_for_nodes=args.wait_for_nodes, mlflow=args.mlflow)
         if args.cmd == "methods":
             return cmd_methods()
+        if args.cmd == "check-method":
+            return cmd_check_method(args.name, args.check)
         if args.cmd == "show":
             return cmd_show(args.spec, args.results)
     except _user_errors() as e:
@@ -194,7 +205,9 @@ def _spec_path(spec: str | None) -> Path:
 
 
 def cmd_methods() -> int:
-    from methods.registry import available, get_method, parameters
+    """Every registered method (plugins whose import failed are skipped with a warning on stderr),
+    its one-line description and its parameters; a choice parameter shows its accepted values."""
+    from methods.registry import available, choices, get_method, parameters
 
     for name in available():
         cls = get_method(name)
@@ -203,12 +216,38 @@ def cmd_methods() -> int:
         doc = doc.split("\n")[0]
         kind = "starts from the dense baseline" if cls.starts_from_baseline else "trains from scratch"
         print(f"{name}: {doc} ({kind}; {cls.__module__})")
+        accepted = choices(name)
         for pname, p in parameters(name).items():
-            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-            ann = "" if ann in ("", "_empty") else f": {ann}"
+            if pname in accepted:
+                ann = ": " + "|".join(str(v) for v in accepted[pname])
+            else:
+                ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+                ann = "" if ann in ("", "_empty") else f": {ann}"
             default = "(required)" if p.default is inspect.Parameter.empty else f"= {p.default!r}"
             print(f"    {pname}{ann} {default}")
     return 0
+
+
+def cmd_check_method(name: str, only: list[str] | None = None) -> int:
+    """The conformance suite (``methods.conformance``) against one method: a line per check;
+    exit 0 if all pass, 1 if any fails, 2 for an unknown method or check."""
+    from bench.checks import unknown
+    from methods.conformance import CHECKS, run
+    from methods.registry import available
+
+    names = available()
+    if name not in names:
+        raise unknown("method", name, names, "unknown method")
+    for c in only or []:
+        if c not in CHECKS:
+            raise unknown("--check", c, CHECKS)
+    results = run(name, tuple(only) if only else CHECKS)
+    for r in results:
+        print(r, flush=True)
+    failed = [r.check for r in results if not r.ok]
+    print(f"{name}: {len(results) - len(failed)} of {len(results)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_show(spec: str | None, results: str = "results") -> int:
@@ -228,7 +267,7 @@ def cmd_show(spec: str | None, results: str = "results") -> int:
 
 
 def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
-            wait_for_nodes: float | None = None) -> int:
+            wait_for_nodes: float | None = None, mlflow: str | None = None) -> int:
     from bench.spec import load_spec
     from bench.sweep import run_sweep, set_ray_env
 
@@ -237,6 +276,9 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
     if wait_for_nodes is not None and not wait_for_nodes >= 0:
         raise bad("--wait-for-nodes", wait_for_nodes, "a number of seconds >= 0")
+    from bench.tracking import check_mlflow
+
+    check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
     sweep = load_spec(_spec_path(spec))            # every input error surfaces here, before Ray
     from bench.store import Store
@@ -256,7 +298,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         signal.signal(signal.SIGTERM, _term)
     try:
         summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
-                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes)
+                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes, mlflow=mlflow)
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001
         if isinstance(e, _user_errors()) or isinstance(e, OSError):
             raise                                  # bad input or an unwritable folder: one line (main)

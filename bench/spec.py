@@ -32,7 +32,8 @@ SpecError = UserError
 # --- defaults and the keys each level accepts ----------------------------------------------
 
 TOP_KEYS = ("sweep", "seeds", "data", "model", "train", "resources", "measure", "methods")
-ENTRY_KEYS = ("name", "model", "data", "train")  # plus the method's own parameters
+# plus the method's own parameters; label: the display name in tables and plots (not in the id)
+ENTRY_KEYS = ("name", "label", "model", "data", "train")
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 8, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 1.0e-4,
@@ -377,6 +378,9 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         name = _choice(f"{where}.name", entry["name"], method_names)
         cls = get_method(name)
         where = f"methods[{i}]({name})"
+        label = entry.get("label", "")
+        if not isinstance(label, str) or ("label" in entry and not label.strip()):
+            raise bad(f"{where}.label", label, 'a non-empty display name, e.g. "TRP+Nu"')
         mwhere = f"{where}.model" if "model" in entry else "model"
         mraw = entry.get("model", g_models_raw)
         _non_empty(mwhere, mraw, "model")
@@ -411,7 +415,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
                 t = Trial(sweep=sweep, data=freeze(d), model=m[0], model_options=freeze(m[1]),
                           method=name, params=freeze(p),
                           seed=seed, train=freeze(train), measure=freeze(measure),
-                          resources=freeze(resources))
+                          resources=freeze(resources), display_label=label.strip())
                 if cls.starts_from_baseline:
                     b = t.baseline()
                     trials.setdefault(b.id, b)

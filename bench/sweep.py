@@ -56,7 +56,7 @@ class SweepSummary:
     csv: Path | None = None
 
 
-def _trainable(config: dict, results_root: str, base_dir: str) -> None:
+def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | None = None) -> None:
     """Ray Tune function trainable: one trial, handed over as ``config["trial"]`` (``Trial.to_dict``,
     as Ray Train's workers get it). Runs in a Ray worker process."""
     from ray import tune
@@ -68,13 +68,13 @@ def _trainable(config: dict, results_root: str, base_dir: str) -> None:
     if is_distributed(trial.resources_cfg):
         # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
         # retries the trial from its epoch checkpoint as for any other trial
-        row = run_distributed(trial, results_root, base_dir)
+        row = run_distributed(trial, results_root, base_dir, mlflow=mlflow)
         tune.report({"status": row["status"] if row else "failed",
                      "error": (row.get("error") or "") if row else "no result written (see the trial's log)",
                      "wall_s": (row or {}).get("wall_s") or 0.0, "top1": (row or {}).get("top1") or 0.0})
         return
     try:
-        row = run_trial(trial, results_root, base_dir=base_dir)   # a path or a storage URI
+        row = run_trial(trial, results_root, base_dir=base_dir, mlflow=mlflow)   # a path or a storage URI
     except Exception as e:  # noqa: BLE001
         # run_trial turns trial errors into rows; what reaches here is the row itself not being
         # written (disk full, folder gone). Report it: retrying would fail the same way.
@@ -262,10 +262,30 @@ def unreadable_weights(path: Path) -> str | None:
     return None if isinstance(state, dict) else f"holds a {type(state).__name__}, not a state dict"
 
 
+def relabel(store: Store, done: list[Trial]) -> int:
+    """Give finished rows the display name their spec entry has now (``label:`` is not part of
+    the id, so a label added or changed after a run re-runs nothing); returns the rows rewritten."""
+    n = 0
+    for t in done:
+        row = store.read_result(t.id)
+        if row is None or (row.get("label") or "") == t.display_label:
+            continue
+        row["label"] = t.display_label or None
+        spec = row.get("spec")
+        if isinstance(spec, dict):
+            spec.pop("label", None)
+            if t.display_label:
+                spec["label"] = t.display_label
+        store.write_result(row)
+        n += 1
+    return n
+
+
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
               max_concurrent: int | None = None, out: Callable[[str], None] = print,
-              wait_for_nodes: float | None = None) -> SweepSummary:
+              wait_for_nodes: float | None = None, mlflow: str | None = None) -> SweepSummary:
     """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end.
+    ``mlflow``: a tracking URI every trial also logs to (``bench.tracking``).
 
     Resources no node can hold are refused first (``bench.capacity``): on a local Ray before it
     starts, on a cluster after ``wait_for_nodes`` seconds of waiting for nodes to join."""
@@ -283,6 +303,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     store.ensure()
     with store.lock():
         todo = [t for t in sweep.trials if _needs_run(store, t, out)]
+        relabel(store, [t for t in sweep.trials if t not in todo])
         skipped = len(sweep.trials) - len(todo)
         out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
             f"-> {store.dir}")
@@ -306,7 +327,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
                         prog.finish(t.id, t.label, "failed", row["error"])
                 todo = [t for t in todo if t.id not in refused]
             if todo:
-                _tune(todo, store, max_concurrent, prog)
+                _tune(todo, store, max_concurrent, prog, mlflow)
             summary.ran = len(todo)
         ids = [t.id for t in sweep.trials]
         rows = {i: store.read_result(i) for i in ids}
@@ -316,7 +337,8 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     return summary
 
 
-def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _Progress) -> None:
+def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _Progress,
+          mlflow: str | None = None) -> None:
     """One Tune run over ``trials``; ``bench.order.TrialQueue`` decides when each may start."""
     from ray import tune
 
@@ -336,7 +358,7 @@ def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, results_root=str(store.root.resolve()),   # path or URI
-                             base_dir=os.getcwd()), resources)
+                             base_dir=os.getcwd(), mlflow=mlflow), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
