@@ -53,6 +53,9 @@ def test_one_probe_per_model_and_refusals_name_the_numbers():
 def test_a_sweep_fails_trials_that_would_not_fit_before_running_anything(tmp_path, monkeypatch):
     # every trial refused: nothing needs a GPU, so this runs on CPU and Ray never schedules a trial
     monkeypatch.setattr(packing, "ray_probe", lambda t: (80 * GIB, 80 * GIB))
+    # a GPU machine as far as the capacity check goes (bench.capacity refuses gpus on this one)
+    monkeypatch.setattr("bench.capacity.local_nodes", lambda: [{"CPU": 2.0, "GPU": 1.0}])
+    monkeypatch.setattr("bench.capacity.check_cluster", lambda *a, **kw: None)
     sweep = parse_spec(SPEC)
     lines = []
     summary = run_sweep(sweep, tmp_path, out=lines.append)
