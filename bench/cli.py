@@ -3,6 +3,7 @@
     rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
     rankbench methods
     rankbench show SPEC
+    rankbench export TRIAL_OR_PATH [--format torch|onnx] [--out FILE] [--results DIR]
     rankbench report ...        (reports.cli)
     rankbench speed ...         (bench.speed)
 
@@ -38,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankbench", description="Benchmark low-rank compression methods.")
     p.add_argument("--version", action="version", version=f"rankbench {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,show,report,speed}")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,show,specs,export,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
     r.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
     r.add_argument("--address", default=None,
@@ -52,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
     s.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
                    help="mark trials already done in this folder or storage URI")
+    e = sub.add_parser("export", help="export a trial's compressed model (torch.export or ONNX), checked "
+                                      "against the eager model")
+    e.add_argument("model", metavar="TRIAL_OR_PATH",
+                   help="a trial id, its row (<id>.json) or its model file (<id>.model.pt)")
+    e.add_argument("--format", default="torch", help="torch (torch.export, .pt2; default) or onnx "
+                   "(needs pip install 'rankbench[onnx]')")
+    e.add_argument("--out", default=None, help="output file (default: beside the model file)")
+    e.add_argument("--results", default="results", help="where a trial id is looked up (default ./results)")
     sub.add_parser("report", help="tables / paper comparison / plots from results (reports.cli)",
                    add_help=False)
     sub.add_parser("speed", help="training-step, projection and latency micro-benchmarks (bench.speed)",
@@ -76,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_methods()
         if args.cmd == "show":
             return cmd_show(args.spec, args.results)
+        if args.cmd == "export":
+            return cmd_export(args.model, args.format, args.out, args.results)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -131,6 +142,15 @@ def cmd_show(spec: str | None, results: str = "results") -> int:
         status = row.get("status", "?") if row else "todo"
         print(f"{t.id:12}  {status:7}  {t.method:10}  {t.model:8}  {str(t.data_cfg.get('name')):9}  "
               f"{t.seed:4}  {t.variant}")
+    return 0
+
+
+def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
+    from bench.export import export_compressed
+
+    done = export_compressed(model, fmt, out, results)
+    print(f"{done.path} ({done.format}): checked against the eager model on random batches, "
+          f"max |diff| {done.max_abs_diff:.2g} (outputs up to {done.scale:.3g})")
     return 0
 
 
