@@ -15,14 +15,16 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
 from bench.checks import PATH_QUOTE, UserError, bad, did_you_mean, is_int, is_number, missing, unknown
+from bench.shipped import default_spec_path, resolve_spec, shipped_specs
 from bench.trial import Trial, format_value, freeze
 
-__all__ = ["SpecError", "Sweep", "Trial", "check_compile", "default_spec_path", "load_spec", "parse_spec"]
+__all__ = ["SpecError", "Sweep", "Trial", "check_compile", "default_spec_path", "file_problems", "load_spec",
+           "parse_spec", "resolve_spec", "shipped_specs"]
 
 # every refusal of a spec is a UserError (one line, exit 2 in the CLI); the old name stays
 SpecError = UserError
@@ -311,10 +313,15 @@ def _coerce_param(name: str, key: str, v: Any) -> Any:
 
 # --- parse + expand ----------------------------------------------------------------------------
 
-def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep:
+def parse_spec(text: str, source: str = "<string>", check: bool = True, overrides: Sequence[str] = (),
+               check_files: bool = True) -> Sweep:
     """Parse a spec's text into a Sweep. ``check=False`` skips building methods and touching
-    dataset roots (only the structure is checked)."""
-    raw = _load_yaml(text, source)
+    dataset roots (only the structure is checked); ``check_files=False`` skips only the files
+    (dataset roots, pretrained weights: see :func:`file_problems`). ``overrides``: dotted
+    ``KEY=VALUE`` overrides applied before validation (``bench.overrides``)."""
+    from bench.overrides import apply_overrides
+
+    raw = apply_overrides(_load_yaml(text, source), overrides, _load_yaml)
     if raw is None:
         raise bad("spec", source, f"a mapping with keys {', '.join(TOP_KEYS)}", "empty", PATH_QUOTE)
     raw = _need_mapping("spec", raw)
@@ -364,7 +371,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         where = f"methods[{i}]({name})"
         mwhere = f"{where}.model" if "model" in entry else "model"
         mraw = entry.get("model", g_models_raw)
-        models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check)
+        models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check and check_files)
                   for j, m in enumerate(_as_list(mraw))]
         datas = ([_normalize_data(f"{where}.data", d) for d in _as_list(entry["data"])]
                  if "data" in entry else g_data)
@@ -400,7 +407,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
                     trials.setdefault(b.id, b)
                 trials.setdefault(t.id, t)
 
-    if check:
+    if check and check_files:
         _check_data_roots(trials.values())
         _check_pretrained(trials.values())
     # baselines first, then in spec order: `show` and the sweep list them the way they run
@@ -462,22 +469,30 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
                       detail, PATH_QUOTE) from None
 
 
-def load_spec(path: str | Path, check: bool = True) -> Sweep:
-    """Read and validate a spec file. Errors are SpecError with one line."""
-    p = Path(path)
+def file_problems(sweep: Sweep) -> list[str]:
+    """What keeps a sweep parsed with ``check_files=False`` from running: a missing dataset
+    root or a pretrained file that does not fit (one line each; [] when every file is there)."""
+    out = []
+    for checker in (_check_data_roots, _check_pretrained):
+        try:
+            checker(sweep.trials)
+        except UserError as e:
+            out.append(str(e))
+    return out
+
+
+def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (),
+              check_files: bool = True) -> Sweep:
+    """Read and validate a spec file (``path``: a file, or a shipped spec's name, see
+    :func:`resolve_spec`), with ``overrides`` applied. Errors are SpecError with one line."""
+    p = resolve_spec(path)
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise bad("spec", str(p), "a path to a YAML spec", "no such file", PATH_QUOTE) from None
+        raise bad("spec", str(p), f"a path to a YAML spec or a shipped spec ({', '.join(shipped_specs())})",
+                  "no such file", PATH_QUOTE) from None
     except IsADirectoryError:
         raise bad("spec", str(p), "a path to a YAML spec", "is a folder", PATH_QUOTE) from None
     except UnicodeDecodeError:
         raise bad("spec", str(p), "a YAML file", "not text", PATH_QUOTE) from None
-    return parse_spec(text, source=str(p), check=check)
-
-
-def default_spec_path() -> Path:
-    """The shipped quick spec, found through the installed package (works from a wheel too)."""
-    from importlib import resources
-
-    return Path(str(resources.files("bench") / "configs" / "quick.yaml"))
+    return parse_spec(text, source=str(p), check=check, overrides=overrides, check_files=check_files)

@@ -49,7 +49,9 @@ def test_bad_spec_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
 def test_missing_spec_file_and_bad_option_are_one_line_errors(tmp_path):
     r = rankbench("run", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and r.stderr.strip() == \
-        f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec"
+        f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec or a shipped spec " \
+        "(quick, trp-cifar10-resnet20, trp-cifar10-resnet32, trp-cifar10-resnet56, trp-imagenet-resnet18, " \
+        "trp-imagenet-resnet50)"
     r = rankbench("run", "--max-concurrent", "0", "--results", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --max-concurrent: 0")
 
