@@ -257,26 +257,28 @@ def _dataset_names() -> list[str]:
 
 
 def _model_names() -> list[str]:
-    from bench.models import MODELS
+    from bench.models import model_names
 
-    return sorted(MODELS)
+    return model_names()
 
 
 def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
     """``cnn`` or ``{name: resnet50, pretrained: path, <builder option>: ...}`` -> (name, options)."""
     import inspect
 
-    from bench.models import MODELS
+    from bench.models import get_builder
 
     if isinstance(m, str):
-        return _choice(where, m, _model_names()), {}
+        get_builder(m, where)
+        return m, {}
     m = _need_mapping(where, m)
     if "name" not in m:
         raise missing(f"{where}.name", ", ".join(_model_names()))
-    name = _choice(f"{where}.name", m["name"], _model_names())
-    builder = inspect.signature(MODELS[name]).parameters
+    name = m["name"]
+    builder = inspect.signature(get_builder(name, f"{where}.name")).parameters
     accepted = ["name", "pretrained"] + [k for k in builder if k not in ("num_classes", "input_shape")]
-    _check_keys(where, m, accepted)
+    if not any(p.kind is p.VAR_KEYWORD for p in builder.values()):   # zoo models: the constructor checks
+        _check_keys(where, m, accepted)
     opts = {k: v for k, v in m.items() if k != "name"}
     pre = opts.get("pretrained")
     if pre is not None:
