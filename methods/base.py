@@ -28,6 +28,10 @@ Hooks, each with a do-nothing default (a method overrides only what it needs):
 - ``param_groups(model)``: optimizer parameter groups (e.g. no weight decay on singular values); None: one group.
 - ``compress(model)``: the model that is deployed and measured (default: ``model`` itself).
 - ``report()``: a :class:`MethodReport` for the result row (default: empty).
+- ``rebuild(model, layers)``: the deployed architecture rebuilt on a dense ``model`` from the report's
+  ``layers`` (weights are loaded after; default: ``lowrank.build_factorized``, which knows the
+  lowrank schemes; a method with layer types of its own rebuilds them). Used to load a saved
+  compressed model and by the conformance suite.
 - ``state_dict()`` / ``load_state_dict(d)``: method state, checkpointed every epoch and restored on resume.
 
 Attributes: ``name`` (the registry key), ``starts_from_baseline``, ``ctx`` (the trial's
@@ -41,13 +45,13 @@ gives a bad value the project's one-line error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from bench import checks
-from methods.lowrank import LayerReport
+from methods.lowrank import LayerReport, build_factorized
 
 
 @dataclass
@@ -126,6 +130,10 @@ class Method:
     def report(self) -> MethodReport:
         """Per-trial facts for the result row."""
         return MethodReport()
+
+    def rebuild(self, model: nn.Module, layers: Sequence[LayerReport]) -> nn.Module:
+        """The deployed architecture for ``layers`` (a report's), built on the dense ``model``."""
+        return build_factorized(model, layers)
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that must survive a resume (saved with every epoch checkpoint)."""

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import torch
 
+from bench import checks
 from bench.checks import UserError
 
 
@@ -42,7 +43,6 @@ def usable_cpus() -> int:
 
 
 def bad_path(path: str | os.PathLike, problem: str, accepted: str, field: str = "data.root") -> UserError:
-    """``data.root: '<path>': <problem>; accepted: <layout>``, the one error format of
-    ``bench.checks`` for a file or folder under a dataset root. The path is quoted whole
-    (``checks.bad`` cuts a value at 80 characters, and a path's tail names the file)."""
-    return UserError(f"{field}: {str(path)!r}: {problem}; accepted: {accepted}")
+    """``data.root: '<path>': <problem>; accepted: <layout>``: ``checks.bad`` with the path quoted
+    whole (its tail names the file)."""
+    return checks.bad(field, str(path), accepted, problem, limit=checks.PATH_QUOTE)

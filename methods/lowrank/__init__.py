@@ -8,13 +8,15 @@ Modules, bottom up (each imports only those above it):
 - ``schemes``     matrix views of a weight (``channel``, ``spatial``, ``linear``, ``decoupling``)
                   and tiles: ``scheme_for``, ``to_matrix``, ``from_matrix``, ``full_rank``,
                   ``check_tiles``, ``layer_tiles``.
-- ``factorized``  the two-layer replacement of a layer: ``Factorized``, ``factorize``, ``reconstruct``.
+- ``factorized``  the two-layer replacement of a layer: ``Factorized``, ``factorize``, ``reconstruct``,
+                  ``numeric_padding``.
 - ``macs``        the one MAC counter (fvcore): ``model_macs``, ``probe_layers``; per-layer
                   formulas ``dense_macs``, ``factorized_macs``.
 - ``layers``      which layers a method compresses: ``layer_reasons``, ``select_layers``,
                   ``layer_choice``, ``LAYER_CHOICES``, ``set_module``.
 - ``solvers``     the batched projection used during training: ``project``, ``check_solver``,
                   ``SOLVERS``, ``WarmStart``.
+- ``vbmf``        analytic empirical VBMF rank estimate of a matrix: ``vbmf``, ``vbmf_rank``.
 - ``decompose``   whole-model decomposition: ``decompose_model``, ``build_factorized``,
                   ``max_speedup``, ``check_reachable``, ``LayerReport``.
 
@@ -24,13 +26,14 @@ works; this package imports nothing else from ``methods``.
 from methods.lowrank.rules import ACCEPTED_RULES, RULE_KINDS, Rule, parse_rule, rank_from_rule, rank_mask
 from methods.lowrank.schemes import (CONV_SCHEMES, SCHEMES, Scheme, check_scheme, check_tiles, from_matrix,
                                      full_rank, layer_tiles, scheme_for, to_matrix)
-from methods.lowrank.factorized import Factorized, factorize, reconstruct
+from methods.lowrank.factorized import Factorized, factorize, numeric_padding, reconstruct
 from methods.lowrank.macs import Probe, dense_macs, factorized_macs, mac_handles, model_macs, probe_layers
 from methods.lowrank.layers import (LAYER_CHOICES, default_kinds, layer_choice, layer_reasons, select_layers,
                                     set_module)
 from methods.lowrank.solvers import (AUTO_GRAM_ASPECT, CUDA_SVD_DRIVERS, SOLVERS, WARM_GUARD, WARM_ITERS,
                                      WARM_MAX_FRACTION, WARM_RULES, WARM_TOL, WarmStart, check_solver, project,
                                      warm_eigs)
+from methods.lowrank.vbmf import VBMFResult, vbmf, vbmf_rank
 from methods.lowrank.decompose import (LayerReport, build_factorized, check_reachable, decompose_model,
                                        max_speedup)
 
@@ -38,10 +41,11 @@ __all__ = [
     "ACCEPTED_RULES", "RULE_KINDS", "Rule", "parse_rule", "rank_from_rule", "rank_mask",
     "CONV_SCHEMES", "SCHEMES", "Scheme", "check_scheme", "check_tiles", "from_matrix", "full_rank", "layer_tiles",
     "scheme_for", "to_matrix",
-    "Factorized", "factorize", "reconstruct",
+    "Factorized", "factorize", "numeric_padding", "reconstruct",
     "Probe", "dense_macs", "factorized_macs", "mac_handles", "model_macs", "probe_layers",
     "LAYER_CHOICES", "default_kinds", "layer_choice", "layer_reasons", "select_layers", "set_module",
     "AUTO_GRAM_ASPECT", "CUDA_SVD_DRIVERS", "SOLVERS", "WARM_GUARD", "WARM_ITERS", "WARM_MAX_FRACTION",
     "WARM_RULES", "WARM_TOL", "WarmStart", "check_solver", "project", "warm_eigs",
+    "VBMFResult", "vbmf", "vbmf_rank",
     "LayerReport", "build_factorized", "check_reachable", "decompose_model", "max_speedup",
 ]

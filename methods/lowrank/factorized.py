@@ -43,7 +43,7 @@ def _one_per_axis(value: Any, axis: int) -> tuple[int, int]:
 
 
 
-def _numeric_padding(conv: nn.Conv2d) -> Any:
+def numeric_padding(conv: nn.Conv2d) -> Any:
     """'valid' -> 0 and a symmetric 'same' -> its integer pair: the same output, and fvcore only
     counts convs with numeric padding (string padding traces to an op it does not know).
     An asymmetric 'same' (even effective kernel) stays a string."""
@@ -83,7 +83,7 @@ def factorize(module: nn.Module, scheme: str, rank: int, tiles: int = 1) -> Fact
         raise bad("rank", rank, f"an int in [1, {full}] for this layer and scheme")
     w = module.weight.detach()
     kw_ = {"device": w.device, "dtype": w.dtype}
-    padding = _numeric_padding(module) if isinstance(module, nn.Conv2d) else None
+    padding = numeric_padding(module) if isinstance(module, nn.Conv2d) else None
     has_bias = module.bias is not None
     with torch.no_grad():
         if scheme == "linear":

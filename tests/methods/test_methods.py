@@ -95,7 +95,7 @@ def test_conformance_compress_keeps_output_shape_and_round_trips(name, tmp_path)
     # save the deployed model's state dict, load it into a freshly built factorized model
     path = tmp_path / "small.pt"
     torch.save(small.state_dict(), path)
-    fresh = L.build_factorized(_model(arch, seed=1), rep.layers).eval()
+    fresh = method.rebuild(_model(arch, seed=1), rep.layers).eval()
     fresh.load_state_dict(torch.load(path, weights_only=True))
     with torch.no_grad():
         assert torch.allclose(fresh(x), small(x), atol=1e-6)
