@@ -6,7 +6,10 @@ row) holding the deployed model's state dict and what rebuilds its architecture:
 - ``model``, ``model_options``, ``num_classes``, ``input_shape``: the dense network
   (``bench.models.build_model``, no pretrained file: the state dict carries every weight);
 - ``layers``: the method's per-layer reports (``methods.lowrank.LayerReport``): which layers are
-  factorized, under which scheme, at which rank; ``methods.lowrank.build_factorized`` replays them.
+  factorized, under which scheme, at which rank;
+- ``method``, ``params``: the method whose ``rebuild(model, layers)`` replays those reports on the
+  dense network (``methods.lowrank.build_factorized`` for the lowrank schemes; Tucker-2 and CP
+  build their own layers).
 
 A method whose deployed model is not that structure (a plugin that builds its own layers) gets
 the pickled module saved instead (``architecture: "pickled"``): still loadable with
@@ -43,11 +46,16 @@ def _rebuild(payload: dict[str, Any], device: str | torch.device = "cpu") -> nn.
     """The architecture the payload describes, with freshly initialized weights."""
     from bench.models import build_model
     from methods.lowrank import build_factorized
+    from methods.registry import build
 
     with torch.device(device):
         dense = build_model(payload["model"], payload["num_classes"], tuple(payload["input_shape"]),
                             **payload["model_options"])
-        return build_factorized(dense, payload["layers"]) if payload["layers"] else dense
+        if not payload["layers"]:
+            return dense
+        if payload.get("method"):
+            return build(payload["method"], payload.get("params") or {}).rebuild(dense, payload["layers"])
+        return build_factorized(dense, payload["layers"])
 
 
 def _same_structure(model: nn.Module, payload: dict[str, Any]) -> bool:
@@ -64,15 +72,18 @@ def _same_structure(model: nn.Module, payload: dict[str, Any]) -> bool:
 
 def save_compressed(model: nn.Module, path: Path, *, model_name: str, model_options: dict[str, Any],
                     num_classes: int, input_shape: Sequence[int], layers: Sequence[dict[str, Any]],
+                    method: str | None = None, params: dict[str, Any] | None = None,
                     info: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (the deployed model) to ``path`` atomically, with what rebuilds it.
+    """Write ``model`` (the deployed model) to ``path`` atomically, with what rebuilds it:
+    ``method`` (a registry name) and its ``params`` rebuild ``layers`` (None: the lowrank schemes).
 
-    ``info`` (e.g. trial id, method, top-1) rides along for whoever opens the file."""
+    ``info`` (e.g. trial id, top-1) rides along for whoever opens the file."""
     opts = {k: v for k, v in model_options.items() if k != "pretrained"}
     payload: dict[str, Any] = {
         "format": FORMAT, "rankbench": __version__, "torch": torch.__version__, "model": model_name, "model_options": opts,
         "num_classes": int(num_classes), "input_shape": [int(s) for s in input_shape],
-        "layers": [dict(L) for L in layers], "info": dict(info or {}),
+        "layers": [dict(L) for L in layers], "method": method, "params": dict(params or {}),
+        "info": dict(info or {}),
         "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
     }
     if _same_structure(model, payload):

@@ -253,8 +253,8 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
     mpath = compressed_path(store.trials_dir, trial.id)
     save_compressed(small, mpath, model_name=trial.model, model_options=model_opts,
                     num_classes=data.num_classes, input_shape=shape, layers=row["layers"],
-                    info={"trial_id": trial.id, "sweep": trial.sweep, "method": trial.method,
-                          "params": trial.params_dict, "seed": trial.seed, "top1": row["top1"]})
+                    method=trial.method, params=trial.params_dict,
+                    info={"trial_id": trial.id, "sweep": trial.sweep, "seed": trial.seed, "top1": row["top1"]})
     row["compressed_model"] = mpath.name
 
 

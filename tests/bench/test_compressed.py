@@ -112,3 +112,29 @@ def test_rankbench_export_from_the_command_line(trained, tmp_path, capsys):
     assert dest.is_file() and "max |diff|" in capsys.readouterr().out
     assert main(["export", trial.id, "--format", "tflite", "--results", str(root)]) == 2
     assert capsys.readouterr().err.startswith("error: --format: ")
+
+
+def test_a_method_with_layers_of_its_own_rebuilds_them_from_its_report(tmp_path):
+    """Tucker-2 builds its own layer type: the saved model is rebuilt through the method's
+    ``rebuild`` (no pickled module) and computes what the evaluated model computed."""
+    sweep = parse_spec(SPEC.replace('{name: trp, scheme: channel, export: "speedup:1.5"}', "{name: tucker2}"))
+    seen = {}
+    evaluate = bench.measure.evaluate
+
+    def spy(model, *a, **kw):
+        seen["model"] = copy.deepcopy(model).cpu().eval()
+        return evaluate(model, *a, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bench.measure, "evaluate", spy)
+    try:
+        rows = [run_trial(t, tmp_path) for t in sweep.trials]      # the dense baseline first
+    finally:
+        mp.undo()
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    path = compressed_path(Store(tmp_path, "c").trials_dir, rows[1]["trial_id"])
+    payload = read_payload(path)
+    assert payload["architecture"] == "layers" and payload["method"] == "tucker2"
+    assert any(L["rank"] for L in payload["layers"])
+    with torch.no_grad():
+        assert torch.allclose(bench.load_compressed(path)(X), seen["model"](X), rtol=0, atol=1e-6)
