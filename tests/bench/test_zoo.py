@@ -98,3 +98,30 @@ def test_local_pretrained_weights_load_and_adapt_the_head(tmp_path):
     # a file of another model fails the check before training, naming a key
     with pytest.raises(ValueError, match=r"does not match the model"):
         check_pretrained("torchvision:resnet18", 10, SHAPE, str(path))
+
+
+def test_zoo_models_run_through_the_harness_and_their_compressed_models_load(tmp_path):
+    """A trial end to end on zoo models: baseline, decomposition at 1.5x by the row's fvcore count,
+    and the saved compressed model computing what the evaluated one did."""
+    import bench
+    from bench.run import run_trial
+
+    pytest.importorskip("timm", reason="timm is the optional extra rankbench[timm]")
+    sweep = parse_spec("""
+sweep: zoo
+seeds: [0]
+data: {name: synthetic, shape: [3, 32, 32], num_classes: 10, size: 64}
+train: {epochs: 1, batch_size: 32}
+measure: {latency_repeats: 2, latency_layout: contiguous}
+methods:
+  - {name: svd, scheme: channel, layers: all, rule: "speedup:1.5", model: torchvision:mobilenet_v2}
+  - {name: svd, scheme: linear, rule: "speedup:1.5", model: timm:deit_tiny_patch16_224}
+""")
+    rows = [run_trial(t, tmp_path) for t in sweep.trials]        # baselines first
+    assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    x = torch.randn(2, *SHAPE)
+    for r in rows:
+        if r["method"] == "svd":
+            assert r["macs_speedup"] == pytest.approx(1.5, rel=0.02)
+        model = bench.load_compressed(r["trial_id"], results=tmp_path)
+        assert model(x).shape == (2, 10)
