@@ -60,8 +60,7 @@ def device_name(device: torch.device | str) -> str:
                     break
     except OSError:
         pass
-    n = torch.get_num_threads()
-    return f"cpu ({cpu}, {n} thread{'' if n == 1 else 's'})"
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
 
 
 # Largest |candidate - eager float32| allowed, as a fraction of the eager output's largest |value|:

@@ -156,11 +156,9 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
     ckdir = store.checkpoint_dir(trial.id)
     if main:
         ckdir.mkdir(parents=True, exist_ok=True)
-    # per-epoch scalars to TensorBoard (rank 0, local results folders); flushed every epoch
-    tracker = _tracker(trial, store, method, lambda: model) if main else None
     fit = dict(momentum=tc["momentum"], weight_decay=tc["weight_decay"], amp=tc["amp"],
                channels_last=tc["channels_last"], compile=tc.get("compile", False), device=device,
-               progress=progress, log=log, on_epoch=tracker)
+               progress=progress, log=log)
     row["train_device"] = str(device)
     sync_bn = bool(tc.get("sync_bn", False))
     train_epochs = 0 if from_baseline else tc["epochs"]
@@ -207,8 +205,6 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
         if dist is not None and world > 1:
             row.setdefault("ddp", {"world_size": world, "backend": dist.backend, "sync_bn": sync_bn})
             row["ddp"]["finetuned_weights_sha256"] = check_identical(small, "finetune")
-    if tracker is not None:
-        tracker.close()
     # work done before a resume counts too: the row reports what the compression cost in all
     wall_s = time.perf_counter() - t_start + _resumed_seconds(progress)
 
@@ -260,13 +256,6 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
                     method=trial.method, params=trial.params_dict,
                     info={"trial_id": trial.id, "sweep": trial.sweep, "seed": trial.seed, "top1": row["top1"]})
     row["compressed_model"] = mpath.name
-
-
-def _tracker(trial: Trial, store: Store, method: Method, model: Callable[[], Any]) -> Any:
-    from bench.tracking import EpochScalars, tensorboard_dir
-
-    logdir = tensorboard_dir(store.dir, trial.id)
-    return EpochScalars(logdir, trial.label, method, model) if logdir is not None else None
 
 
 def _train_batches(loader: Any, device: torch.device) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:

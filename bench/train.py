@@ -186,7 +186,6 @@ def train(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     forward: nn.Module | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Progress:
     """Train ``model`` in place for ``epochs`` epochs on ``data.train``; evaluate on ``data.val``.
 
@@ -198,9 +197,6 @@ def train(
     ``epoch_offset``: numbering for ``progress.last_good_epoch`` when this is a later phase.
     ``forward``: DDP wrapper of ``model`` for data-parallel training (``bench.distributed``); then
     the epoch's loss is averaged over ranks and only rank 0 writes the checkpoint.
-    ``on_epoch``: called after every epoch with its history record plus ``lr`` (the first
-    parameter group's, at the epoch's end) and ``step`` (the epoch counted over the trial), e.g.
-    to write TensorBoard scalars (``bench.tracking``).
     ``compile``: ``torch.compile`` the training forward (``forward`` or ``model``): true for
     inductor, a mode name (``"reduce-overhead"``: CUDA graphs) or a dynamo backend. Only the
     training forward is compiled; evaluation and checkpoints use ``model`` itself. The method's
@@ -268,8 +264,6 @@ def train(
         progress.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean_loss, "val_top1": top1,
                                  "seconds": secs})
         log(f"[{phase}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} val top-1 {top1:.2f}% {secs:.1f}s")
-        if on_epoch is not None:
-            on_epoch({**progress.history[-1], "lr": opt.param_groups[0]["lr"], "step": epoch_offset + epoch + 1})
         named_skips = _log_skipped(data, log, phase, sum_over_ranks(getattr(data, "skipped", 0)), named_skips)
         if checkpoint is not None and is_main():
             state = {

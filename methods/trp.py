@@ -103,22 +103,6 @@ class TRP(Method):
             include_stride2=self.include_stride2)
         return small
 
-    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        """Per-epoch tracking (``bench.tracking``): the rank the energy rule keeps, averaged over
-        the chosen layers, and as a fraction of their full ranks."""
-        if not self.names:
-            return {}
-        rule = lowrank.Rule("energy", self.energy)
-        kept, full = [], []
-        with torch.no_grad():
-            for n in self.names:
-                m = lowrank.to_matrix(model.get_submodule(n).weight.detach().float().cpu(), self.scheme)
-                s = torch.linalg.svdvals(m)
-                kept.append(float(lowrank.rank_mask(s, rule).sum(-1).float().max()))
-                full.append(s.shape[-1])
-        return {"mean_kept_rank": sum(kept) / len(kept),
-                "kept_rank_fraction": sum(k / f for k, f in zip(kept, full)) / len(kept)}
-
     def report(self) -> MethodReport:
         info: dict[str, Any] = {}
         if self.solver == "warm":  # how often the warm start held, in shape-group projections since start
