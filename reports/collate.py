@@ -14,10 +14,17 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from bench import row as result_row
+from reports.format import clip_interval
 
 # The keys of the Result row, as bench.row defines them. Missing keys become None so that a row
 # written by an older or partial harness still lines up with the rest.
 ROW_KEYS: tuple[str, ...] = result_row.KEYS
+# Row keys read when present even if ``bench.row`` does not list them (rows of a newer harness):
+# the conv-only MAC count, the basis the TRP paper reports its speed-ups on, and the count as the
+# method's paper formula makes it (layers it factorizes but counts dense).
+OPTIONAL_KEYS: tuple[str, ...] = tuple(
+    k for k in ("conv_macs", "dense_conv_macs", "conv_macs_speedup", "claimed_conv_macs", "claimed_conv_speedup")
+    if k not in ROW_KEYS)
 
 GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
 
@@ -25,10 +32,18 @@ GROUP_KEYS: tuple[str, ...] = ("dataset", "model", "method", "variant")
 METRICS: tuple[str, ...] = (
     "top1", "top5", "f1",
     "macs", "dense_macs", "macs_speedup", "params_count", "dense_params_count",
+    "conv_macs", "dense_conv_macs", "conv_macs_speedup", "claimed_conv_macs", "claimed_conv_speedup",
     "latency_ms", "dense_latency_ms", "latency_speedup",
-    "wall_s", "gpu_hours",
+    # wall_s / gpu_hours: the trial's own cost (a method that starts from the trained dense
+    # baseline does not pay for that training there); *_total adds the baseline's training
+    "wall_s", "gpu_hours", "wall_s_total", "gpu_hours_total",
     "n_factorized", "n_skipped",
 )
+
+# What each metric can take: the CI columns <m>_lo / <m>_hi are clipped to it.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    **{m: (0.0, None) for m in METRICS}, "top1": (0.0, 100.0), "top5": (0.0, 100.0), "f1": (0.0, 100.0),
+}
 
 FAILED_COLUMNS: tuple[str, ...] = (
     "sweep", "trial_id", "dataset", "model", "method", "variant", "seed",
@@ -168,7 +183,7 @@ def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         if key in seen_ids:
             continue
         seen_ids.add(key)
-        rec = {k: r.get(k) for k in ROW_KEYS}
+        rec = {k: r.get(k) for k in ROW_KEYS + OPTIONAL_KEYS}
         rec["source"] = r.get("source")
         rec.update(result_row.spread(r))
         rec["n_factorized"], rec["n_skipped"] = _layer_counts(r.get("layers"))
@@ -178,6 +193,7 @@ def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
             rec["variant"] = ""
         records.append(rec)
 
+    _add_totals(records)
     df = pd.DataFrame.from_records(records, columns=_columns(records))
     # Numeric columns arrive as Python ints/None; make them float so that NaN means "absent".
     for m in METRICS:
@@ -186,8 +202,29 @@ def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     return df
 
 
+def _add_totals(records: list[dict]) -> None:
+    """``wall_s_total`` / ``gpu_hours_total``: the trial's cost plus, for a method that started
+    from a trained dense baseline (``baseline_id``), that baseline's training; NaN when the
+    baseline's row is not among the results read."""
+    by_id = {r.get("trial_id"): r for r in records}
+    for r in records:
+        for own, total in (("wall_s", "wall_s_total"), ("gpu_hours", "gpu_hours_total")):
+            v = _float(r.get(own))
+            if r.get("baseline_id"):
+                base = by_id.get(r["baseline_id"])
+                v = v + _float(base.get(own)) if base is not None else math.nan
+            r[total] = v
+
+
+def _float(v: object) -> float:
+    try:
+        return math.nan if v is None else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _columns(records: list[dict]) -> list[str]:
-    cols = list(ROW_KEYS) + ["source", "n_factorized", "n_skipped"]
+    cols = list(ROW_KEYS) + list(OPTIONAL_KEYS) + ["source", "n_factorized", "n_skipped"]
     extra = sorted({k for r in records for k in r} - set(cols))
     return cols + extra
 
@@ -227,10 +264,14 @@ def _joined(values: pd.Series) -> str | None:
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Successful trials grouped per (dataset, model, method, variant).
 
-    Per metric m in ``METRICS``: ``m_mean``, ``m_std`` (ddof=1), ``m_ci95`` (t half-width) and
-    ``m_n`` (seeds with a value). Also ``n`` (ok trials), ``seeds``, ``scheme``, ``rule``,
-    ``params``, latency device/dtype/batch, ``gpu``, ``n_failed`` (failed trials of that group)
-    and ``mixed_recipes`` (True when the group's seeds were trained with different specs).
+    Per metric m in ``METRICS``: ``m_mean``, ``m_std`` (ddof=1), ``m_ci95`` (t half-width),
+    ``m_lo`` / ``m_hi`` (the 95% interval clipped to what the metric can take, ``BOUNDS``),
+    ``m_clipped`` (True when a bound cut it) and ``m_n`` (seeds with a value). Also ``n`` (ok
+    trials), ``seeds``, ``scheme``, ``rule``, ``params``, latency device/dtype/batch and
+    ``latency_layout_setting`` (what the spec asked: "auto" = each model on its fastest layout),
+    ``gpu``, ``n_failed`` (failed trials of that group), ``n_uncompressed`` (trials of a
+    compressing method whose deployed model has the dense model's MACs), ``specs`` (the distinct
+    trial specs, seed left out) and ``mixed_recipes`` (True when there is more than one).
     """
     ok = ok_trials(df)
     out_rows = []
@@ -248,6 +289,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 rec[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
                 rec[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
                 rec[f"{m}_ci95"] = ci95_halfwidth(vals)
+                rec[f"{m}_lo"], rec[f"{m}_hi"], rec[f"{m}_clipped"] = _interval(
+                    rec[f"{m}_mean"], rec[f"{m}_ci95"], BOUNDS.get(m, (None, None)))
             rec["latency_device"] = _joined(g["latency_device"])
             rec["latency_dtype"] = _joined(g["latency_dtype"])
             rec["latency_batch"] = _joined(g["latency_batch"])
@@ -256,7 +299,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             rec["dense_latency_layout"] = _joined(g["dense_latency_layout"])
             rec["gpu"] = _joined(g["env.gpu"]) if "env.gpu" in g else None
             rec["sweeps"] = _joined(g["sweep"])
-            rec["mixed_recipes"] = len({_recipe(s) for s in g["spec"]}) > 1
+            rec["latency_layout_setting"] = _joined(g["spec"].map(_layout_setting))
+            rec["n_uncompressed"] = int(sum(
+                1 for m, d in zip(g["macs"], g["dense_macs"])
+                if key[2] != "dense" and not _isnan(m) and not _isnan(d) and m >= d))
+            specs = {_recipe(s): s for s in g["spec"]}
+            rec["specs"] = list(specs.values())
+            rec["mixed_recipes"] = len(specs) > 1
             out_rows.append(rec)
     out = pd.DataFrame(out_rows)
     if out.empty:
@@ -268,6 +317,19 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         for _, r in out.iterrows()
     ]
     return out.reset_index(drop=True)
+
+
+def _interval(mean: float, ci: float, bounds: tuple[float | None, float | None]) -> tuple[float, float, bool]:
+    if _isnan(mean) or _isnan(ci):
+        return math.nan, math.nan, False
+    return clip_interval(mean, ci, bounds)
+
+
+def _layout_setting(spec: object) -> str:
+    # measure.latency_layout of the trial: "auto" (left out of the Trial while auto), one layout or a list
+    measure = spec.get("measure") if isinstance(spec, dict) else None
+    v = measure.get("latency_layout", "auto") if isinstance(measure, dict) else "auto"
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def _first(s: pd.Series):

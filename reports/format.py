@@ -34,14 +34,43 @@ def fmt_pm(mean: float | None, ci: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
+# A 95% interval that reaches past what the metric can take (a percentage above 100, a speed-up
+# below 0; with 2 seeds the t interval is 12.7 standard errors wide) is printed clipped, as
+# ``[lo, hi]``, with this mark; a note under the table explains it.
+CLIPPED = "†"
+def clip_interval(mean: float, ci: float, bounds: tuple[float | None, float | None]) -> tuple[float, float, bool]:
+    """``(lo, hi, clipped)``: mean ± ci cut to ``bounds``; ``clipped`` when either end was cut."""
+    lo, hi = mean - ci, mean + ci
+    b_lo, b_hi = bounds
+    clipped = (b_lo is not None and lo < b_lo) or (b_hi is not None and hi > b_hi)
+    if b_lo is not None:
+        lo = max(lo, b_lo)
+    if b_hi is not None:
+        hi = min(hi, b_hi)
+    return lo, hi, clipped
+
+
+def fmt_ci(mean: float | None, ci: float | None, bounds: tuple[float | None, float | None] = (None, None),
+           digits: int = 2, suffix: str = "") -> str:
+    """``90.50 ± 0.21``; when the interval crosses a bound, the clipped interval instead:
+    ``71.53 [9.76, 100.00]†`` (``CLIPPED`` marks it). Just ``90.50`` without a CI (one seed)."""
+    if is_missing(mean):
+        return DASH
+    if is_missing(ci):
+        return f"{mean:.{digits}f}{suffix}"
+    lo, hi, clipped = clip_interval(float(mean), float(ci), bounds)
+    if clipped:
+        return f"{mean:.{digits}f}{suffix} [{lo:.{digits}f}, {hi:.{digits}f}]{CLIPPED}"
+    return f"{mean:.{digits}f}{suffix} ± {ci:.{digits}f}"
+
+
 def fmt_x(mean: float | None, ci: float | None = None) -> str:
     """``2.17x``; ``2.17x ± 0.04`` when the seeds disagree visibly at two decimals."""
     if is_missing(mean):
         return DASH
-    s = f"{mean:.2f}x"
     if not is_missing(ci) and round(ci, 2) > 0:
-        s += f" ± {ci:.2f}"
-    return s
+        return fmt_ci(mean, ci, (0.0, None), suffix="x")
+    return f"{mean:.2f}x"
 
 
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
@@ -98,6 +127,7 @@ def latex_cell(text: str) -> str:
     """A display string (as ``fmt_*`` write them) as LaTeX: escaped, ``±`` and ``2.17x`` in math."""
     t = latex_escape(text)
     t = t.replace(" ± ", r" $\pm$ ").replace("±", r"$\pm$")
+    t = t.replace(CLIPPED, r"$^{\dagger}$")
     # "2.17x" -> "2.17$\times$" (only a number directly followed by x)
     return re.sub(r"(\d)x(?![A-Za-z])", r"\1$\\times$", t)
 

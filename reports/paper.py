@@ -1,10 +1,14 @@
 """Published tables beside ours: ``paper_diff(name, results_dirs)``.
 
 Each ``reports/published/<name>.yaml`` holds one paper table: its rows' numbers, the source of
-each row, which numbers were derived (and how), and a trial selector (method, model, dataset,
-a subset of the method's params). A published row is matched to every group of our trials
-(``collate.summarize``) that fits its selector; rows without results say "not run" and give the
-command that produces them, rows of methods rankbench does not implement say "published only".
+each row (for a repository: the commit the numbers were read at), which numbers were derived
+(and how), the basis of its speed-ups (``basis``: ``conv`` = conv layers only, ``model`` =
+every layer fvcore counts) and a trial selector (method, model, dataset, a subset of the
+method's params). A published row is matched to every group of our trials
+(``collate.summarize``) that fits its selector, and diffed only when the group ran the recipe of
+the table's spec (``reports.recipe``) and deployed a compressed model; otherwise the row says
+what differs and shows no delta. Rows without results say "not run" and give the command that
+produces them, rows of methods rankbench does not implement say "published only".
 """
 from __future__ import annotations
 
@@ -16,17 +20,27 @@ import pandas as pd
 import yaml
 
 from bench.checks import bad, check, is_number, missing, unknown
-from reports.collate import load_results, summarize
-from reports.format import DASH, fmt_pm, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
+from reports.collate import BOUNDS, load_results, summarize
+from reports.format import CLIPPED, DASH, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
+from reports.recipe import paper_trials, recipe_differences, same_value
+
+__all__ = ["available_papers", "command_for", "coverage_problem", "diff_cells", "format_paper_diff",
+           "load_published", "matches", "paper_diff", "published_points", "same_value", "source_text"]
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 NUMBERS = ("top1", "top5", "speedup", "params_m")
+BASES = ("conv", "model")
+# The row key holding our speed-up on each basis (conv-only counts need rows that carry them).
+BASIS_KEY = {"conv": "conv_macs_speedup", "model": "macs_speedup"}
+BASIS_TEXT = {"conv": "conv layers only", "model": "whole model (fvcore: conv, linear, matmul; no BN)"}
+SOURCE_KEYS = ("title", "venue", "arxiv", "url", "commit", "date", "quotes", "note")
 
 DIFF_COLUMNS = (
-    "label", "status", "scheme", "method", "variant", "n", "source", "derived", "command",
+    "label", "status", "scheme", "method", "variant", "n", "source", "note", "derived", "command",
     "ours_top1", "ours_top1_ci95", "theirs_top1", "diff_top1",
     "ours_top5", "ours_top5_ci95", "theirs_top5", "diff_top5",
-    "ours_speedup", "ours_speedup_ci95", "theirs_speedup", "diff_speedup",
+    "ours_speedup", "ours_speedup_ci95", "ours_speedup_basis", "ours_built_speedup",
+    "theirs_speedup", "diff_speedup",
     "ours_latency_speedup", "ours_params_m", "theirs_params_m",
 )
 
@@ -43,10 +57,16 @@ def load_published(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise unknown("paper", name, available_papers())
     table = yaml.safe_load(path.read_text())
-    for key in ("name", "title", "dataset", "model", "spec", "sources", "rows"):
+    for key in ("name", "title", "dataset", "model", "spec", "basis", "sources", "rows"):
         if key not in table:
             raise missing(f"{path}: {key}", "a published table with name, title, dataset, model, "
-                          "spec, sources and rows")
+                          "spec, basis, sources and rows")
+    check(f"{path}: basis", table["basis"], table["basis"] in BASES, ", ".join(BASES))
+    for key, src in table["sources"].items():
+        if isinstance(src, dict):
+            extra = sorted(set(src) - set(SOURCE_KEYS))
+            check(f"{path}: sources.{key}", extra[0] if extra else None, not extra and "title" in src,
+                  "a text, or a mapping with title and any of " + ", ".join(SOURCE_KEYS[1:]))
     for i, row in enumerate(table["rows"]):
         where = f"{path}: rows[{i}] ({row.get('label')!r})"
         if row.get("source") not in table["sources"]:
@@ -68,28 +88,41 @@ def command_for(table: dict[str, Any]) -> str:
     return f"rankbench run {table['spec']}"
 
 
-# ---------------------------------------------------------------------------- matching
+def source_text(src: str | dict[str, Any]) -> str:
+    """One line naming a source: its title, venue, arXiv id, address and commit."""
+    if isinstance(src, str):
+        return src
+    parts = [str(src["title"])]
+    parts += [str(src[k]) for k in ("venue",) if src.get(k)]
+    if src.get("arxiv"):
+        parts.append(f"arXiv {src['arxiv']}")
+    if src.get("url"):
+        parts.append(str(src["url"]))
+    if src.get("commit"):
+        parts.append(f"README at commit {str(src['commit'])[:7]}" + (f" ({src['date']})" if src.get("date") else ""))
+    if src.get("quotes"):
+        parts.append(f"quoting {src['quotes']}")
+    text = ", ".join(parts)
+    return text + (f"; {src['note']}" if src.get("note") else "")
 
-def _num(v: Any) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
+
+def coverage_problem(name: str, df: pd.DataFrame) -> str | None:
+    """One line when results hold no trial of the table's dataset and model (e.g. a digits run
+    given ``--paper trp-cifar10-resnet20``); None when some trial fits, or there are no results."""
+    if df is None or df.empty:
         return None
+    table = load_published(name)
+    datasets = {(r.get("match") or {}).get("dataset", table["dataset"]) for r in table["rows"]}
+    models = {(r.get("match") or {}).get("model", table["model"]) for r in table["rows"]}
+    fits = df["dataset"].isin(datasets) & df["model"].isin(models)
+    if fits.any():
+        return None
+    have = sorted({f"{d}/{m}" for d, m in zip(df["dataset"], df["model"]) if d is not None})
+    return (f"paper: {name}: these results hold {', '.join(have) or 'no dataset/model'}, the paper "
+            f"table is {table['dataset']}/{table['model']}: nothing to compare; run `{command_for(table)}`")
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Spec values compared the way a person means them: 3e-4 == 0.0003, "speedup:2" ==
-    "speedup:2.0", and a YAML string "1e-4" (PyYAML reads it as text) == 0.0001."""
-    if a == b:
-        return True
-    fa, fb = _num(a), _num(b)
-    if fa is not None and fb is not None and not isinstance(a, bool) and not isinstance(b, bool):
-        return math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(a, str) and isinstance(b, str) and ":" in a and ":" in b:
-        (ka, va), (kb, vb) = a.split(":", 1), b.split(":", 1)
-        return ka.strip() == kb.strip() and same_value(va.strip(), vb.strip())
-    return False
-
+# ---------------------------------------------------------------------------- matching
 
 def matches(group: pd.Series, selector: dict[str, Any], table: dict[str, Any]) -> bool:
     """Whether one summarized group fits a published row's selector."""
@@ -118,12 +151,16 @@ def _theirs(row: dict) -> dict[str, Any]:
 def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) -> pd.DataFrame:
     """Published table ``name`` matched to our trials, one line per (published row, our group).
 
-    Columns: ``DIFF_COLUMNS``. ``status`` is "ok", "failed" (trials exist, none succeeded),
-    "not run" (with ``command``), "published only" (a method rankbench does not implement) or
-    "ours only" (our groups of this model and dataset that no published row selects).
-    Differences are ours minus theirs; ours is the mean over seeds, with its 95% CI half-width.
+    Columns: ``DIFF_COLUMNS``. ``status`` is "ok" (diffed), "recipe differs: <what>" (ours ran
+    another recipe than the table's spec: shown, not diffed), "not compressed" (the deployed
+    model is the dense one: not diffed), "failed" (trials exist, none succeeded), "not run"
+    (with ``command``), "published only" (a method rankbench does not implement) or "ours only"
+    (our groups of this model and dataset that no published row selects). Differences are ours
+    minus theirs; ours is the mean over seeds, with its 95% CI half-width. Speed-ups are diffed
+    only on the table's basis (``ours_speedup_basis``).
     """
     table = load_published(name)
+    paper = paper_trials(table["spec"])
     if isinstance(results_dirs, (str, Path)):
         results_dirs = [results_dirs]
     df = load_results(results_dirs) if results_dirs else pd.DataFrame()
@@ -134,7 +171,8 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
 
     for row in table["rows"]:
         base = {
-            "label": row["label"], "scheme": row.get("scheme"), "source": table["sources"][row["source"]],
+            "label": row["label"], "scheme": row.get("scheme"), "source": source_text(table["sources"][row["source"]]),
+            "note": row.get("note"),
             "derived": "; ".join(f"{k}: {v}" for k, v in (row.get("derived") or {}).items()) or None,
             **_theirs(row),
         }
@@ -151,8 +189,9 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
             continue
         for i in hits:
             used.add(i)
-            lines.append({**base, **_ours(summary.loc[i]), "status": "ok",
-                          "variant": summary.loc[i, "variant"]})
+            g = summary.loc[i]
+            lines.append({**base, **_ours(g, table["basis"]), "status": _status(g, paper, sel),
+                          "variant": g["variant"]})
             if len(hits) > 1:  # several of our variants fit: say which line is which
                 lines[-1]["label"] = f"{row['label']} [{summary.loc[i, 'variant']}]"
 
@@ -164,14 +203,34 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
                 continue
             label = g["method"] + (f" [{g['variant']}]" if g["variant"] else "")
             lines.append({"label": label, "status": "ours only", "scheme": g.get("scheme"),
-                          "method": g["method"], "variant": g["variant"], **_ours(g)})
+                          "method": g["method"], "variant": g["variant"], **_ours(g, table["basis"])})
 
     out = pd.DataFrame(lines).reindex(columns=list(DIFF_COLUMNS))
+    diffed = out["status"] == "ok"
     for k in ("top1", "top5", "speedup"):
-        out[f"diff_{k}"] = [_diff(o, t if not is_missing(t) else None)
-                            for o, t in zip(out[f"ours_{k}"], out[f"theirs_{k}"])]
+        out[f"diff_{k}"] = [_diff(o, t if not is_missing(t) else None) if ok else math.nan
+                            for o, t, ok in zip(out[f"ours_{k}"], out[f"theirs_{k}"], diffed)]
+    # a speed-up on another basis than the paper's is shown, never diffed
+    out.loc[out["ours_speedup_basis"] != table["basis"], "diff_speedup"] = math.nan
     out.attrs["table"] = table
     return out
+
+
+def _status(g: pd.Series, paper: list[dict[str, Any]], selector: dict[str, Any]) -> str:
+    """"ok" when a group may be diffed against its published row; else what stops it."""
+    specs = [s for s in (g.get("specs") if isinstance(g.get("specs"), list) else []) if isinstance(s, dict)]
+    if not specs:
+        return "recipe unknown: the rows carry no trial spec"
+    found = recipe_differences(specs, paper, selector)
+    if found is None:
+        return "recipe unknown: the paper spec has no trial for this row"
+    if found:
+        return "recipe differs: " + "; ".join(found)
+    k = g.get("n_uncompressed")
+    if not is_missing(k) and k:
+        return "not compressed: the deployed model is the dense one" if int(k) >= int(g["n"]) else (
+            f"not compressed in {int(k)} of {int(g['n'])} seeds")
+    return "ok"
 
 
 def _as_group(row: pd.Series) -> pd.Series:
@@ -181,12 +240,26 @@ def _as_group(row: pd.Series) -> pd.Series:
     return g
 
 
-def _ours(g: pd.Series) -> dict[str, Any]:
+def _ours(g: pd.Series, basis: str) -> dict[str, Any]:
+    key = BASIS_KEY[basis]
+    # rows without conv-only counts fall back on the whole-model figure; the dense model's
+    # speed-up is 1 on every basis
+    if is_missing(g.get(f"{key}_mean")) and g["method"] != "dense":
+        basis, key = "model", BASIS_KEY["model"]
+    built = math.nan
+    if basis == "conv" and not is_missing(g.get("claimed_conv_speedup_mean")):
+        # on the paper's own formula (official TRP network decoupling counts stride-2 convs dense
+        # though it factorizes them), with the conv count of the model as built beside it
+        built, key = g[f"{key}_mean"], "claimed_conv_speedup"
     return {
+        "ours_built_speedup": built,
         "n": int(g["n"]),
         "ours_top1": g["top1_mean"], "ours_top1_ci95": g["top1_ci95"],
         "ours_top5": g["top5_mean"], "ours_top5_ci95": g["top5_ci95"],
-        "ours_speedup": g["macs_speedup_mean"], "ours_speedup_ci95": g["macs_speedup_ci95"],
+        "ours_speedup": (g[f"{key}_mean"] if not is_missing(g.get(f"{key}_mean"))
+                         else g["macs_speedup_mean"]),
+        "ours_speedup_ci95": g.get(f"{key}_ci95", math.nan),
+        "ours_speedup_basis": basis,
         "ours_latency_speedup": g["latency_speedup_mean"],
         "ours_params_m": g["params_count_mean"] / 1e6 if not is_missing(g["params_count_mean"]) else math.nan,
     }
@@ -207,6 +280,7 @@ def _plain(v: float, digits: int = 2, suffix: str = "", derived: bool = False) -
 def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows of display strings and notes of a ``paper_diff``."""
     table = diff.attrs.get("table", {})
+    basis = table.get("basis", "model")
     has_top5 = diff["theirs_top5"].notna().any() or diff["ours_top5"].notna().any()
     header = ["Row", "Status", "Top-1 ours", "Top-1 theirs", "Δ Top-1"]
     if has_top5:
@@ -221,27 +295,49 @@ def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str
         elif status == "published only":
             status = f"published only ({r['command']})"
         cells = [str(r["label"]), status,
-                 fmt_pm(r["ours_top1"], r["ours_top1_ci95"]),
+                 fmt_ci(r["ours_top1"], r["ours_top1_ci95"], BOUNDS["top1"]),
                  _plain(r["theirs_top1"], derived="top1:" in der), _signed(r["diff_top1"])]
         if has_top5:
-            cells += [fmt_pm(r["ours_top5"], r["ours_top5_ci95"]),
+            cells += [fmt_ci(r["ours_top5"], r["ours_top5_ci95"], BOUNDS["top5"]),
                       _plain(r["theirs_top5"], derived="top5:" in der), _signed(r["diff_top5"])]
-        cells += [fmt_x(r["ours_speedup"], r["ours_speedup_ci95"]),
+        ours_x = fmt_x(r["ours_speedup"], r["ours_speedup_ci95"])
+        if ours_x != DASH and r["ours_speedup_basis"] != basis:
+            ours_x += " (whole model)"
+        elif ours_x != DASH and not is_missing(r["ours_built_speedup"]) and \
+                abs(r["ours_built_speedup"] - r["ours_speedup"]) >= 0.005:
+            ours_x += f" (built: {r['ours_built_speedup']:.2f}x)"
+        cells += [ours_x,
                   _plain(r["theirs_speedup"], suffix="x", derived="speedup:" in der),
                   _signed(r["diff_speedup"], "x"),
                   _plain(r["ours_params_m"], suffix="M"), _plain(r["theirs_params_m"], suffix="M"),
                   DASH if is_missing(r["n"]) else str(int(r["n"]))]
         rows.append(cells)
     notes = [
-        "Ours: mean ± 95% CI half-width over seeds; Δ = ours - theirs.",
-        "Speed-up ours: dense MACs / MACs of the model as run (fvcore: conv, linear, matmul; "
-        "no BN); theirs: " + table.get("speedup_basis", "as published")
-        + ". Ours also counts the final FC layer, so it reads slightly lower at equal conv cost.",
-        "Sources: " + "; ".join(f"{k}: {v}" for k, v in table.get("sources", {}).items()),
+        "Ours: mean ± 95% CI half-width (t distribution) over the n seeds in the Seeds column, clipped "
+        f"to what the metric can take ({CLIPPED}: shown as [low, high]); Δ = ours - theirs, given only "
+        "where status is ok: our trials ran the recipe of `" + str(table.get("spec")) + "` and deployed "
+        "a compressed model.",
+        f"Speed-up theirs: {table.get('speedup_basis', BASIS_TEXT.get(basis, basis))}. Speed-up ours: "
+        f"dense MACs / MACs of the model as run, {BASIS_TEXT.get(basis, basis)}"
+        + ("" if basis == "model" else " (fvcore restricted to conv layers)") + ".",
     ]
+    if any("(built: " in c[header.index("Speed-up ours")] for c in rows):
+        notes.append("(built: X): our speed-up is counted as the method's paper counts it (the official TRP "
+                     "formula counts stride-2 convs as dense, though its network decoupling factorizes them, "
+                     "where the factorized form costs more); X is the conv-only count of the model as built "
+                     "and run.")
+    if (diff["ours_speedup_basis"].notna() & (diff["ours_speedup_basis"] != basis)).any():
+        notes.append("(whole model): these rows carry no conv-only MAC count (written before it was "
+                     "recorded), so their speed-up is on another basis than the paper's and is not diffed.")
+    if (diff["n"] == 2).any():
+        notes.append("With n = 2 seeds a 95% t interval is 12.7 standard errors wide.")
+    notes.append("Sources: " + "; ".join(f"{k}: {source_text(v)}" for k, v in table.get("sources", {}).items()))
     for _, r in diff.iterrows():
         if not is_missing(r["derived"]) and r["derived"]:
-            notes.append(f"* {r['label']}: derived ({r['derived']})")
+            notes.append(f"* {r['label']}: derived, not printed by the source ({r['derived']})")
+    for _, r in diff.drop_duplicates("label").iterrows():
+        if not is_missing(r["note"]) and r["note"]:
+            notes.append(f"{r['label']}: {r['note']}")
     return header, rows, notes
 
 

@@ -41,6 +41,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front[::-1]
 
 
+def _bars(g: pd.DataFrame, m: str) -> Any:
+    """Error bars of metric ``m``: the 95% interval clipped to what the metric can take
+    (``<m>_lo`` / ``<m>_hi`` of ``collate.summarize``), else the symmetric half-width."""
+    if f"{m}_lo" in g and f"{m}_hi" in g:
+        return [(g[f"{m}_mean"] - g[f"{m}_lo"]).fillna(0).clip(lower=0),
+                (g[f"{m}_hi"] - g[f"{m}_mean"]).fillna(0).clip(lower=0)]
+    return g[f"{m}_ci95"].fillna(0)
+
+
 def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: str) -> bool:
     """Draw one panel; False when there is nothing to draw on this axis."""
     drawn = False
@@ -50,8 +59,7 @@ def _panel(ax, groups: pd.DataFrame, x: str, styles: dict[str, dict], xlabel: st
         if g.empty:
             continue
         drawn = True
-        ax.errorbar(g[f"{x}_mean"], g["top1_mean"],
-                    yerr=g["top1_ci95"].fillna(0), xerr=g[f"{x}_ci95"].fillna(0),
+        ax.errorbar(g[f"{x}_mean"], g["top1_mean"], yerr=_bars(g, "top1"), xerr=_bars(g, x),
                     label=label, capsize=3, linewidth=1.2, markersize=7, **styles[label])
     # The front is the boundary of what is attainable: any speed-up up to a point's own is
     # reachable at that point's accuracy, hence the step drops at each front point ("pre").
@@ -113,8 +121,8 @@ def pareto_plot(summary: pd.DataFrame, path: str | Path,
                         transform=ax_lat.transAxes, color="0.4")
         ax_lat.set_title(f"{model} on {dataset}: measured (latency)", fontsize=11)
 
-    # With two or three seeds the t factor is large (12.7 for n=2) and CI bars can reach past
-    # 100% or below 0x; the axes stop at what the quantities can be so the data stay readable.
+    # Error bars are clipped to what the quantities can take; the axes stop there too, so a wide
+    # interval of few seeds (the t factor is 12.7 for n=2) does not squash the data.
     for ax in axes.flat:
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0), min(hi, 100.5))

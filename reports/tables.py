@@ -12,9 +12,13 @@ from typing import Sequence
 import pandas as pd
 
 from bench.checks import unknown
-from reports.collate import failed_trials, load_results, summarize
-from reports.format import (COLUMN_PARAMS, DASH, fmt_duration, fmt_pm, fmt_si, fmt_x, is_missing,
+from reports.collate import BOUNDS, failed_trials, load_results, summarize
+from reports.format import (CLIPPED, COLUMN_PARAMS, DASH, fmt_ci, fmt_duration, fmt_si, fmt_x, is_missing,
                             latex_cell, latex_escape, markdown_cell, sort_rows)
+
+# Appended to the method of a row whose deployed model is the dense one (MACs = dense MACs):
+# the method ran, but compressed nothing, so its accuracy is the dense model's.
+NOT_COMPRESSED = "[not compressed]"
 
 FORMATS = ("md", "latex", "csv")
 SUFFIX = {"md": "md", "latex": "tex", "csv": "csv"}
@@ -51,7 +55,39 @@ def _method_label(row: pd.Series, varying: dict[str, list[str]]) -> str:
     p = _params_of(row)
     keys = varying.get(str(row["method"]), [])
     extra = ", ".join(f"{k}={p.get(k)}" for k in keys)
-    return f"{row['method']} ({extra})" if extra else str(row["method"])
+    label = f"{row['method']} ({extra})" if extra else str(row["method"])
+    return label + uncompressed_mark(row)
+
+
+def uncompressed_mark(row: pd.Series) -> str:
+    """`` [not compressed]`` when every seed of a compressing method deployed the dense model,
+    `` [not compressed: k of n seeds]`` when some did; "" otherwise."""
+    k = row.get("n_uncompressed")
+    if is_missing(k) or not k:
+        return ""
+    n = int(row["n"])
+    return f" {NOT_COMPRESSED}" if int(k) >= n else f" [not compressed: {int(k)} of {n} seeds]"
+
+
+def _layout_note(s: pd.DataFrame) -> str:
+    """What the latency layouts were: the spec's ``measure.latency_layout`` ("auto": each model
+    on its fastest of the device's menu; one layout: both timed on it; a list: fastest of those)."""
+    # a group whose seeds were timed under different settings joins them with "/"
+    settings = {x for v in s.get("latency_layout_setting", pd.Series(dtype=object))
+                if not is_missing(v) and v for x in str(v).split("/")}
+    if not settings or settings == {"auto"}:
+        return ("Latency: dense and compressed timed on the same menu of inference layouts (memory "
+                "format, BN folded, jit), each on its fastest; results.csv names the winners.")
+    parts = []
+    for v in sorted(settings):
+        if v == "auto":
+            parts.append("each on its fastest layout of the device's menu")
+        elif "," in v:
+            parts.append(f"each on its fastest of the layouts the spec listed ({v})")
+        else:
+            parts.append(f"both on the layout the spec fixed ({v})")
+    return ("Latency: dense and compressed timed " + "; in other rows ".join(parts)
+            + "; results.csv names each row's layouts.")
 
 
 def _latency_setting(row: pd.Series) -> str:
@@ -59,6 +95,22 @@ def _latency_setting(row: pd.Series) -> str:
     b = row.get("latency_batch")
     parts.append(f"batch {b}" if not is_missing(b) and b is not None else None)
     return ", ".join(str(p) for p in parts if p and not is_missing(p))
+
+
+def _reuses_baseline(s: pd.DataFrame) -> bool:
+    """Whether some row's own cost leaves out a baseline's training it reused."""
+    if "wall_s_total_mean" not in s:
+        return False
+    own, total = s["wall_s_mean"], s["wall_s_total_mean"]
+    return bool(((total - own).abs() > 1e-9).any() or (own.notna() & total.isna()).any())
+
+
+def _cost_cell(cost: str, gpu_h: float | None, wall: float | None) -> str:
+    if cost == "gpu":
+        return DASH if is_missing(gpu_h) else f"{gpu_h:.2f}"
+    if cost == "cpu":
+        return fmt_duration(wall)
+    return f"{gpu_h:.2f} GPU-h" if not is_missing(gpu_h) and gpu_h > 0 else f"{fmt_duration(wall)} CPU"
 
 
 def _cost_mode(summary: pd.DataFrame) -> str:
@@ -88,7 +140,13 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
     if lat_uniform and lat_setting:
         lat_head += f" ({next(iter(lat_setting))})"
     cost_head = {"gpu": "GPU-hours", "cpu": "Wall time (CPU)", "mixed": "Compression cost"}[cost]
-    header += ["MACs", "MAC speed-up", lat_head, "Params", cost_head, "Seeds"]
+    # a method that starts from the trained dense baseline (svd) does not pay for that training
+    # in its own cost: show the cost with the baseline's training beside it, so rows compare
+    with_base = _reuses_baseline(s)
+    header += ["MACs", "MAC speed-up", lat_head, "Params", cost_head + (", own" if with_base else "")]
+    if with_base:
+        header.append(cost_head + ", incl. baseline")
+    header.append("Seeds")
 
     rows = []
     for _, r in s.iterrows():
@@ -97,20 +155,16 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
             _method_label(r, varying),
             DASH if is_missing(r.get("scheme")) else str(r["scheme"]),
             DASH if is_missing(r.get("rule")) else str(r["rule"]),
-            fmt_pm(r["top1_mean"], r["top1_ci95"]),
+            fmt_ci(r["top1_mean"], r["top1_ci95"], BOUNDS["top1"]),
         ]
         if has_top5:
-            row.append(fmt_pm(r["top5_mean"], r["top5_ci95"]))
+            row.append(fmt_ci(r["top5_mean"], r["top5_ci95"], BOUNDS["top5"]))
         lat = fmt_x(r["latency_speedup_mean"], r["latency_speedup_ci95"])
         if not lat_uniform and lat != DASH:
             lat += f" ({_latency_setting(r)})"
-        gpu_h, wall = r["gpu_hours_mean"], r["wall_s_mean"]
-        if cost == "gpu":
-            cost_cell = f"{gpu_h:.2f}"
-        elif cost == "cpu":
-            cost_cell = fmt_duration(wall)
-        else:
-            cost_cell = f"{gpu_h:.2f} GPU-h" if not is_missing(gpu_h) and gpu_h > 0 else f"{fmt_duration(wall)} CPU"
+        cost_cells = [_cost_cell(cost, r["gpu_hours_mean"], r["wall_s_mean"])]
+        if with_base:
+            cost_cells.append(_cost_cell(cost, r.get("gpu_hours_total_mean"), r.get("wall_s_total_mean")))
         seeds = str(int(r["n"]))
         if r.get("n_failed", 0):
             seeds += f" (+{int(r['n_failed'])} failed)"
@@ -119,13 +173,14 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
             fmt_x(r["macs_speedup_mean"], r["macs_speedup_ci95"]),
             lat,
             fmt_si(r["params_count_mean"]),
-            cost_cell,
+            *cost_cells,
             seeds,
         ]
         rows.append(row)
 
     notes = [
-        "Top-1/Top-5: mean ± 95% CI half-width (t distribution) over seeds; no ± with one seed.",
+        "Top-1/Top-5: mean ± 95% CI half-width (t distribution) over the n seeds in the Seeds column; "
+        "no ± with one seed.",
         "MACs per image (one multiply-add = one MAC, fvcore count of the model actually run); "
         "MAC speed-up = dense MACs / MACs.",
     ]
@@ -133,15 +188,25 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
         notes.append("Measured speed-up = dense median latency / median latency"
                      + (f" on {next(iter(lat_setting))}." if lat_uniform else ", setting per cell."))
         if "latency_layout" in s and s["latency_layout"].notna().any():
-            notes.append("Latency: dense and compressed timed on the same menu of inference layouts (memory "
-                         "format, BN folded, jit), each on its fastest; results.csv names the winners.")
-    if cost == "cpu":
-        notes.append("Compression cost is wall time on CPU (no GPU was used), "
-                     "training + compression + fine-tuning.")
-    elif cost == "gpu":
-        notes.append("Compression cost in GPU-hours: training + compression + fine-tuning.")
+            notes.append(_layout_note(s))
+    what = {"cpu": "Compression cost is wall time on CPU (no GPU was used)",
+            "gpu": "Compression cost in GPU-hours",
+            "mixed": "Compression cost: GPU-hours where a GPU was used, else CPU wall time"}[cost]
+    if with_base:
+        notes.append(what + "; own: the trial's training + compression + fine-tuning (a method that "
+                     "starts from the trained dense baseline does not train it); incl. baseline: "
+                     "own plus that baseline's training (- when its row is not in the results).")
     else:
-        notes.append("Compression cost: GPU-hours where a GPU was used, else CPU wall time.")
+        notes.append(what + ": training + compression + fine-tuning.")
+    if any(c.endswith(CLIPPED) or f"{CLIPPED} " in c for row in rows for c in row):
+        notes.append(f"{CLIPPED} The 95% interval reaches past what the metric can take; shown as "
+                     "[low, high], clipped to it (0-100 for accuracies, > 0 for speed-ups).")
+    if (s["n"] == 2).any():
+        notes.append("With n = 2 seeds a 95% t interval is 12.7 standard errors wide: "
+                     "such an interval says little; run more seeds to narrow it.")
+    if "n_uncompressed" in s and (s["n_uncompressed"].fillna(0) > 0).any():
+        notes.append(f"{NOT_COMPRESSED}: the deployed model is the dense one (MACs = dense MACs): "
+                     "the method selected no layer or kept every rank; its accuracy is the dense model's.")
     for m, const in constant.items():
         if const:
             notes.append(f"{m}: " + ", ".join(f"{k}={v}" for k, v in const.items()))
@@ -204,12 +269,16 @@ def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
 
 
 CSV_COLUMNS = (
-    "dataset", "model", "method", "variant", "scheme", "rule", "n", "n_failed", "seeds",
-    "top1_mean", "top1_std", "top1_ci95", "top5_mean", "top5_std", "top5_ci95",
+    "dataset", "model", "method", "variant", "scheme", "rule", "n", "n_failed", "n_uncompressed", "seeds",
+    "top1_mean", "top1_std", "top1_ci95", "top1_lo", "top1_hi", "top1_clipped",
+    "top5_mean", "top5_std", "top5_ci95", "top5_lo", "top5_hi", "top5_clipped",
     "macs_mean", "dense_macs_mean", "macs_speedup_mean", "macs_speedup_ci95",
+    "conv_macs_mean", "dense_conv_macs_mean", "conv_macs_speedup_mean", "conv_macs_speedup_ci95",
     "latency_ms_mean", "latency_speedup_mean", "latency_speedup_ci95",
-    "latency_device", "latency_dtype", "latency_batch", "latency_layout", "dense_latency_layout",
-    "params_count_mean", "gpu_hours_mean", "wall_s_mean", "gpu", "mixed_recipes",
+    "latency_device", "latency_dtype", "latency_batch", "latency_layout_setting", "latency_layout",
+    "dense_latency_layout",
+    "params_count_mean", "gpu_hours_mean", "gpu_hours_total_mean", "wall_s_mean", "wall_s_total_mean",
+    "gpu", "mixed_recipes",
 )
 
 

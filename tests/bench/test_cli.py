@@ -19,10 +19,10 @@ def test_show_lists_the_default_specs_trials_without_running_them(tmp_path):
     r = rankbench("show", "--results", str(tmp_path))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("sweep quick") and "16 trials" in lines[0]
+    assert lines[0].startswith("sweep quick") and "24 trials" in lines[0]
     rows = [ln for ln in lines[2:] if ln.strip()]
-    assert len(rows) == 16 and all(" todo " in ln for ln in rows)
-    assert sum(" dense " in ln for ln in rows) == 4
+    assert len(rows) == 24 and all(" todo " in ln for ln in rows)
+    assert sum(" dense " in ln for ln in rows) == 6
     assert not (tmp_path / "quick").exists()             # show writes nothing
 
 

@@ -24,14 +24,14 @@ def spec(text: str, **kw) -> list[Trial]:
     return list(parse_spec(textwrap.dedent(text), **kw).trials)
 
 
-def test_quick_spec_expands_to_every_method_with_two_seeds_and_its_baselines():
+def test_quick_spec_expands_to_every_method_with_three_seeds_and_its_baselines():
     sweep = load_spec(default_spec_path())
     methods = {t.method for t in sweep.trials}
     assert methods == {"dense", "svd", "trp", "arsvd", "deeptwist"}
-    assert {t.seed for t in sweep.trials} == {0, 1}
+    assert {t.seed for t in sweep.trials} == {0, 1, 2}
     # arsvd runs on the MLP, so the MLP's dense baseline is added even though no entry names it
-    assert {(t.model, t.seed) for t in sweep.baselines()} == {("cnn", 0), ("cnn", 1), ("mlp", 0), ("mlp", 1)}
-    assert len({t.id for t in sweep.trials}) == len(sweep.trials) == 16
+    assert {(t.model, t.seed) for t in sweep.baselines()} == {(m, s) for m in ("cnn", "mlp") for s in range(3)}
+    assert len({t.id for t in sweep.trials}) == len(sweep.trials) == 24
     # baselines come first: phase 1 of the sweep
     kinds = [t.method == "dense" for t in sweep.trials]
     assert kinds == sorted(kinds, reverse=True)

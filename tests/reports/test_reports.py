@@ -5,7 +5,6 @@ training and run in a few seconds.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -14,51 +13,7 @@ import pandas as pd
 import pytest
 
 from reports import collate, format as fmt, tables
-
-
-def make_row(sweep: str = "quick", method: str = "dense", seed: int = 0, *, model: str = "resnet20",
-             dataset: str = "cifar10", params: dict | None = None, top1: float | None = 91.0,
-             top5: float | None = None, macs: int = 40_600_000, dense_macs: int = 40_600_000,
-             latency_ms: float = 2.0, dense_latency_ms: float = 2.0, status: str = "ok",
-             error: str | None = None, gpu_hours: float = 0.0, wall_s: float = 120.0,
-             params_count: int = 272_474, **extra) -> dict:
-    """One Result row with the flat keys of docs/CONTRACTS.md."""
-    params = dict(params or {})
-    variant = ",".join(f"{k}={params[k]}" for k in sorted(params))
-    row = {
-        "trial_id": f"{method}-{abs(hash((sweep, model, method, variant, seed))) % 10**10:010d}",
-        "sweep": sweep, "status": status, "error": error,
-        "last_good_epoch": 3 if status == "failed" else None,
-        "dataset": dataset, "model": model, "method": method, "seed": seed,
-        "params": params, "variant": variant,
-        "scheme": params.get("scheme"), "rule": params.get("rule", params.get("export")),
-        "top1": top1 if status == "ok" else None, "top5": top5 if status == "ok" else None, "f1": None,
-        "macs": macs, "dense_macs": dense_macs, "macs_speedup": dense_macs / macs,
-        "params_count": params_count, "dense_params_count": 272_474,
-        "latency_ms": latency_ms, "dense_latency_ms": dense_latency_ms,
-        "latency_speedup": dense_latency_ms / latency_ms,
-        "latency_device": "cpu", "latency_dtype": "float32", "latency_batch": 1,
-        "layers": [{"name": "layer1.0.conv1", "shape": [16, 16, 3, 3], "scheme": params.get("scheme"),
-                    "rank": 8, "full_rank": 16, "dense_macs": 2_359_296, "macs": 1_310_720,
-                    "skipped": None},
-                   {"name": "conv1", "shape": [16, 3, 3, 3], "scheme": None, "rank": None,
-                    "full_rank": None, "dense_macs": 442_368, "macs": 442_368, "skipped": "first conv"}],
-        "wall_s": wall_s, "gpu_hours": gpu_hours,
-        "env": {"torch": "2.14.1", "cuda": None, "gpu": None, "python": "3.11", "rankbench": "0.1.0",
-                "hostname": "test"},
-        "spec": {"sweep": sweep, "method": method, "model": model, "seed": seed,
-                 "train": {"epochs": 164}, "data": {"name": dataset, "root": "data/x"}},
-    }
-    row.update(extra)
-    return row
-
-
-def write_rows(root: Path, rows: list[dict]) -> Path:
-    for r in rows:
-        d = root / r["sweep"] / "trials"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{r['trial_id']}.json").write_text(json.dumps(r))
-    return root
+from rows import make_row, paper_row, write_rows
 
 
 # ---------------------------------------------------------------------------- CI math
@@ -315,14 +270,16 @@ def test_same_value_treats_spec_spellings_alike():
 
 
 def _paper_rows(tmp_path: Path) -> Path:
-    rows = [make_row(seed=s, top1=v) for s, v in enumerate([91.5, 91.9, 91.7])]
-    p = {"scheme": "channel", "nuclear": 3e-4, "energy": 0.9, "period": 1, "export": "value:0.05"}
-    rows += [make_row(method="trp", params=p, seed=s, top1=v, macs=m, params_count=100_000)
+    rows = [paper_row(seed=s, top1=v) for s, v in enumerate([91.5, 91.9, 91.7])]
+    p = {"scheme": "channel", "nuclear": 3e-4}
+    # conv-only counts (the paper's basis) beside the whole-model ones
+    conv = {"dense_conv_macs": 40_812_544, "conv_macs": 18_800_000, "conv_macs_speedup": 40_812_544 / 18_800_000}
+    rows += [paper_row("trp", params=p, seed=s, top1=v, macs=m, params_count=100_000, **conv)
              for s, v, m in ((0, 90.0, 20_000_000), (1, 90.2, 20_000_000), (2, 90.4, 20_000_000))]
-    rows.append(make_row(method="trp", params={**p, "scheme": "spatial"}, status="failed",
-                         error="RuntimeError: boom"))
-    rows.append(make_row(method="svd", params={"scheme": "channel", "rule": "speedup:2.17",
-                                               "finetune_epochs": 0}, top1=80.0, macs=18_700_000))
+    rows.append(paper_row("trp", params={**p, "scheme": "spatial"}, status="failed",
+                          error="RuntimeError: boom"))
+    rows.append(paper_row("svd", params={"scheme": "channel", "rule": "speedup:2.17",
+                                         "finetune_epochs": 0}, top1=80.0, macs=18_700_000))
     rows.append(make_row(model="resnet32", top1=92.0))  # another table's model: not in this diff
     return write_rows(tmp_path, rows)
 
@@ -336,7 +293,9 @@ def test_paper_diff_matches_rows_and_says_what_is_missing(tmp_path):
     assert ch["n"] == 3 and ch["ours_top1"] == pytest.approx(90.2)
     assert ch["diff_top1"] == pytest.approx(90.2 - 90.50)
     assert ch["ours_top1_ci95"] == pytest.approx(collate.ci95_halfwidth([90.0, 90.2, 90.4]))
-    assert ch["diff_speedup"] == pytest.approx(40.6 / 20.0 - 2.17)
+    # speed-ups compare on the paper's basis, conv layers only
+    assert ch["ours_speedup_basis"] == "conv"
+    assert ch["diff_speedup"] == pytest.approx(40_812_544 / 18_800_000 - 2.17)
     assert ch["ours_params_m"] == pytest.approx(0.1)
     assert d.loc["TRP+Nu spatial", "status"] == "failed (1 trial)"
     nd = d.loc["TRP+Nu network decoupling"]
@@ -350,7 +309,7 @@ def test_paper_diff_matches_rows_and_says_what_is_missing(tmp_path):
     md = paper.format_paper_diff(paper.paper_diff("trp-cifar10-resnet20", [tmp_path]))
     assert "| TRP+Nu channel | ok | 90.20 ± 0.50 | 90.50 | -0.30 |" in md
     assert "not run: `rankbench run bench/configs/trp-cifar10-resnet20.yaml`" in md
-    assert "2.20x*" in md and "derived (speedup: 1 / (1 - 0.545)" in md  # derived numbers marked
+    assert "2.20x*" in md and "derived, not printed by the source (speedup: 1 / (1 - 0.545)" in md
     check_latex(paper.format_paper_diff(paper.paper_diff("trp-cifar10-resnet20", [tmp_path]), "latex"))
 
 
