@@ -256,24 +256,18 @@ def _dataset_names() -> list[str]:
     return ["cifar10", "cifar100", "digits", "imagenet", "synthetic"]
 
 
-def _model_names() -> list[str]:
-    from bench.models import model_names
-
-    return model_names()
-
-
 def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
     """``cnn`` or ``{name: resnet50, pretrained: path, <builder option>: ...}`` -> (name, options)."""
     import inspect
 
-    from bench.models import get_builder
+    from bench.models import get_builder, model_names
 
     if isinstance(m, str):
         get_builder(m, where)
         return m, {}
     m = _need_mapping(where, m)
     if "name" not in m:
-        raise missing(f"{where}.name", ", ".join(_model_names()))
+        raise missing(f"{where}.name", ", ".join(model_names()))
     name = m["name"]
     builder = inspect.signature(get_builder(name, f"{where}.name")).parameters
     accepted = ["name", "pretrained"] + [k for k in builder if k not in ("num_classes", "input_shape")]
@@ -317,10 +311,9 @@ def _coerce_param(name: str, key: str, v: Any) -> Any:
 
 def parse_spec(text: str, source: str = "<string>", check: bool = True, overrides: Sequence[str] = (),
                check_files: bool = True) -> Sweep:
-    """Parse a spec's text into a Sweep. ``check=False`` skips building methods and touching
-    dataset roots (only the structure is checked); ``check_files=False`` skips only the files
-    (dataset roots, pretrained weights: see :func:`file_problems`). ``overrides``: dotted
-    ``KEY=VALUE`` overrides applied before validation (``bench.overrides``)."""
+    """Parse a spec's text into a Sweep. ``check=False``: only the structure is checked (no method
+    built, no file touched); ``check_files=False``: no file (see :func:`file_problems`).
+    ``overrides``: dotted ``KEY=VALUE`` overrides applied before validation (``bench.overrides``)."""
     from bench.overrides import apply_overrides
 
     raw = apply_overrides(_load_yaml(text, source), overrides, _load_yaml)
