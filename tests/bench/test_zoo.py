@@ -104,6 +104,7 @@ def test_zoo_models_run_through_the_harness_and_their_compressed_models_load(tmp
     """A trial end to end on zoo models: baseline, decomposition at 1.5x by the row's fvcore count,
     and the saved compressed model computing what the evaluated one did."""
     import bench
+    from bench.compressed import read_payload
     from bench.run import run_trial
 
     pytest.importorskip("timm", reason="timm is the optional extra rankbench[timm]")
@@ -124,4 +125,6 @@ methods:
         if r["method"] == "svd":
             assert r["macs_speedup"] == pytest.approx(1.5, rel=0.02)
         model = bench.load_compressed(r["trial_id"], results=tmp_path)
+        # rebuilt from the layer reports, not pickled
+        assert read_payload(tmp_path / "zoo" / "trials" / r["compressed_model"])["architecture"] == "layers"
         assert model(x).shape == (2, 10)
