@@ -282,13 +282,31 @@ def _adaptable(name: str, model: nn.Module) -> tuple[str, ...]:
     return adaptable_keys(model) if key.startswith("torchvision:") else ()
 
 
+def is_zoo_model(name: str) -> bool:
+    """Whether ``name`` is a torchvision/timm model built by ``bench.zoo`` (options unchecked by
+    a signature: its constructor takes ``**kwargs``)."""
+    key = canonical_name(name)
+    return key is not None and key not in MODELS
+
+
+def check_options(name: str, num_classes: int, input_shape: Sequence[int], **options: Any) -> nn.Module:
+    """Build ``name`` with ``options`` on the meta device (no memory, no init), so an option its
+    constructor refuses fails before training, with one line; returns the meta model."""
+    try:
+        with torch.device("meta"):
+            return get_builder(name)(num_classes, tuple(input_shape), **options)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
+        raise bad("model", name, f"options its constructor takes (given {given})",
+                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def check_pretrained(name: str, num_classes: int, input_shape: Sequence[int], pretrained: str,
                      **options: Any) -> None:
     """The key and shape check of ``build_model(..., pretrained=...)``, done before any training:
     the model is built on the meta device (no memory, no init) and the file is memory-mapped, so
     checking a ResNet-50 file costs well under a second. Raises what ``build_model`` would."""
-    with torch.device("meta"):
-        model = get_builder(name)(num_classes, tuple(input_shape), **options)
+    model = check_options(name, num_classes, input_shape, **options)
     own = model.state_dict()
     timm = (canonical_name(name) or "").startswith("timm:")
     # timm's loader adapts head, input channels and position embeddings itself: names only

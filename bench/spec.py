@@ -446,16 +446,19 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
     """Every pretrained file against the model its trials build (keys and shapes), so a wrong
     file fails here rather than in a Ray worker after the sweep started."""
     from bench.data import describe
-    from bench.models import check_pretrained
+    from bench.models import check_options, check_pretrained, is_zoo_model
 
     seen = set()
     for t in trials:
         opts = t.model_cfg
         pre = opts.pop("pretrained", None)
-        if not pre or (t.model, t.model_options, t.data) in seen:
+        if not (pre or is_zoo_model(t.model)) or (t.model, t.model_options, t.data) in seen:
             continue
         seen.add((t.model, t.model_options, t.data))
         shape, nc = describe(t.data_cfg)
+        if not pre:    # a zoo model's options: its constructor, on the meta device
+            check_options(t.model, nc, shape, **opts)
+            continue
         try:
             check_pretrained(t.model, nc, shape, str(Path(pre).expanduser()), **opts)
         except (ValueError, RuntimeError, OSError) as e:

@@ -128,3 +128,13 @@ methods:
         # rebuilt from the layer reports, not pickled
         assert read_payload(tmp_path / "zoo" / "trials" / r["compressed_model"])["architecture"] == "layers"
         assert model(x).shape == (2, 10)
+
+
+def test_an_option_a_zoo_constructor_refuses_fails_before_training():
+    with pytest.raises(UserError, match=r"^model: 'torchvision:mobilenet_v2': TypeError: .*no_such_option.*; "
+                                        r"accepted: options its constructor takes \(given no_such_option=1\)$"):
+        parse_spec("sweep: z\ndata: synthetic\nmodel: {name: torchvision:mobilenet_v2, no_such_option: 1}\n"
+                   "methods: [dense]\n")
+    sweep = parse_spec("sweep: z\ndata: synthetic\nmodel: {name: torchvision:mobilenet_v2, width_mult: 0.5}\n"
+                       "methods: [dense]\n")
+    assert sweep.trials[0].model_cfg == {"width_mult": 0.5}
