@@ -28,12 +28,13 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> int:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] | list[int], conv_only: bool = False) -> int:
     """Multiply-accumulates of one forward pass on one image of ``input_shape`` (no batch dim):
     the project's one counter, ``methods.lowrank.model_macs`` (fvcore on conv, linear and
-    matmul-type ops), on a zero image of the model's device and dtype, in eval mode."""
+    matmul-type ops), on a zero image of the model's device and dtype, in eval mode.
+    ``conv_only``: convolutions alone, the basis TRP's published speed-ups count on."""
     device, dtype = _model_device_dtype(model)
-    return model_macs(model, torch.zeros((1, *tuple(input_shape)), device=device, dtype=dtype))
+    return model_macs(model, torch.zeros((1, *tuple(input_shape)), device=device, dtype=dtype), conv_only)
 
 
 def count_params(model: nn.Module) -> int:

@@ -3,13 +3,20 @@
 - ``mlp``: Flatten -> Linear -> ReLU -> Linear -> ReLU -> Linear (ARSVD's setting; any input shape).
 - ``cnn``: a small conv net for digits (1x8x8): a first 3x3 conv, then three more 3x3 convs (one
   with stride 2) so TRP has layers to train, global average pooling, a Linear head.
-- ``resnet20`` / ``resnet32`` / ``resnet56``: CIFAR ResNets with basic blocks (He et al. 2016,
-  section 4.2: 16/32/64 channels, 3 stages of (depth-2)/6 blocks). Shortcut **option A** by default
-  (identity, strided subsampling and zero-padded channels: no parameters, the paper's CIFAR
-  choice); ``shortcut="B"`` uses a 1x1 conv + BN projection where the shape changes.
-- ``resnet56-bottleneck``: the variant the official TRP code builds for depth >= 44 (its
-  bearpaw/pytorch-classification lineage): bottleneck blocks (1x1, 3x3, 1x1, expansion 4),
-  (depth-2)/9 blocks per stage, option B (1x1 conv + BN) downsampling shortcuts.
+- ``resnet20`` / ``resnet32`` / ``resnet56``: CIFAR ResNets (16/32/64 planes, three stages), in
+  one of two variants (model option ``variant``):
+
+  - ``he`` (default): He et al. 2016, section 4.2: (depth-2)/6 basic blocks per stage, shortcut
+    **option A** (identity, strided subsampling and zero-padded channels: no parameters).
+  - ``trp``: the network the official TRP code builds (``models/cifar/resnet.py``, from
+    bearpaw/pytorch-classification), which its published numbers came from: **option B**
+    shortcuts (1x1 conv + BN where the shape changes; ResNet-20 has 272,474 parameters, the
+    paper's 0.27M), and from depth 44 on *bottleneck* blocks (1x1, 3x3, 1x1, expansion 4) with
+    (depth-2)/6 of them per stage, as that code counts them (so its "ResNet-56" has 9 bottleneck
+    blocks per stage, 869,530 parameters), with no ReLU between its 3x3 conv's BN and the last 1x1
+    conv (the official block has that ReLU commented out).
+
+  ``shortcut: A|B`` overrides the variant's shortcut. Example: ``model: {name: resnet20, variant: trp}``.
 - ``resnet18`` / ``resnet50``: torchvision's ImageNet ResNets. Weights come only from a local
   file (``pretrained=path``), never from the internet. Inputs of 64 px or less get a 3x3 stride-1
   ``conv1`` and no max-pool (the usual CIFAR adaptation); other input channel counts get a fresh
@@ -95,6 +102,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """The official TRP code's bottleneck (1x1, 3x3 with the stride, 1x1 to 4x the planes)."""
+
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: str = "B"):
@@ -113,24 +122,32 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn2(self.conv2(y))      # no ReLU here, as in the official TRP code's bottleneck
         return F.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """ResNet for 32x32 inputs: conv3x3(16), three stages (16, 32, 64 planes), avg-pool, fc."""
+VARIANTS = ("he", "trp")
 
-    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, block: str = "basic",
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: conv3x3(16), three stages (16, 32, 64 planes), avg-pool, fc.
+    ``variant``: ``he`` (basic blocks, option A) or ``trp`` (the official TRP code's network:
+    option B; bottleneck blocks from depth 44); ``shortcut`` overrides the variant's."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, variant: str = "he",
                  shortcut: Optional[str] = None):
         super().__init__()
+        if variant not in VARIANTS:
+            raise bad("variant", variant, "he (He et al. 2016: basic blocks, shortcut A), "
+                      "trp (the official TRP code's network: shortcut B, bottleneck blocks from depth 44)")
+        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise bad("depth", depth, "6n+2, n >= 1")
+        block = "bottleneck" if variant == "trp" and depth >= 44 else "basic"
         blk: type[nn.Module] = BasicBlock if block == "basic" else Bottleneck
-        per = 6 if block == "basic" else 9
-        if (depth - 2) % per:
-            raise bad("depth", depth, f"{per}n+2 for {block} blocks")
-        shortcut = shortcut or ("A" if block == "basic" else "B")
+        shortcut = shortcut or ("A" if variant == "he" else "B")
         if shortcut not in ("A", "B"):
             raise bad("shortcut", shortcut, "'A' (identity, zero-padded) or 'B' (1x1 conv + BN projection)")
-        n = (depth - 2) // per
+        n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         cin, stages = 16, []
@@ -152,10 +169,11 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _cifar(depth: int, block: str = "basic") -> Callable[..., nn.Module]:
-    def make(num_classes: int, input_shape: Sequence[int], shortcut: Optional[str] = None) -> nn.Module:
-        return CifarResNet(depth, num_classes, input_shape[0], block, shortcut)
-    make.__doc__ = f"CIFAR ResNet-{depth}, {block} blocks."
+def _cifar(depth: int) -> Callable[..., nn.Module]:
+    def make(num_classes: int, input_shape: Sequence[int], variant: str = "he",
+             shortcut: Optional[str] = None) -> nn.Module:
+        return CifarResNet(depth, num_classes, input_shape[0], variant, shortcut)
+    make.__doc__ = f"CIFAR ResNet-{depth}: variant he (He et al. 2016) or trp (the official TRP code's)."
     return make
 
 
@@ -184,7 +202,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": _cifar(20),
     "resnet32": _cifar(32),
     "resnet56": _cifar(56),
-    "resnet56-bottleneck": _cifar(56, "bottleneck"),
     "resnet18": _torchvision("resnet18"),
     "resnet50": _torchvision("resnet50"),
 }

@@ -56,6 +56,14 @@ FIELDS: tuple[Field, ...] = (
     Field("macs", (_I, _N), "MACs per image of the model actually run (fvcore)"),
     Field("dense_macs", (_I, _N), "MACs per image of the dense architecture"),
     Field("macs_speedup", (_F, _N), "dense_macs / macs"),
+    Field("conv_macs", (_I, _N), "MACs per image of the deployed model's convolutions only (fvcore; the "
+          "basis TRP's published speed-ups count on: no FC, no BN)"),
+    Field("dense_conv_macs", (_I, _N), "conv-only MACs per image of the dense architecture"),
+    Field("conv_macs_speedup", (_F, _N), "dense_conv_macs / conv_macs"),
+    Field("claimed_conv_macs", (_I, _N), "conv_macs as the method's paper counts them: the layers listed in "
+          "method_info.counted_dense at their dense MACs (the official TRP formula counts stride-2 convs "
+          "dense though network decoupling factorizes them); equals conv_macs when none are listed"),
+    Field("claimed_conv_speedup", (_F, _N), "dense_conv_macs / claimed_conv_macs"),
     Field("params_count", (_I, _N), "parameters of the deployed model"),
     Field("dense_params_count", (_I, _N), "parameters of the dense architecture"),
     Field("latency_ms", (_F, _N), "median latency of the deployed model"),

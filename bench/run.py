@@ -220,6 +220,7 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
     shape = tuple(data.input_shape)
     dense = model if trial.method == "dense" else build_model(trial.model, data.num_classes, shape, **model_opts)
     macs, dense_macs = count_macs(small, shape), count_macs(dense, shape)
+    conv_macs, dense_conv_macs = count_macs(small, shape, conv_only=True), count_macs(dense, shape, conv_only=True)
     # dense and compressed timed in one round-robin run, each on its fastest layout of one menu
     models = {"compressed": small} if trial.method == "dense" else {"compressed": small, "dense": dense}
     lats = compare_latency(models, shape, device=mc["latency_device"], dtype=mc["latency_dtype"],
@@ -228,8 +229,12 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
     lat = lats["compressed"]
     dense_lat = lats.get("dense", lat)
     report = method.report()
+    claimed = claimed_conv_macs(conv_macs, report)
     gpus = trial.resources_cfg.get("gpus", 0) if device.type == "cuda" else 0
     row.update({
+        "conv_macs": int(conv_macs), "dense_conv_macs": int(dense_conv_macs),
+        "conv_macs_speedup": dense_conv_macs / conv_macs if conv_macs else None,
+        "claimed_conv_macs": claimed, "claimed_conv_speedup": dense_conv_macs / claimed if claimed else None,
         "top1": metrics.get("top1"), "top5": metrics.get("top5"), "f1": metrics.get("f1"),
         "macs": int(macs), "dense_macs": int(dense_macs),
         "macs_speedup": dense_macs / macs if macs else None,
@@ -256,6 +261,17 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
                     method=trial.method, params=trial.params_dict,
                     info={"trial_id": trial.id, "sweep": trial.sweep, "seed": trial.seed, "top1": row["top1"]})
     row["compressed_model"] = mpath.name
+
+
+def claimed_conv_macs(conv_macs: int, report: MethodReport) -> int:
+    """``conv_macs`` with every layer the method lists in ``info["counted_dense"]`` counted at its
+    dense MACs instead of its factorized ones: the count the method's paper would print for
+    this model (TRP's official formula counts stride-2 convs dense in every scheme)."""
+    names = set(report.info.get("counted_dense", ()))
+    layers = [dataclasses.asdict(L) if dataclasses.is_dataclass(L) else dict(L) for L in report.layers]
+    delta = sum(int(L["dense_macs"]) - int(L["macs"]) for L in layers
+                if L["name"] in names and L.get("dense_macs") is not None and L.get("macs") is not None)
+    return int(conv_macs) + delta
 
 
 def _train_batches(loader: Any, device: torch.device) -> Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]:

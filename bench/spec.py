@@ -354,6 +354,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True, override
     method_names = available()
 
     trials: dict[str, Trial] = {}
+    layer_checks: list[tuple[str, str, dict, list, list]] = []   # for check_layers, after the data roots
     for i, entry in enumerate(entries):
         where = f"methods[{i}]"
         if isinstance(entry, str):
@@ -392,6 +393,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True, override
             p = {k: _coerce_param(name, k, v) for k, v in zip(keys, combo)}
             if check:
                 _build_method(where, name, p)
+                layer_checks.append((where, name, p, models, datas))
             for d, m, seed in itertools.product(datas, models, seeds):
                 t = Trial(sweep=sweep, data=freeze(d), model=m[0], model_options=freeze(m[1]),
                           method=name, params=freeze(p),
@@ -405,6 +407,9 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True, override
     if check and check_files:
         _check_data_roots(trials.values())
         _check_pretrained(trials.values())
+        from bench.layercheck import check_layers
+
+        check_layers(layer_checks)
     # baselines first, then in spec order: `show` and the sweep list them the way they run
     ordered = sorted(trials.values(), key=lambda t: t.method != "dense")
     return Sweep(name=sweep, trials=tuple(ordered), source=source)

@@ -5,6 +5,8 @@ The paper reports accuracy and macro F1 (the harness computes F1 for every trial
 fine-tuning is indicated (``finetune_epochs`` makes it optional)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 
 from bench.checks import is_int
@@ -32,6 +34,10 @@ class ARSVD(Method):
         check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
         self.rule, self.scheme, self.finetune_epochs, self.layers = rule, scheme, finetune_epochs, layers
         self._reports: list[lowrank.LayerReport] = []
+
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
+        """The layers compress() factorizes (None) or why each stays dense."""
+        return lowrank.layer_choice(model, self.scheme, self.layers)
 
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(model, self.scheme, self.rule, self.layers,

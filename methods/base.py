@@ -28,6 +28,9 @@ Hooks, each with a do-nothing default (a method overrides only what it needs):
 - ``param_groups(model)``: optimizer parameter groups (e.g. no weight decay on singular values); None: one group.
 - ``compress(model)``: the model that is deployed and measured (default: ``model`` itself).
 - ``report()``: a :class:`MethodReport` for the result row (default: empty).
+- ``choose_layers(model)``: every Conv2d/Linear with None (the deployed model compresses it) or
+  why it stays dense, without changing ``model``; None (default): the method picks no layers.
+  The spec refuses, before training, a method that would compress no layer of its model.
 - ``rebuild(model, layers)``: the deployed architecture rebuilt on a dense ``model`` from the report's
   ``layers`` (weights are loaded after; default: ``lowrank.build_factorized``, which knows the
   lowrank schemes; a method with layer types of its own rebuilds them). Used to load a saved
@@ -130,6 +133,12 @@ class Method:
     def report(self) -> MethodReport:
         """Per-trial facts for the result row."""
         return MethodReport()
+
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, str | None]] | None:
+        """Every Conv2d/Linear of ``model`` with None (compressed in the deployed model) or the
+        reason it stays dense; ``model`` may live on the meta device (no weights). None: this
+        method does not pick layers (e.g. dense), so there is nothing to check."""
+        return None
 
     def rebuild(self, model: nn.Module, layers: Sequence[LayerReport]) -> nn.Module:
         """The deployed architecture for ``layers`` (a report's), built on the dense ``model``."""

@@ -214,6 +214,10 @@ class CP(Method):
         return tensordec.plan_layers(model, decomposition(self.iters), self.layers, self.include_stride2,
                                      self.example_input(model))
 
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Any]]:
+        """The convs compress() decomposes (None) or why each stays dense."""
+        return tensordec.choose_layers(model, decomposition(self.iters), self.layers, self.include_stride2)
+
     def attach(self, model: nn.Module, ctx: Context) -> None:
         rule = check_rule(self.rule)
         if rule.is_global:  # out of reach: fail before training

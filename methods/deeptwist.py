@@ -69,6 +69,10 @@ class DeepTwist(Method):
         """Low-rank reconstructions of ``weights`` (per tile when ``tiles`` > 1), batched over layers."""
         return lowrank.project(weights, self.scheme, self.rule, with_subgradient=False, tiles=self._tiles)[0]
 
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
+        """The layers compress() factorizes (None) or why each stays dense."""
+        return lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
+
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(
             model, self.scheme, self.export, self.layers, example_input=self.example_input(model),

@@ -3,6 +3,8 @@ chosen layer is decomposed under ``scheme`` at the rank ``rule`` gives; then ``f
 epochs of fine-tuning (0 = "decompose, no fine-tuning", k = "decompose + fine-tune")."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 
 from bench.checks import is_int
@@ -34,6 +36,10 @@ class SVD(Method):
     def attach(self, model: nn.Module, ctx: Context) -> None:
         lowrank.check_reachable(model, self.scheme, self.rule, self.example_input(model), self.layers,
                                 self.include_stride2)
+
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
+        """The layers compress() factorizes (None) or why each stays dense."""
+        return lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
 
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(

@@ -110,6 +110,14 @@ class LayerPlan:
         return self.fixed_macs + sum(self.capped(i, r) for i, r in zip(self.chosen, ranks))
 
 
+def choose_layers(model: nn.Module, dec: Decomposition, layers: Any,
+                  include_stride2: bool) -> list[tuple[str, Optional[str]]]:
+    """Every Conv2d/Linear with None (``dec`` decomposes it) or why it stays dense: a method's
+    ``choose_layers`` (``model`` may be on the meta device)."""
+    return [(name, reason if reason is not None else dec.reason(model.get_submodule(name)))
+            for name, reason in lowrank.layer_choice(model, "channel", layers, include_stride2)]
+
+
 def plan_layers(model: nn.Module, dec: Decomposition, layers: Any, include_stride2: bool,
                 example_input: Tensor) -> LayerPlan:
     """Which convs ``dec`` takes (``layers``: ``"official"``, ``"all"`` or names, as
@@ -118,11 +126,9 @@ def plan_layers(model: nn.Module, dec: Decomposition, layers: Any, include_strid
     reports: list[dict[str, Any]] = []
     chosen: list[int] = []
     modules: dict[str, nn.Module] = {}
-    for name, reason in lowrank.layer_choice(model, "channel", layers, include_stride2):
+    for name, reason in choose_layers(model, dec, layers, include_stride2):
         mod = model.get_submodule(name)
         modules[name] = mod
-        if reason is None:
-            reason = dec.reason(mod)
         p = probes.get(name)
         if p is None and reason is None:
             reason = "not reached by the forward pass"

@@ -13,6 +13,26 @@ exact ranks and agree with a float64 SVD to float32 rounding (tests/methods/test
 BENCHMARKS.md). After training the chosen layers are decomposed with the ``export`` rule
 (value 0.05 by default), no fine-tuning.
 
+Which layers (``layers: official``, the default, as the official ``cifar-TRP.py`` / ``decompose.py``):
+every conv larger than 1x1 except the network's first is projected during training, stride-2
+convs included. ``stride2`` says what happens to the stride-2 ones:
+
+- ``official`` (default): projected in training; at export the channel and spatial schemes leave
+  them dense (``decompose.py`` factorizes only ``stride == (1, 1)``), while network decoupling
+  factorizes every chosen layer, as ``network_decouple`` does. As in the official code, every
+  layer chosen for export is factorized even where that costs more MACs than dense (decoupling's
+  stride-2 convs always do; a ``speedup:`` export, which the official code does not have, keeps
+  such a layer dense, as its search assumes). The official MAC formula counts stride-2 layers as dense in every
+  scheme: the layers it counts dense but the deployed model factorizes are listed in the
+  report's ``info["counted_dense"]``, and the row shows both counts (``bench.run``).
+- ``include``: projected in training and factorized at export wherever that lowers MACs
+  (a layer whose factorized form would cost more stays dense).
+- ``exclude``: neither projected nor factorized.
+
+``period_basis``: ``global`` (default) projects when the global step is a multiple of
+``period``; ``epoch`` counts the step within the epoch (``batch_idx % period == 0``, as the
+official training loop does, so every epoch starts with a projection).
+
 Ablations: ``project=False`` is "Nu without TRP" (only the nuclear-norm term; the weight is not
 projected, so the sub-gradient is the full ``U V^T`` of ``||W||_*``, as the official nuclear
 regularization script computes it); ``nuclear=0`` is "TRP without Nu".
@@ -30,6 +50,8 @@ from methods.base import Context, Method, MethodReport, check_param
 from methods.registry import register
 
 TRP_SCHEMES = ("channel", "spatial", "decoupling")
+STRIDE2 = ("official", "include", "exclude")
+PERIOD_BASES = ("global", "epoch")
 
 
 @register("trp")
@@ -40,7 +62,7 @@ class TRP(Method):
 
     def __init__(self, scheme: str = "channel", period: int = 1, energy: float = 0.9, nuclear: float = 0.0,
                  project: bool = True, export: str = "value:0.05", layers: str = "official",
-                 include_stride2: bool = True, solver: str = "auto") -> None:
+                 stride2: str = "official", period_basis: str = "global", solver: str = "auto") -> None:
         check_param("scheme", scheme, scheme in TRP_SCHEMES, ", ".join(TRP_SCHEMES))
         check_param("period", period, is_int(period) and period >= 1,
                     "an int >= 1")
@@ -50,25 +72,43 @@ class TRP(Method):
         check_param("project", project, isinstance(project, bool), "true or false")
         lowrank.parse_rule(export, "export")
         check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
-        check_param("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
+        check_param("stride2", stride2, stride2 in STRIDE2,
+                    "official (trained; dense at export except network decoupling), include, exclude")
+        check_param("period_basis", period_basis, period_basis in PERIOD_BASES,
+                    "global (step % period), epoch (step within the epoch % period, the official loop)")
         lowrank.check_solver(solver)
         self.scheme, self.period, self.energy, self.nuclear = scheme, period, float(energy), float(nuclear)
-        self.project, self.export, self.layers, self.include_stride2 = project, export, layers, include_stride2
-        self.solver = solver
+        self.project, self.export, self.layers, self.stride2 = project, export, layers, stride2
+        self.period_basis, self.solver = period_basis, solver
+        # stride-2 layers: trained unless excluded; exported per the rule above
+        self._train_stride2 = stride2 != "exclude"
+        self._export_stride2 = stride2 == "include" or (stride2 == "official" and scheme == "decoupling")
+        # official: the official model exactly, every chosen layer factorized whatever it costs;
+        # a speedup: export (not in the official code) plans on layers costing at most dense
+        self._keep_dense_if_larger = stride2 != "official" or lowrank.parse_rule(export, "export").is_global
+        self._steps_per_epoch = 0       # from the context at attach; 0: period_basis epoch acts as global
         self.names: list[str] = []
         self._subgrads: Optional[list[Tensor]] = None
         self._subgrad_step = -1
         self._reports: list[lowrank.LayerReport] = []
+        self._counted_dense: list[str] = []
         self._warm = lowrank.WarmStart()   # solver "warm": the previous step's factors
 
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
+        """The layers the deployed model factorizes (None) or why each stays dense."""
+        return lowrank.layer_choice(model, self.scheme, self.layers, self._export_stride2)
+
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.names = [n for n, r in lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
+        self.names = [n for n, r in lowrank.layer_choice(model, self.scheme, self.layers, self._train_stride2)
                       if r is None]
+        self._steps_per_epoch = int(ctx.steps_per_epoch) if ctx is not None else 0
         # an unreachable speedup export would only fail after training: fail now
         lowrank.check_reachable(model, self.scheme, self.export, self.example_input(model), self.layers,
-                                self.include_stride2, field="export")
+                                self._export_stride2, field="export")
 
     def _active(self, step: int) -> bool:
+        if self.period_basis == "epoch" and self._steps_per_epoch > 0:
+            step %= self._steps_per_epoch       # the official loop's batch_idx
         return step % self.period == 0 and (self.project or self.nuclear > 0) and bool(self.names)
 
     def before_step(self, model: nn.Module, step: int) -> None:
@@ -100,11 +140,19 @@ class TRP(Method):
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(
             model, self.scheme, self.export, self.layers, example_input=self.example_input(model),
-            include_stride2=self.include_stride2)
+            include_stride2=self._export_stride2, keep_dense_if_larger=self._keep_dense_if_larger)
+        # the official MAC formula (show_low_rank in cifar-TRP.py) counts every stride-2 conv as
+        # dense: under stride2 official, name those the deployed model factorizes all the same
+        strided = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)}
+        self._counted_dense = [r["name"] for r in self._reports if self.stride2 == "official"
+                               and r["name"] in strided and r["skipped"] is None and r["rank"] is not None]
         return small
 
     def report(self) -> MethodReport:
         info: dict[str, Any] = {}
+        if self._counted_dense:
+            # bench.run: the row's claimed_conv_macs counts these at their dense MACs
+            info["counted_dense"] = list(self._counted_dense)
         if self.solver == "warm":  # how often the warm start held, in shape-group projections since start
             info["warm_start"] = {"warm": self._warm.warm, "cold": self._warm.cold}
         return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.export, info=info)

@@ -190,6 +190,10 @@ class Tucker2(Method):
         return tensordec.plan_layers(model, DECOMPOSITION, self.layers, self.include_stride2,
                                      self.example_input(model))
 
+    def choose_layers(self, model: nn.Module) -> list[tuple[str, Any]]:
+        """The convs compress() decomposes (None) or why each stays dense."""
+        return tensordec.choose_layers(model, DECOMPOSITION, self.layers, self.include_stride2)
+
     def attach(self, model: nn.Module, ctx: Context) -> None:
         if self.rule != VBMF and lowrank.parse_rule(self.rule).is_global:  # out of reach: fail before training
             plan = self._plan(model)

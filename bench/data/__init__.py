@@ -29,7 +29,7 @@ Modules, each importing only those above it in this list::
 """
 from .base import Data
 from .build import build_data, check_data, describe
-from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, OFFICIAL_MEAN, OFFICIAL_STD
 from .fake import fake_imagefolder, write_fake_imagefolder, write_fake_shards
 from .imagenet import IMAGENET_LAYOUTS, IMAGENET_MEAN, IMAGENET_STD
 from .memory import CropFlip, TensorLoader
@@ -38,6 +38,6 @@ from .shards import imagefolder_to_shards
 
 __all__ = [
     "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "IMAGENET_LAYOUTS", "IMAGENET_MEAN",
-    "IMAGENET_STD", "OPTIONS", "CropFlip", "Data", "TensorLoader", "build_data", "check_data", "describe",
+    "IMAGENET_STD", "OFFICIAL_MEAN", "OFFICIAL_STD", "OPTIONS", "CropFlip", "Data", "TensorLoader", "build_data", "check_data", "describe",
     "fake_imagefolder", "imagefolder_to_shards", "write_fake_imagefolder", "write_fake_shards",
 ]

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.checks import bad, check, did_you_mean, is_int, is_number, missing, unknown
 
-from .cifar import CIFAR_LAYOUT
+from .cifar import CIFAR_LAYOUT, NORMALIZE
 from .imagefolder import IMAGEFOLDER
 from .imagenet import IMAGENET_LAYOUTS
 
@@ -17,8 +17,10 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
 # uniform root key for every dataset.
 OPTIONS: dict[str, dict[str, Any]] = {
     "digits": {"root": None, "val_fraction": 0.2, "split_seed": None},
-    "cifar10": {"root": None},
-    "cifar100": {"root": None, "labels": "fine"},
+    # normalize: "dataset" (the training set's per-channel statistics) or "official" (the
+    # constants of the official TRP code, bench.data.cifar.OFFICIAL_STD)
+    "cifar10": {"root": None, "normalize": "dataset"},
+    "cifar100": {"root": None, "labels": "fine", "normalize": "dataset"},
     "imagenet": {
         "root": None,
         "layout": "auto",         # imagefolder | tar | auto (tar when root/train holds .tar files)
@@ -75,7 +77,10 @@ def options(cfg: dict) -> tuple[str, dict[str, Any]]:
         need("val_fraction", is_number(vf) and 0 < vf < 1, "a number strictly between 0 and 1")
         need("split_seed", opts["split_seed"] is None or is_int(opts["split_seed"]),
              "an integer or null (null: the trial's seed)")
-    elif name == "cifar100":
+    if name in CIFAR_LAYOUT:
+        need("normalize", opts["normalize"] in NORMALIZE,
+             "dataset (the training set's mean and std), official (the official TRP code's: std 0.2023, 0.1994, 0.2010)")
+    if name == "cifar100":
         need("labels", opts["labels"] in ("fine", "coarse"), "fine (100 classes), coarse (20 superclasses)")
     elif name == "imagenet":
         need("layout", opts["layout"] in IMAGENET_LAYOUTS,

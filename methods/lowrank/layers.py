@@ -2,7 +2,9 @@
 
 ``layers="official"`` is the official TRP choice (convs larger than 1x1 except the network's
 first; every Linear for the linear scheme), ``"all"`` every layer the scheme can take, or an
-explicit list of names. :func:`set_module` swaps a layer for its replacement.
+explicit list of names. ``include_stride2=False`` leaves strided convs out of the choice (the
+official TRP export factorizes stride-1 convs only; ``methods.trp`` applies it at export, after
+training them). :func:`set_module` swaps a layer for its replacement.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def layer_reasons(model: nn.Module, kinds: Sequence[str] = ("conv",), min_kernel
             elif max(kh, kw) < min_kernel:
                 out.append((name, f"{kh}x{kw} kernel (min_kernel={min_kernel})"))
             elif not include_stride2 and max(pair(m.stride)) > 1:
-                out.append((name, f"stride {tuple(pair(m.stride))} (include_stride2=False)"))
+                out.append((name, f"stride {tuple(pair(m.stride))}: stride-2 convs not chosen"))
             else:
                 out.append((name, None))
         elif isinstance(m, nn.Linear):

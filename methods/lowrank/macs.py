@@ -20,15 +20,18 @@ from torch import Tensor, nn
 from methods.lowrank.schemes import check_scheme, pair
 
 
-def mac_handles() -> dict[str, Any]:
+def mac_handles(conv_only: bool = False) -> dict[str, Any]:
     """fvcore op handles that count multiply-accumulates. Norms, pooling, upsampling and other
     elementwise ops are left out on purpose: published MAC counts (and TRP's speed-ups) count
     conv/linear/matmul only, and torch.utils.flop_counter counts the same set (x2), which lets
-    a test cross-check the number."""
+    a test cross-check the number. ``conv_only``: convolutions alone (the basis of the official
+    TRP code's speed-ups: no FC, no BN)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # fvcore's import scripts a function: torch.jit warns
         from fvcore.nn import jit_handles
 
+    if conv_only:
+        return {"aten::_convolution": jit_handles.conv_flop_jit}
     return {
         "aten::_convolution": jit_handles.conv_flop_jit,
         "aten::addmm": jit_handles.addmm_flop_jit,
@@ -40,7 +43,7 @@ def mac_handles() -> dict[str, Any]:
     }
 
 
-def _batch_macs(model: nn.Module, example_input: Any) -> int:
+def _batch_macs(model: nn.Module, example_input: Any, conv_only: bool = False) -> int:
     """fvcore's count of one forward of the whole batch ``example_input``, in eval mode (the
     inference graph: no dropout, BN running stats untouched); every module's mode is restored."""
     with warnings.catch_warnings():
@@ -54,7 +57,7 @@ def _batch_macs(model: nn.Module, example_input: Any) -> int:
         with warnings.catch_warnings(), torch.no_grad():
             # torch.jit is deprecated upstream and warns on every trace; fvcore still needs it
             warnings.simplefilter("ignore")
-            analysis = JitModelAnalysis(model, inputs).set_op_handle(**mac_handles())
+            analysis = JitModelAnalysis(model, inputs).set_op_handle(**mac_handles(conv_only))
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             analysis.tracer_warnings("none")
@@ -73,10 +76,11 @@ def _ints(sizes: Sequence[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in sizes)
 
 
-def model_macs(model: nn.Module, example_input: Any) -> int:
+def model_macs(model: nn.Module, example_input: Any, conv_only: bool = False) -> int:
     """Per-image MACs of one forward of ``model`` on the batch ``example_input``: fvcore's count
-    on conv, linear and matmul-type ops (:func:`mac_handles`), divided by the batch size."""
-    return _batch_macs(model, example_input) // _batch_size(example_input)
+    on conv, linear and matmul-type ops (:func:`mac_handles`; ``conv_only``: convolutions only),
+    divided by the batch size."""
+    return _batch_macs(model, example_input, conv_only) // _batch_size(example_input)
 
 
 def dense_macs(module: nn.Module, out_hw: Sequence[int], out_rows: int = 1) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import CIFAR10_MEAN, CIFAR10_STD, build_data, check_data
+from bench.data import CIFAR10_MEAN, CIFAR10_STD, OFFICIAL_STD, build_data, check_data
 
 
 # --------------------------------------------------------------------------- CIFAR fixtures
@@ -82,6 +82,21 @@ def test_cifar10_reads_the_python_pickles(tmp_path):
         assert x[0, 0, 1, 2].item() == pytest.approx((1 - CIFAR10_MEAN[0]) / CIFAR10_STD[0], rel=1e-5)
         assert x[0, 0, 0, 0].item() == pytest.approx(expect[0], rel=1e-5)
         assert x[0, 1, 1, 2].item() == pytest.approx(expect[1], rel=1e-5)   # channel-major layout
+
+
+def test_cifar10_normalize_official_uses_the_official_trp_std(tmp_path):
+    make_cifar10(tmp_path, per_batch=4, n_test=4)
+    x = {}
+    for norm in ("dataset", "official"):
+        d = build_data({"name": "cifar10", "root": str(tmp_path), "normalize": norm}, seed=0, batch_size=4,
+                       augment=False, device="cpu")
+        x[norm] = next(iter(d.val))[0]
+    assert OFFICIAL_STD == (0.2023, 0.1994, 0.2010)
+    # same mean, another std: the normalised values scale by the ratio of the stds, per channel
+    ratio = torch.tensor(CIFAR10_STD) / torch.tensor(OFFICIAL_STD)
+    assert torch.allclose(x["official"], x["dataset"] * ratio.view(1, 3, 1, 1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^data.normalize: 'paper'; accepted: dataset .*official "):
+        check_data({"name": "cifar10", "root": str(tmp_path), "normalize": "paper"})
 
 
 def test_cifar10_train_epoch_covers_every_image_once(tmp_path):

@@ -29,19 +29,24 @@ def test_cifar_resnets_have_he_et_al_parameter_counts(name, params):
     assert all(m.kernel_size == (3, 3) for m in convs) and len(convs) + 1 == int(name[6:])
 
 
-def test_shortcut_option_b_and_bottleneck_variant():
+def test_shortcut_option_b_and_the_official_trp_variant():
     b = build_model("resnet20", 10, (3, 32, 32), shortcut="B")
     assert [n for n, m in b.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)] == \
         ["layer2.0.shortcut.0", "layer3.0.shortcut.0"]
     with pytest.raises(ValueError, match=r"^shortcut: 'C'; accepted: 'A' \(identity, zero-padded\) or 'B' "):
         build_model("resnet20", 10, (3, 32, 32), shortcut="C")
-    bott = build_model("resnet56-bottleneck", 10, (3, 32, 32))
-    assert len(bott.layer1) == len(bott.layer2) == len(bott.layer3) == 6  # (56 - 2) / 9
+    with pytest.raises(ValueError, match=r"^variant: 'official'; accepted: he \(He et al. 2016"):
+        build_model("resnet20", 10, (3, 32, 32), variant="official")
+    # variant trp at depth 20: option B basic blocks, the same network as shortcut B
+    assert str(build_model("resnet20", 10, (3, 32, 32), variant="trp")) == str(b)
+    # at depth 56 the official code builds (56 - 2) / 6 = 9 bottleneck blocks per stage
+    bott = build_model("resnet56", 10, (3, 32, 32), variant="trp")
+    assert len(bott.layer1) == len(bott.layer2) == len(bott.layer3) == 9
     assert bott.fc.in_features == 256  # 64 planes x expansion 4
     convs = [m for m in bott.modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) == 1 + 18 * 3 + 3  # stem, 3 per bottleneck, 3 projection shortcuts
+    assert len(convs) == 1 + 27 * 3 + 3  # stem, 3 per bottleneck, 3 projection shortcuts
     # TRP decomposes the 3x3 convs only: one per bottleneck block
-    assert len(L.select_layers(bott)) == 18
+    assert len(L.select_layers(bott)) == 27
 
 
 def test_cnn_gives_trp_layers_to_train():
@@ -55,7 +60,7 @@ def test_cnn_gives_trp_layers_to_train():
 def test_unknown_model_names_the_accepted_ones():
     with pytest.raises(ValueError, match=r"^model: 'resnet-20': unknown \(did you mean 'resnet20'\?\); accepted: cnn, mlp, "):
         build_model("resnet-20", 10, (3, 32, 32))
-    with pytest.raises(ValueError, match=r"^depth: 21; accepted: 6n\+2 for basic blocks$"):
+    with pytest.raises(ValueError, match=r"^depth: 21; accepted: 6n\+2, n >= 1$"):
         CifarResNet(21, 10)
     with pytest.raises(ValueError, match=r"^num_classes: 0; accepted: an int >= 1$"):
         build_model("cnn", 0, (1, 8, 8))

@@ -92,6 +92,13 @@ def test_conformance_compress_keeps_output_shape_and_round_trips(name, tmp_path)
         assert torch.equal(model(x), y), "compress() modified the model it was given"
     rep = method.report()
     assert isinstance(rep, MethodReport) and isinstance(rep.layers, list) and isinstance(rep.info, dict)
+    # choose_layers (what the spec asks before training) names every Conv2d/Linear, and covers
+    # every layer compress() factorized
+    chosen = method.choose_layers(_model(arch))
+    if chosen is not None:
+        layers = [n for n, m in _model(arch).named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert [n for n, _ in chosen] == layers
+        assert {r["name"] for r in rep.layers if r.get("skipped") is None} <= {n for n, r in chosen if r is None}
     # save the deployed model's state dict, load it into a freshly built factorized model
     path = tmp_path / "small.pt"
     torch.save(small.state_dict(), path)
@@ -257,21 +264,56 @@ def test_trp_export_after_projection_keeps_the_trained_rank():
              for n in trp.names}
     small = trp.compress(model)
     rep = {r["name"]: r for r in trp.report().layers}
-    for n in trp.names:
+    for n in ("3", "9"):    # trained and exported; stride-2 "6" was trained, left dense (official rule)
         assert rep[n]["rank"] == ranks[n]
         assert isinstance(small.get_submodule(n), L.Factorized)
+    assert rep["6"]["skipped"].startswith("stride (2, 2)") and not isinstance(small.get_submodule("6"), L.Factorized)
     assert trp.report().rule == "energy:0.999" and trp.report().scheme == "channel"
     assert rep["0"]["skipped"].startswith("first conv")
 
 
 def test_trp_layer_choice_options():
     model = _model()
-    t = registry.build("trp", {"include_stride2": False})
+    t = registry.build("trp", {"stride2": "exclude"})
     _attach(t, model)
     assert t.names == ["3", "9"]
     t = registry.build("trp", {"layers": "all"})
     _attach(t, model)
     assert t.names == ["0", "3", "6", "9"]
+
+
+@pytest.mark.parametrize("scheme,stride2,trained,exported,counted_dense", [
+    # the official rule: stride-2 conv "6" is projected in training; channel/spatial keep it dense
+    # at export, decoupling factorizes it (at any cost), and the official formula counts it dense
+    ("channel", "official", ["3", "6", "9"], ["3", "9"], []),
+    ("spatial", "official", ["3", "6", "9"], ["3", "9"], []),
+    ("decoupling", "official", ["3", "6", "9"], ["3", "6", "9"], ["6"]),
+    ("channel", "include", ["3", "6", "9"], ["3", "6", "9"], []),
+    ("channel", "exclude", ["3", "9"], ["3", "9"], []),
+])
+def test_trp_stride2_rule_in_training_and_at_export(scheme, stride2, trained, exported, counted_dense):
+    model = _model()
+    t = registry.build("trp", {"scheme": scheme, "stride2": stride2, "export": "rank:1"})
+    _attach(t, model)
+    assert t.names == trained
+    assert [n for n, r in t.choose_layers(model) if r is None] == exported
+    t.compress(model)
+    rep = {r["name"]: r for r in t.report().layers}
+    assert [n for n in ("0", "3", "6", "9") if rep[n]["rank"] is not None] == exported
+    assert t.report().info.get("counted_dense", []) == counted_dense
+    with pytest.raises(ValueError, match=r"^stride2: 'yes'; accepted: official .*include, exclude$"):
+        registry.build("trp", {"stride2": "yes"})
+
+
+def test_trp_period_basis_epoch_restarts_the_count_every_epoch():
+    g = registry.build("trp", {"period": 3})
+    e = registry.build("trp", {"period": 3, "period_basis": "epoch"})
+    ctx = Context(input_shape=SHAPE, num_classes=10, steps_per_epoch=4, epochs=2)
+    for m in (g, e):
+        _attach(m, _model(), ctx)
+    # 4 steps an epoch: global steps 0, 3, 6; per epoch batch 0 and 3 (global 0, 3, 4, 7)
+    assert [s for s in range(8) if g._active(s)] == [0, 3, 6]
+    assert [s for s in range(8) if e._active(s)] == [0, 3, 4, 7]
 
 
 # --- DeepTwist, ARSVD, SVD ----------------------------------------------------------------------
