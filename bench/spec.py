@@ -311,9 +311,8 @@ def _coerce_param(name: str, key: str, v: Any) -> Any:
 
 def parse_spec(text: str, source: str = "<string>", check: bool = True, overrides: Sequence[str] = (),
                check_files: bool = True) -> Sweep:
-    """Parse a spec's text into a Sweep. ``check=False``: only the structure is checked (no method
-    built, no file touched); ``check_files=False``: no file (see :func:`file_problems`).
-    ``overrides``: dotted ``KEY=VALUE`` overrides applied before validation (``bench.overrides``)."""
+    """Parse a spec's text into a Sweep, after the dotted ``overrides`` (``bench.overrides``). ``check=False``:
+    the structure only (no method built, no file touched); ``check_files=False``: no file (:func:`file_problems`)."""
     from bench.overrides import apply_overrides
 
     raw = apply_overrides(_load_yaml(text, source), overrides, _load_yaml)
@@ -473,8 +472,7 @@ def _check_pretrained(trials: Iterable[Trial]) -> None:
 
 
 def file_problems(sweep: Sweep) -> list[str]:
-    """What keeps a sweep parsed with ``check_files=False`` from running: a missing dataset
-    root or a pretrained file that does not fit (one line each; [] when every file is there)."""
+    """What keeps a sweep parsed with ``check_files=False`` from running: one line per missing file."""
     out = []
     for checker in (_check_data_roots, _check_pretrained):
         try:
@@ -486,8 +484,7 @@ def file_problems(sweep: Sweep) -> list[str]:
 
 def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (),
               check_files: bool = True) -> Sweep:
-    """Read and validate a spec file (``path``: a file, or a shipped spec's name, see
-    :func:`resolve_spec`), with ``overrides`` applied. Errors are SpecError with one line."""
+    """Read and validate a spec (a file or a shipped spec's name) with ``overrides``; one-line SpecErrors."""
     p = resolve_spec(path)
     try:
         text = p.read_text()
