@@ -1,7 +1,9 @@
 """The ``rankbench`` command (also ``python -m bench``).
 
     rankbench run [SPEC] [KEY=VALUE ...] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
+                  [--mlflow URI]
     rankbench methods
+    rankbench check-method NAME [--check CHECK ...]   (methods.conformance)
     rankbench specs
     rankbench show [SPEC] [KEY=VALUE ...]
     rankbench export TRIAL_OR_PATH [--format torch|onnx] [--out FILE] [--results DIR]
@@ -45,7 +47,7 @@ OVERRIDE_HELP = "dotted overrides read as YAML, e.g. train.epochs=3 seeds=[0] re
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankbench", description="Benchmark low-rank compression methods.")
     p.add_argument("--version", action="version", version=f"rankbench {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,show,specs,export,report,speed}")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,check-method,specs,show,export,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
     r.add_argument("spec", nargs="?", help=SPEC_HELP)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
@@ -55,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="where rows, checkpoints, logs and Ray's state go: a local or NFS folder, or a "
                         "URI pyarrow opens (s3://bucket/dir, gs://..., file:///dir); default ./results")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    r.add_argument("--mlflow", default=None, metavar="URI",
+                   help="also log every trial's epochs to this MLflow tracking URI (needs rankbench[mlflow]); "
+                        "TensorBoard files are always written under <results>/<sweep>/tensorboard")
     sub.add_parser("methods", help="list registered methods and their parameters")
+    c = sub.add_parser("check-method", help="run the conformance suite against a registered method or plugin")
+    c.add_argument("name", help="the method's registered name (see rankbench methods)")
+    c.add_argument("--check", action="append", default=None, metavar="CHECK",
+                   help="run only this check (repeatable; default: all)")
     sub.add_parser("specs", help="list the shipped specs (run them by name from any directory)")
     s = sub.add_parser("show", help="list the trials a spec expands to, without running them")
     s.add_argument("spec", nargs="?", help=SPEC_HELP)
@@ -91,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("run", "show"):
             spec, overrides = _spec_and_overrides(args.spec, args.overrides)
             if args.cmd == "run":
-                return cmd_run(spec, args.results, args.address, args.max_concurrent, overrides)
+                return cmd_run(spec, args.results, args.address, args.max_concurrent, overrides, args.mlflow)
             return cmd_show(spec, args.results, overrides)
         if args.cmd == "methods":
             return cmd_methods()
+        if args.cmd == "check-method":
+            return cmd_check_method(args.name, args.check)
         if args.cmd == "specs":
             return cmd_specs()
         if args.cmd == "export":
@@ -144,7 +155,9 @@ def cmd_specs() -> int:
 
 
 def cmd_methods() -> int:
-    from methods.registry import available, get_method, parameters
+    """Every registered method (plugins whose import failed are skipped with a warning on stderr),
+    its one-line description and its parameters; a choice parameter shows its accepted values."""
+    from methods.registry import available, choices, get_method, parameters
 
     for name in available():
         cls = get_method(name)
@@ -153,12 +166,38 @@ def cmd_methods() -> int:
         doc = doc.split("\n")[0]
         kind = "starts from the dense baseline" if cls.starts_from_baseline else "trains from scratch"
         print(f"{name}: {doc} ({kind}; {cls.__module__})")
+        accepted = choices(name)
         for pname, p in parameters(name).items():
-            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-            ann = "" if ann in ("", "_empty") else f": {ann}"
+            if pname in accepted:
+                ann = ": " + "|".join(str(v) for v in accepted[pname])
+            else:
+                ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+                ann = "" if ann in ("", "_empty") else f": {ann}"
             default = "(required)" if p.default is inspect.Parameter.empty else f"= {p.default!r}"
             print(f"    {pname}{ann} {default}")
     return 0
+
+
+def cmd_check_method(name: str, only: list[str] | None = None) -> int:
+    """The conformance suite (``methods.conformance``) against one method: a line per check;
+    exit 0 if all pass, 1 if any fails, 2 for an unknown method or check."""
+    from bench.checks import unknown
+    from methods.conformance import CHECKS, run
+    from methods.registry import available
+
+    names = available()
+    if name not in names:
+        raise unknown("method", name, names, "unknown method")
+    for c in only or []:
+        if c not in CHECKS:
+            raise unknown("--check", c, CHECKS)
+    results = run(name, tuple(only) if only else CHECKS)
+    for r in results:
+        print(r, flush=True)
+    failed = [r.check for r in results if not r.ok]
+    print(f"{name}: {len(results) - len(failed)} of {len(results)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | None = None) -> int:
@@ -194,18 +233,21 @@ def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
 
 
 def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
-            overrides: list[str] | None = None) -> int:
+            overrides: list[str] | None = None, mlflow: str | None = None) -> int:
     from bench.spec import load_spec
     from bench.sweep import run_sweep, set_ray_env
 
     set_ray_env()
     if max_concurrent is not None and max_concurrent < 1:
         raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
+    from bench.tracking import check_mlflow
+
+    check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
     # every input error (overrides included) surfaces here, before Ray
     sweep = load_spec(_spec_path(spec), overrides=overrides or ())
     summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
-                        out=lambda s: print(s, flush=True))
+                        out=lambda s: print(s, flush=True), mlflow=mlflow)
     from bench.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI

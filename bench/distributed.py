@@ -69,10 +69,10 @@ def _train_worker(config: dict[str, Any]) -> None:
     dctx = DistContext(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                        local_rank=ctx.get_local_rank(), device=device)
     run_trial(Trial.from_dict(config["trial"]), config["results_root"], base_dir=config["base_dir"],
-              dist=dctx)
+              dist=dctx, mlflow=config.get("mlflow"))
 
 
-def run_distributed(trial: Trial, results_root: str, base_dir: str) -> dict | None:
+def run_distributed(trial: Trial, results_root: str, base_dir: str, mlflow: str | None = None) -> dict | None:
     """Train ``trial`` on ``workers_for(trial.resources_cfg)`` Ray Train workers with DDP and
     return the row rank 0 wrote (None if none was written). A worker that dies raises here
     (``ray.train.TrainingFailedError``), so Tune retries the trial, which resumes from its last
@@ -94,7 +94,7 @@ def run_distributed(trial: Trial, results_root: str, base_dir: str) -> dict | No
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"trial": trial.to_dict(), "results_root": str(results_root), "base_dir": base_dir,
-                           "use_gpu": use_gpu},
+                           "use_gpu": use_gpu, "mlflow": mlflow},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu,
                                      resources_per_worker={k: v for k, v in share.items() if v > 0}),

@@ -61,7 +61,8 @@ def device_name(device: torch.device | str) -> str:
                     break
     except OSError:
         pass
-    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({cpu}, {n} thread{'' if n == 1 else 's'})"
 
 
 # Largest |candidate - eager float32| allowed, as a fraction of the eager output's largest |value|:

@@ -48,6 +48,7 @@ FIELDS: tuple[Field, ...] = (
     Field("seed", (_I,), "the trial's seed"),
     Field("params", (_D,), "the method's parameters as given in the spec"),
     Field("variant", (_S,), "canonical k=v,k=v of params (sorted): the grouping key next to method"),
+    Field("label", (_S, _N), "the method entry's display name (spec label:) for tables and plots; null: none"),
     Field("scheme", (_S, _N), "decomposition scheme, from the method's report()"),
     Field("rule", (_S, _N), "rank rule of the exported model, from the method's report()"),
     Field("top1", (_F, _N), "top-1 accuracy in percent on the validation split"),
@@ -125,7 +126,7 @@ def empty_row(trial: Trial, env: dict[str, Any] | None = None) -> dict[str, Any]
     row.update({
         "trial_id": trial.id, "sweep": trial.sweep, "dataset": trial.data_cfg.get("name"),
         "model": trial.model, "method": trial.method, "seed": trial.seed,
-        "params": trial.params_dict, "variant": trial.variant,
+        "params": trial.params_dict, "variant": trial.variant, "label": trial.display_label or None,
         "layers": [], "history": [], "method_info": {},
         "env": environment() if env is None else env, "spec": trial.to_dict(),
     })

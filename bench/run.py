@@ -27,6 +27,7 @@ from bench.fs import open_append, read_bytes_io
 from bench.row import clean, empty_row
 from bench.store import Store, atomic_torch_save
 from bench.train import Progress, train
+from bench.tracking import open_tracker
 from bench.trial import Trial
 from methods.base import Method, MethodReport
 
@@ -51,7 +52,8 @@ def _device(trial: Trial) -> torch.device:
 
 
 def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None] | None = None,
-              base_dir: Path | str | None = None, dist: DistContext | None = None) -> dict:
+              base_dir: Path | str | None = None, dist: DistContext | None = None,
+              mlflow: str | None = None) -> dict:
     """Run one trial end to end and write its Result row to ``results/<sweep>/trials/<id>.json``.
 
     ``base_dir``: where relative paths of the spec (data.root, model.pretrained) start; the
@@ -64,6 +66,9 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
     started by ``bench.distributed``). Rank 0 writes the log, checkpoints and the row; the other
     ranks write nothing and return their partial row. Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
     forever in the next collective, and raising makes Ray Train stop the whole worker group.
+
+    Rank 0 also sends every epoch's metrics to TensorBoard (``<results>/<sweep>/tensorboard/<id>``)
+    and, with ``mlflow`` (a tracking URI), to MLflow (``bench.tracking``).
     """
     base = Path(base_dir or os.getcwd())
     row = empty_row(trial)
@@ -81,8 +86,9 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
                 log(line)
 
         _log(f"trial {trial.id}: {trial.label}")
+        tracker = open_tracker(trial, store.dir, _log, mlflow=mlflow)
         try:
-            _run(trial, row, store, progress, _log, base, dist)
+            _run(trial, row, store, progress, _log, base, dist, on_epoch=tracker.epoch)
             row["status"] = "ok"
         except Exception as e:  # noqa: BLE001 (every failure becomes a row; Ctrl-C still propagates)
             row["status"] = "failed"
@@ -93,6 +99,7 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
             failure = e
         row["history"] = progress.history
         row = clean(row)
+        tracker.finish(row)
         try:
             store.write_result(row)
         except OSError as e:
@@ -121,7 +128,8 @@ def _resolve(path: Any, base_dir: Path) -> Any:
 
 
 def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, log: Callable[[str], None],
-         base_dir: Path, dist: DistContext | None = None) -> None:
+         base_dir: Path, dist: DistContext | None = None,
+         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Train, compress, fine-tune and measure ``trial``, filling ``row`` (``bench.row``) as it goes."""
     from bench.data import build_data
     from bench.measure import compare_latency, count_macs, count_params, evaluate
@@ -158,7 +166,7 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
         ckdir.mkdir(parents=True, exist_ok=True)
     fit = dict(momentum=tc["momentum"], weight_decay=tc["weight_decay"], amp=tc["amp"],
                channels_last=tc["channels_last"], compile=tc.get("compile", False), device=device,
-               progress=progress, log=log)
+               progress=progress, log=log, on_epoch=on_epoch)
     row["train_device"] = str(device)
     sync_bn = bool(tc.get("sync_bn", False))
     train_epochs = 0 if from_baseline else tc["epochs"]

@@ -33,7 +33,8 @@ SpecError = UserError
 # --- defaults and the keys each level accepts ----------------------------------------------
 
 TOP_KEYS = ("sweep", "seeds", "data", "model", "train", "resources", "measure", "methods")
-ENTRY_KEYS = ("name", "model", "data", "train")  # plus the method's own parameters
+# plus the method's own parameters; label: the display name in tables and plots (not in the id)
+ENTRY_KEYS = ("name", "label", "model", "data", "train")
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 8, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 1.0e-4,
@@ -364,6 +365,9 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True, override
         name = _choice(f"{where}.name", entry["name"], method_names)
         cls = get_method(name)
         where = f"methods[{i}]({name})"
+        label = entry.get("label", "")
+        if not isinstance(label, str) or ("label" in entry and not label.strip()):
+            raise bad(f"{where}.label", label, 'a non-empty display name, e.g. "TRP+Nu"')
         mwhere = f"{where}.model" if "model" in entry else "model"
         mraw = entry.get("model", g_models_raw)
         models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check and check_files)
@@ -397,7 +401,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True, override
                 t = Trial(sweep=sweep, data=freeze(d), model=m[0], model_options=freeze(m[1]),
                           method=name, params=freeze(p),
                           seed=seed, train=freeze(train), measure=freeze(measure),
-                          resources=freeze(resources))
+                          resources=freeze(resources), display_label=label.strip())
                 if cls.starts_from_baseline:
                     b = t.baseline()
                     trials.setdefault(b.id, b)
@@ -447,8 +451,7 @@ def _check_data_roots(trials: Iterable[Trial]) -> None:
 
 
 def _check_pretrained(trials: Iterable[Trial]) -> None:
-    """Every pretrained file against the model its trials build (keys and shapes), so a wrong
-    file fails here rather than in a Ray worker after the sweep started."""
+    """Pretrained files (keys, shapes) and zoo models' options against the models built: fail here, not in a worker."""
     from bench.data import describe
     from bench.models import check_options, check_pretrained, is_zoo_model
 
@@ -482,8 +485,7 @@ def file_problems(sweep: Sweep) -> list[str]:
     return out
 
 
-def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (),
-              check_files: bool = True) -> Sweep:
+def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (), check_files: bool = True) -> Sweep:
     """Read and validate a spec (a file or a shipped spec's name) with ``overrides``; one-line SpecErrors."""
     p = resolve_spec(path)
     try:

@@ -55,7 +55,7 @@ class SweepSummary:
     csv: Path | None = None
 
 
-def _trainable(config: dict, results_root: str, base_dir: str) -> None:
+def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | None = None) -> None:
     """Ray Tune function trainable: one trial, handed over as ``config["trial"]`` (``Trial.to_dict``,
     as Ray Train's workers get it). Runs in a Ray worker process."""
     from ray import tune
@@ -67,13 +67,13 @@ def _trainable(config: dict, results_root: str, base_dir: str) -> None:
     if is_distributed(trial.resources_cfg):
         # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
         # retries the trial from its epoch checkpoint as for any other trial
-        row = run_distributed(trial, results_root, base_dir)
+        row = run_distributed(trial, results_root, base_dir, mlflow=mlflow)
         tune.report({"status": row["status"] if row else "failed",
                      "error": (row.get("error") or "") if row else "no result written (see the trial's log)",
                      "wall_s": (row or {}).get("wall_s") or 0.0, "top1": (row or {}).get("top1") or 0.0})
         return
     try:
-        row = run_trial(trial, results_root, base_dir=base_dir)   # a path or a storage URI
+        row = run_trial(trial, results_root, base_dir=base_dir, mlflow=mlflow)   # a path or a storage URI
     except Exception as e:  # noqa: BLE001
         # run_trial turns trial errors into rows; what reaches here is the row itself not being
         # written (disk full, folder gone). Report it: retrying would fail the same way.
@@ -191,9 +191,30 @@ def _needs_run(store: Store, t: Trial) -> bool:
     return t.method == "dense" and not store.baseline_weights(t.id).exists()
 
 
+def relabel(store: Store, done: list[Trial]) -> int:
+    """Give finished rows the display name their spec entry has now (``label:`` is not part of
+    the id, so a label added or changed after a run re-runs nothing); returns the rows rewritten."""
+    n = 0
+    for t in done:
+        row = store.read_result(t.id)
+        if row is None or (row.get("label") or "") == t.display_label:
+            continue
+        row["label"] = t.display_label or None
+        spec = row.get("spec")
+        if isinstance(spec, dict):
+            spec.pop("label", None)
+            if t.display_label:
+                spec["label"] = t.display_label
+        store.write_result(row)
+        n += 1
+    return n
+
+
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
-              max_concurrent: int | None = None, out: Callable[[str], None] = print) -> SweepSummary:
-    """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end."""
+              max_concurrent: int | None = None, out: Callable[[str], None] = print,
+              mlflow: str | None = None) -> SweepSummary:
+    """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end.
+    ``mlflow``: a tracking URI every trial also logs to (``bench.tracking``)."""
     from bench.packing import check_packing, is_packed
 
     t0 = time.monotonic()
@@ -201,6 +222,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     store.ensure()
     with store.lock():
         todo = [t for t in sweep.trials if _needs_run(store, t)]
+        relabel(store, [t for t in sweep.trials if t not in todo])
         skipped = len(sweep.trials) - len(todo)
         out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
             f"-> {store.dir}")
@@ -225,7 +247,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
             phase1 = [t for t in todo if t.method == "dense"]
             phase2 = [t for t in todo if t.method != "dense"]
             if phase1:
-                _tune(phase1, store, "baselines", max_concurrent, prog)
+                _tune(phase1, store, "baselines", max_concurrent, prog, mlflow)
             runnable = []
             for t in phase2:
                 from methods.registry import get_method
@@ -241,7 +263,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
                 else:
                     runnable.append(t)
             if runnable:
-                _tune(runnable, store, "methods", max_concurrent, prog)
+                _tune(runnable, store, "methods", max_concurrent, prog, mlflow)
             summary.ran = len(todo)
         ids = [t.id for t in sweep.trials]
         rows = {i: store.read_result(i) for i in ids}
@@ -251,7 +273,8 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     return summary
 
 
-def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | None, prog: _Progress) -> None:
+def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | None, prog: _Progress,
+          mlflow: str | None = None) -> None:
     from ray import tune
 
     by_id = {t.id: t for t in trials}
@@ -268,7 +291,7 @@ def _tune(trials: list[Trial], store: Store, phase: str, max_concurrent: int | N
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, results_root=str(store.root.resolve()),   # path or URI
-                             base_dir=os.getcwd()), resources)
+                             base_dir=os.getcwd(), mlflow=mlflow), resources)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},

@@ -186,6 +186,7 @@ def train(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     forward: nn.Module | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Progress:
     """Train ``model`` in place for ``epochs`` epochs on ``data.train``; evaluate on ``data.val``.
 
@@ -201,6 +202,10 @@ def train(
     inductor, a mode name (``"reduce-overhead"``: CUDA graphs) or a dynamo backend. Only the
     training forward is compiled; evaluation and checkpoints use ``model`` itself. The method's
     hooks change the weights in place between steps, which a compiled forward reads as inputs.
+    ``on_epoch``: called on rank 0 after each epoch with ``{"phase", "epoch"`` (counted over the
+    trial, as ``last_good_epoch``), ``"loss"``, ``"val_top1"``, ``"lr"`` (of the epoch's first
+    step)``}`` plus the method's ``epoch_metrics(model)``; the run sends it to the trackers
+    (``bench.tracking``).
     """
     from bench.ddp import epoch_sync, is_main, sum_over_ranks
     from bench.measure import evaluate
@@ -242,6 +247,7 @@ def train(
         if hasattr(data.train, "set_epoch"):
             data.train.set_epoch(epoch)   # the shuffle of epoch e is the same after a resume
         model.train()
+        lr_now = float(opt.param_groups[0]["lr"])
         loss_sum = torch.zeros((), device=device)
         n_seen = 0
         for i, (x, y) in enumerate(data.train):
@@ -264,6 +270,11 @@ def train(
         progress.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean_loss, "val_top1": top1,
                                  "seconds": secs})
         log(f"[{phase}] epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} val top-1 {top1:.2f}% {secs:.1f}s")
+        if on_epoch is not None and is_main():
+            extra = dict(method.epoch_metrics(model)) if method is not None else {}
+            # the loop's own keys win over a method's of the same name
+            on_epoch({**extra, "phase": phase, "epoch": epoch_offset + epoch + 1, "loss": mean_loss,
+                      "val_top1": top1, "lr": lr_now})
         named_skips = _log_skipped(data, log, phase, sum_over_ranks(getattr(data, "skipped", 0)), named_skips)
         if checkpoint is not None and is_main():
             state = {

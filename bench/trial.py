@@ -72,6 +72,9 @@ class Trial:
     model_options: Pairs = ()
     # resources say where a trial runs, not what it computes: not part of the id or equality
     resources: Pairs = field(default=(), compare=False)
+    # the method entry's display name (spec ``label:``, e.g. "TRP+Nu") for tables and plots:
+    # presentation only, so not part of the id or equality either ("" when the spec gives none)
+    display_label: str = field(default="", compare=False)
 
     # dict views ----------------------------------------------------------------------------
     @property
@@ -104,7 +107,8 @@ class Trial:
         return ",".join(f"{k}={format_value(v)}" for k, v in self.params)
 
     def to_dict(self, with_resources: bool = True) -> dict[str, Any]:
-        """Plain JSON-able dict (the row's ``spec``; what crosses to a Ray worker)."""
+        """Plain JSON-able dict (the row's ``spec``; what crosses to a Ray worker).
+        ``with_resources=False``: only the fields the id hashes (no resources, no label)."""
         d = {"sweep": self.sweep, "data": self.data_cfg, "model": self.model, "method": self.method,
              "params": self.params_dict, "seed": self.seed, "train": self.train_cfg,
              "measure": self.measure_cfg}
@@ -112,6 +116,8 @@ class Trial:
             d["model_options"] = self.model_cfg
         if with_resources:
             d["resources"] = self.resources_cfg
+            if self.display_label:
+                d["label"] = self.display_label
         return d
 
     @classmethod
@@ -120,7 +126,7 @@ class Trial:
         return cls(sweep=d["sweep"], data=freeze(d["data"]), model=d["model"], method=d["method"],
                    params=freeze(d.get("params") or {}), seed=int(d["seed"]), train=freeze(d["train"]),
                    measure=freeze(d["measure"]), model_options=freeze(d.get("model_options") or {}),
-                   resources=freeze(d.get("resources") or {}))
+                   resources=freeze(d.get("resources") or {}), display_label=str(d.get("label") or ""))
 
     @property
     def id(self) -> str:

@@ -12,6 +12,7 @@ Imports run downwards: ``lowrank`` <- ``base`` <- ``registry`` <- each method <-
 from methods.base import Context, Method, MethodReport
 from methods.registry import available, build, get_method, register
 
-from methods import arsvd, cp, deeptwist, dense, svd, trp, tucker2  # noqa: E402,F401  (built-ins register on import)
+from methods import (arsvd, cp, deeptwist, dense, jaderberg, svd, svd_training, trp,  # noqa: E402,F401
+                     tucker2, zhang)  # (built-ins register on import)
 
 __all__ = ["Context", "Method", "MethodReport", "available", "build", "get_method", "register"]

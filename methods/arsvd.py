@@ -20,6 +20,7 @@ class ARSVD(Method):
     """Adaptive-rank SVD of a trained network: per-layer rank by energy (v1) or spectral entropy (v2)."""
 
     name = "arsvd"
+    choices = {"scheme": lowrank.SCHEMES}
     starts_from_baseline = True
 
     def __init__(self, rule: str = "energy:0.9", scheme: str = "linear", finetune_epochs: int = 0,

@@ -14,7 +14,8 @@ calls its hooks around the ordinary training loop::
         loss.backward()
         method.after_backward(model, step)
         optimizer.step()
-    # every epoch: the checkpoint saves method.state_dict() with the model and optimizer
+    # every epoch: the checkpoint saves method.state_dict() with the model and optimizer, and
+    # method.epoch_metrics(model) goes to TensorBoard / MLflow beside the loss and val top-1
     small = method.compress(model)             # the deployable (factorized) model
     # fine-tuning of ``small`` for ``method.finetune_epochs`` epochs (0: none)
     row = method.report()                      # a MethodReport: per-layer facts, scheme, rule, info
@@ -28,6 +29,9 @@ Hooks, each with a do-nothing default (a method overrides only what it needs):
 - ``param_groups(model)``: optimizer parameter groups (e.g. no weight decay on singular values); None: one group.
 - ``compress(model)``: the model that is deployed and measured (default: ``model`` itself).
 - ``report()``: a :class:`MethodReport` for the result row (default: empty).
+- ``epoch_metrics(model)``: scalars for the experiment trackers after each training epoch, e.g.
+  ``{"mean_kept_rank": 7.5}`` (TensorBoard tag ``train/mean_kept_rank``; default: none). Called
+  on rank 0 outside the step loop, so it may read values back from the device.
 - ``choose_layers(model)``: every Conv2d/Linear with None (the deployed model compresses it) or
   why it stays dense, without changing ``model``; None (default): the method picks no layers.
   The spec refuses, before training, a method that would compress no layer of its model.
@@ -43,7 +47,9 @@ Helpers for subclasses: ``example_input(model)``, ``calibration_batches(n)``.
 
 Constructor keyword arguments *are* the method's parameters: the registry reads their names,
 defaults and annotations for ``rankbench methods`` and for spec validation; ``check_param``
-gives a bad value the project's one-line error.
+gives a bad value the project's one-line error. A choice parameter declares its accepted values
+with a ``Literal[...]`` annotation or in the class's ``choices`` dict; the registry rejects any
+other value and ``rankbench methods`` lists them (``solver: auto|svd|gram|warm``).
 """
 from __future__ import annotations
 
@@ -105,6 +111,8 @@ class Method:
     ctx: Context | None = None
     # epochs of fine-tuning after compress; a method that takes it as a parameter sets it in __init__
     finetune_epochs: int = 0
+    # accepted values of choice parameters not annotated Literal[...], e.g. {"solver": ("auto", "svd")}
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
         """Pick layers and build state, once before training. May replace layers of ``model``
@@ -133,6 +141,10 @@ class Method:
     def report(self) -> MethodReport:
         """Per-trial facts for the result row."""
         return MethodReport()
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Scalars to track after each training epoch (name -> number); {} by default."""
+        return {}
 
     def choose_layers(self, model: nn.Module) -> list[tuple[str, str | None]] | None:
         """Every Conv2d/Linear of ``model`` with None (compressed in the deployed model) or the

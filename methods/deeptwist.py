@@ -28,6 +28,7 @@ class DeepTwist(Method):
     """Dense training with low-rank replacement every `period` steps (optionally tiled), decomposed at the end."""
 
     name = "deeptwist"
+    choices = {"scheme": lowrank.SCHEMES}
 
     def __init__(self, period: int = 200, scheme: str = "channel", rule: str = "energy:0.9", tiles: int = 1,
                  export: Optional[str] = None, layers: str = "official", include_stride2: bool = True) -> None:

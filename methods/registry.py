@@ -6,6 +6,17 @@ The built-in methods are imported by the ``methods`` package (``methods/__init__
 method modules import this one: nothing here imports a method back. Entry points are for
 third-party plugins only.
 
+Plugins: an entry point whose module fails to import is skipped with a one-line warning on
+stderr naming it and its error (the built-ins and every other plugin still work; ``skipped()``
+lists them). An entry point whose name is taken (by a built-in or an earlier plugin), or whose
+target is not a :class:`~methods.base.Method` subclass, is an error (:class:`PluginError`, a
+``UserError``) naming both.
+
+Choice parameters: a parameter annotated ``Literal[...]`` or listed in the class's ``choices``
+(``{"solver": ("auto", "svd")}``) accepts only those values: :func:`build` refuses any other
+(after the method's own checks, whose message may say more) and ``rankbench methods`` lists them
+(:func:`choices`).
+
 Names: the registry key is the class's ``name``. A class that declares ``name`` itself must
 declare the key it is registered under (a mismatch is an error naming both); one that declares
 none gets the key as its ``name`` when registered.
@@ -13,17 +24,24 @@ none gets the key as its ``name`` when registered.
 from __future__ import annotations
 
 import inspect
+import sys
+import typing
 from importlib import metadata
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
-from bench.checks import unknown
+from bench.checks import UserError, bad, unknown
 from methods.base import Method
 
 ENTRY_POINT_GROUP = "rankbench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
 _entry_points_loaded = False
+_SKIPPED: dict[str, str] = {}   # entry-point name -> why it was skipped (its import failed)
 
 M = TypeVar("M", bound=type[Method])
+
+
+class PluginError(UserError):
+    """A method plugin that cannot be registered: its name is taken, or its target is not a Method."""
 
 
 def register(name: str) -> Callable[[M], M]:
@@ -38,7 +56,8 @@ def register(name: str) -> Callable[[M], M]:
                              f"{declared!r}; the registry key and the class's name must agree")
         old = _REGISTRY.get(name)
         if old is not None and old.__qualname__ != cls.__qualname__:
-            raise ValueError(f"method name {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+            raise PluginError(f"method name {name!r}: {cls.__module__}.{cls.__qualname__} cannot take it: already "
+                              f"registered by {old.__module__}.{old.__qualname__}; accepted: another name")
         if declared is None:
             cls.name = name   # a class without a name of its own is named by its key (documented above)
         _REGISTRY[name] = cls
@@ -47,15 +66,43 @@ def register(name: str) -> Callable[[M], M]:
     return deco
 
 
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
 def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()  # importing the module usually registers it; the value may be the class
-        if isinstance(cls, type) and issubclass(cls, Method) and ep.name not in _REGISTRY:
-            register(ep.name)(cls)
+        where = f"{ENTRY_POINT_GROUP}: {ep.name} = {ep.value}"
+        before = _REGISTRY.get(ep.name)
+        try:
+            target = ep.load()  # importing the module usually registers it; the value may be the class
+        except PluginError:
+            raise                # its own @register took a name that is taken: an error, not a skip
+        except Exception as e:   # noqa: BLE001  (any import failure of a third-party module)
+            if ep.name in _SKIPPED:
+                continue
+            _SKIPPED[ep.name] = (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0]
+            print(f"warning: method plugin {ep.name!r} ({ep.value}) skipped: {_SKIPPED[ep.name]}", file=sys.stderr)
+            continue
+        if isinstance(target, type) and issubclass(target, Method):
+            if before is not None and before is not target:
+                raise PluginError(f"{where}: name {ep.name!r} is taken by {_qualname(before)}; accepted: a name "
+                                  "no built-in or other plugin method uses")
+            if _REGISTRY.get(ep.name) is not target:
+                register(ep.name)(target)
+        elif _REGISTRY.get(ep.name) is None or _REGISTRY.get(ep.name) is before:
+            raise PluginError(f"{where}: {_qualname(target)} is not a subclass of methods.base.Method; accepted: "
+                              "a Method subclass, or a module whose import registers one under this name")
+    _entry_points_loaded = True   # only once every plugin loaded: a plugin error is raised on every lookup
+
+
+def skipped() -> dict[str, str]:
+    """Method plugins whose import failed: entry-point name -> the error (first line)."""
+    _load_entry_points()
+    return dict(_SKIPPED)
 
 
 def available() -> list[str]:
@@ -78,10 +125,37 @@ def parameters(name: str) -> dict[str, inspect.Parameter]:
             (k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)}
 
 
+def choices(name: str) -> dict[str, tuple[Any, ...]]:
+    """The accepted values of the method's choice parameters: those annotated ``Literal[...]``
+    and those its class lists in ``choices``."""
+    cls = get_method(name)
+    out: dict[str, tuple[Any, ...]] = {}
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001  (an annotation that does not evaluate: no Literal to read)
+        hints = {}
+    for k in parameters(name):
+        if typing.get_origin(hints.get(k)) is Literal:
+            out[k] = tuple(typing.get_args(hints[k]))
+    for k, values in (getattr(cls, "choices", None) or {}).items():
+        out[k] = tuple(values)
+    return out
+
+
+def _is_choice(value: Any, accepted: tuple[Any, ...]) -> bool:
+    # True == 1 to Python, not to a spec: the type must match too
+    return any(value == a and type(value) is type(a) for a in accepted)
+
+
 def build(name: str, params: dict[str, Any]) -> Method:
-    """Instantiate a method, rejecting unknown parameters with a 'did you mean'."""
+    """Instantiate a method, rejecting unknown parameters with a 'did you mean' and values of
+    choice parameters outside their choices."""
     known = parameters(name)
     for key in params:
         if key not in known:
             raise unknown(f"methods.{name}", key, known, "unknown parameter")
-    return get_method(name)(**params)
+    method = get_method(name)(**params)   # the method's own checks first: their words may say more
+    for key, accepted in choices(name).items():
+        if key in params and not _is_choice(params[key], accepted):
+            raise bad(key, params[key], "|".join(str(a) for a in accepted))
+    return method

@@ -18,6 +18,7 @@ class SVD(Method):
     """Decompose the trained baseline at a rank rule (speedup:S to match cost), then optionally fine-tune."""
 
     name = "svd"
+    choices = {"scheme": lowrank.SCHEMES}
     starts_from_baseline = True
 
     def __init__(self, scheme: str = "channel", rule: str = "energy:0.9", finetune_epochs: int = 0,

@@ -59,6 +59,9 @@ class TRP(Method):
     """Trained Rank Pruning: low-rank projection during training (+ nuclear norm), decomposed at export."""
 
     name = "trp"
+    # svd-<driver>: torch's CUDA SVD drivers (lowrank.check_solver)
+    choices = {"scheme": TRP_SCHEMES, "stride2": STRIDE2, "period_basis": PERIOD_BASES,
+               "solver": lowrank.SOLVERS + tuple(f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS)}
 
     def __init__(self, scheme: str = "channel", period: int = 1, energy: float = 0.9, nuclear: float = 0.0,
                  project: bool = True, export: str = "value:0.05", layers: str = "official",
@@ -136,6 +139,23 @@ class TRP(Method):
                 else:
                     w.grad.add_(g, alpha=self.nuclear)
         self._subgrads = None
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """The mean rank the energy rule keeps over the chosen layers (and as a fraction of their
+        full rank), on the weights as they stand at the end of the epoch."""
+        if not self.names:
+            return {}
+        rule = lowrank.Rule("energy", self.energy)
+        kept, frac = [], []
+        with torch.no_grad():
+            for n in self.names:
+                m = lowrank.to_matrix(model.get_submodule(n).weight.detach().float(), self.scheme)
+                s = torch.linalg.svdvals(m.reshape(-1, m.shape[-2], m.shape[-1]))
+                for row in s:
+                    r = lowrank.rank_from_rule(row, rule)
+                    kept.append(r)
+                    frac.append(r / max(1, row.numel()))
+        return {"mean_kept_rank": sum(kept) / len(kept), "mean_kept_rank_fraction": sum(frac) / len(frac)}
 
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(

@@ -1,9 +1,12 @@
-"""``rankbench report [RESULTS...] [--paper NAME] [--format md|latex|csv] [--plot FILE] [--out DIR]``.
+"""``rankbench report [RESULTS...] [--paper NAME] [--format md|latex|csv] [--columns SET|KEYS]
+[--plot FILE] [--ranks FILE] [--out DIR]``.
 
 Writes the accuracy/speed-up table in all three formats (table.md, table.tex, table.csv) into
 the results folder (or ``--out``), prints the chosen format, lists failed trials, and with
 ``--paper`` prints the published table beside ours (also written as paper-<NAME>.{md,tex,csv}).
-``bench/cli.py`` dispatches ``rankbench report`` here.
+``--columns`` picks the people-facing columns (a set: all, paper, compact; or keys such as
+``method,top1,macs_speedup``); ``--plot`` draws the Pareto plot, ``--ranks`` the per-layer kept
+rank / full rank of every method variant. ``bench/cli.py`` dispatches ``rankbench report`` here.
 """
 from __future__ import annotations
 
@@ -25,7 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", choices=paper.available_papers(), metavar="NAME",
                    help="compare with a published table: " + ", ".join(paper.available_papers()))
     p.add_argument("--format", choices=tables.FORMATS, default="md", help="format printed (default md)")
+    p.add_argument("--columns", metavar="SET|KEYS", default=None,
+                   help="table columns (md, latex): a set (" + ", ".join(tables.COLUMN_SETS) + ") or comma-separated "
+                        "keys of: " + ", ".join(tables.COLUMN_KEYS) + " (default: all)")
     p.add_argument("--plot", metavar="FILE", help="Pareto plot; FILE.png and FILE.svg are written")
+    p.add_argument("--ranks", metavar="FILE",
+                   help="per-layer ranks (kept / full, one line per method variant); FILE.png and FILE.svg")
     p.add_argument("--out", metavar="DIR",
                    help="where table.{md,tex,csv} go (default: the results folder when one is given)")
     return p
@@ -34,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
 def main_report(argv: list[str]) -> int:
     """Run ``rankbench report``; returns the exit status (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
+    try:
+        columns = tables.parse_columns(args.columns)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.out:
         out = Path(args.out)
     elif len(args.results) == 1 and "://" in args.results[0]:
@@ -62,8 +75,8 @@ def main_report(argv: list[str]) -> int:
     if df is not None and not df.empty:
         summary = summarize(df)
         if not summary.empty:
-            written = tables.write_tables(summary, out)
-            print(tables.render(summary, args.format))
+            written = tables.write_tables(summary, out, columns=columns)
+            print(tables.render(summary, args.format, columns))
             print("tables written: " + ", ".join(str(p) for p in written.values()))
         else:
             print("(no successful trials)")
@@ -97,6 +110,16 @@ def main_report(argv: list[str]) -> int:
             title += ": ours ran another recipe than the paper spec (see the table), not comparable"
         paths = plots.pareto_plot(summary, args.plot, pub, title)
         print("plot written: " + ", ".join(str(p) for p in paths))
+    if args.ranks:
+        if df is None or df.empty or not (df["status"] == "ok").any():
+            print("report: --ranks needs at least one successful trial", file=sys.stderr)
+            return 2
+        try:
+            paths = plots.ranks_plot(df, args.ranks)
+        except ValueError as e:
+            print(f"report: {e}", file=sys.stderr)
+            return 2
+        print("ranks plot written: " + ", ".join(str(p) for p in paths))
     return 0
 
 

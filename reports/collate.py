@@ -249,7 +249,7 @@ def _recipe(spec: object) -> str | None:
     # minus the seed tells when results from two differently trained sweeps were merged.
     if not isinstance(spec, dict):
         return None
-    keep = {k: v for k, v in spec.items() if k not in ("seed", "sweep", "resources")}
+    keep = {k: v for k, v in spec.items() if k not in ("seed", "sweep", "resources", "label")}
     data = keep.get("data")
     if isinstance(data, dict):  # the same data read from another path is the same recipe
         keep["data"] = {k: v for k, v in data.items() if k != "root"}
@@ -283,6 +283,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             rec["scheme"] = _first(g["scheme"])
             rec["rule"] = _first(g["rule"])
             rec["params"] = _first(g["params"])
+            rec["label"] = _first(g["label"]) if "label" in g else None   # the spec's display name
             for m in METRICS:
                 vals = g[m].dropna() if m in g else pd.Series(dtype=float)
                 rec[f"{m}_n"] = len(vals)

@@ -143,3 +143,17 @@ def sort_rows(summary: pd.DataFrame) -> pd.DataFrame:
     by = ["dataset", "model", "_dense_first", "method", "_scheme", "macs_speedup_mean"]
     s = s.sort_values(by, kind="stable", na_position="last")
     return s.drop(columns=["_dense_first", "_scheme"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- names
+
+def display_name(row: "pd.Series | dict") -> str:
+    """What tables and plots call a row's method: the spec's ``label:`` (e.g. "TRP+Nu") when it
+    has one, else the method's registry name."""
+    label = row.get("label")
+    return str(label) if isinstance(label, str) and label.strip() else str(row.get("method"))
+
+
+def fix_counts(text: str) -> str:
+    """Singular after a count of one ("1 threads" -> "1 thread"), for settings written by older rows."""
+    return re.sub(r"\b1 (thread|core|seed|GPU)s\b", r"1 \1", text)

@@ -21,7 +21,7 @@ import yaml
 
 from bench.checks import bad, check, is_number, missing, unknown
 from reports.collate import BOUNDS, load_results, summarize
-from reports.format import CLIPPED, DASH, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
+from reports.format import CLIPPED, DASH, display_name, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
 from reports.recipe import paper_trials, recipe_differences, same_value
 
 __all__ = ["available_papers", "command_for", "coverage_problem", "diff_cells", "format_paper_diff",
@@ -201,7 +201,7 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
         for i, g in summary.iterrows():
             if i in used or g["model"] != table["model"] or g["dataset"] != table["dataset"]:
                 continue
-            label = g["method"] + (f" [{g['variant']}]" if g["variant"] else "")
+            label = display_name(g) + (f" [{g['variant']}]" if g["variant"] else "")
             lines.append({"label": label, "status": "ours only", "scheme": g.get("scheme"),
                           "method": g["method"], "variant": g["variant"], **_ours(g, table["basis"])})
 

@@ -13,8 +13,8 @@ import pandas as pd
 
 from bench.checks import unknown
 from reports.collate import BOUNDS, failed_trials, load_results, summarize
-from reports.format import (CLIPPED, COLUMN_PARAMS, DASH, fmt_ci, fmt_duration, fmt_si, fmt_x, is_missing,
-                            latex_cell, latex_escape, markdown_cell, sort_rows)
+from reports.format import (CLIPPED, COLUMN_PARAMS, DASH, display_name, fix_counts, fmt_ci, fmt_duration, fmt_si,
+                            fmt_x, is_missing, latex_cell, latex_escape, markdown_cell, sort_rows)
 
 # Appended to the method of a row whose deployed model is the dense one (MACs = dense MACs):
 # the method ran, but compressed nothing, so its accuracy is the dense model's.
@@ -36,7 +36,8 @@ def _varying_params(summary: pd.DataFrame) -> tuple[dict[str, list[str]], dict[s
     the method label) and the ones that are constant (these go into a note)."""
     varying: dict[str, list[str]] = {}
     constant: dict[str, dict] = {}
-    for method, g in summary.groupby("method", sort=True):
+    names = summary.apply(display_name, axis=1) if len(summary) else summary["method"]
+    for method, g in summary.groupby(names, sort=True):   # per display name (the spec's label, else method)
         plist = [_params_of(r) for _, r in g.iterrows()]
         keys = sorted({k for p in plist for k in p} - COLUMN_PARAMS)
         var, const = [], {}
@@ -53,9 +54,10 @@ def _varying_params(summary: pd.DataFrame) -> tuple[dict[str, list[str]], dict[s
 
 def _method_label(row: pd.Series, varying: dict[str, list[str]]) -> str:
     p = _params_of(row)
-    keys = varying.get(str(row["method"]), [])
+    name = display_name(row)
+    keys = varying.get(name, [])
     extra = ", ".join(f"{k}={p.get(k)}" for k in keys)
-    label = f"{row['method']} ({extra})" if extra else str(row["method"])
+    label = f"{name} ({extra})" if extra else name
     return label + uncompressed_mark(row)
 
 
@@ -94,7 +96,7 @@ def _latency_setting(row: pd.Series) -> str:
     parts = [row.get("latency_device"), row.get("latency_dtype")]
     b = row.get("latency_batch")
     parts.append(f"batch {b}" if not is_missing(b) and b is not None else None)
-    return ", ".join(str(p) for p in parts if p and not is_missing(p))
+    return fix_counts(", ".join(str(p) for p in parts if p and not is_missing(p)))
 
 
 def _reuses_baseline(s: pd.DataFrame) -> bool:
@@ -216,13 +218,84 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
     return header, rows, notes
 
 
+# ---------------------------------------------------------------------------- column sets
+
+# ``--columns``: one key per column of ``table_cells`` (the headers vary with the data: the
+# latency setting, the cost unit), and named sets of them. Dataset and Model only ever appear
+# when the table spans several (dataset, model) pairs, cost_total when a row reused a baseline.
+COLUMN_KEYS = ("dataset", "model", "method", "scheme", "rule", "top1", "top5", "macs", "macs_speedup",
+               "latency_speedup", "params", "cost", "cost_total", "seeds")
+COLUMN_SETS: dict[str, tuple[str, ...]] = {
+    "all": COLUMN_KEYS,
+    # what a paper's results table usually shows: accuracy, counted and measured speed-up, size
+    "paper": ("dataset", "model", "method", "top1", "top5", "macs_speedup", "latency_speedup", "params"),
+    "compact": ("dataset", "model", "method", "top1", "macs_speedup"),
+}
+_HEADER_KEYS = {"Dataset": "dataset", "Model": "model", "Method": "method", "Scheme": "scheme",
+                "Rank rule": "rule", "Top-1 (%)": "top1", "Top-5 (%)": "top5", "MACs": "macs",
+                "MAC speed-up": "macs_speedup", "Params": "params", "Seeds": "seeds"}
+
+
+def column_key(header: str) -> str:
+    """The ``--columns`` key of a header of :func:`table_cells`."""
+    if header in _HEADER_KEYS:
+        return _HEADER_KEYS[header]
+    if header.startswith("Measured speed-up"):
+        return "latency_speedup"
+    if header.endswith(", incl. baseline"):
+        return "cost_total"   # beside the own cost when a row reused a trained baseline
+    return "cost"     # GPU-hours, Wall time (CPU), Compression cost (", own" when cost_total is there)
+
+
+def parse_columns(text: str | None) -> tuple[str, ...] | None:
+    """``--columns``: a set name (``all``, ``paper``, ``compact``) or comma-separated keys of
+    ``COLUMN_KEYS`` in the order wanted; None keeps every column."""
+    if text is None:
+        return None
+    if text in COLUMN_SETS:
+        return COLUMN_SETS[text]
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    for k in keys or (text,):
+        if k not in COLUMN_KEYS:
+            raise unknown("--columns", k, [*COLUMN_SETS, *COLUMN_KEYS])
+    return keys
+
+
+def select_columns(header: list[str], rows: list[list[str]], columns: Sequence[str] | None
+                   ) -> tuple[list[str], list[list[str]]]:
+    """Keep the columns named in ``columns`` (keys of ``COLUMN_KEYS``), in that order; a key the
+    table does not have (Dataset in a one-model table, Top-5 without top-5) is left out."""
+    if columns is None:
+        return header, rows
+    where = {column_key(h): i for i, h in enumerate(header)}
+    idx = [where[k] for k in columns if k in where]
+    rows = [list(r) for r in rows]
+    m = where.get("method")
+    dropped = [where[k] for k in ("scheme", "rule") if k in where and k not in columns]
+    if m is not None and m in idx and dropped:
+        # rows that differ only in a dropped column (TRP+Nu channel / spatial) keep it in the name
+        ident = [where[k] for k in ("dataset", "model") if k in where] + [m]
+        groups: dict[tuple, list[int]] = {}
+        for j, r in enumerate(rows):
+            groups.setdefault(tuple(r[i] for i in ident), []).append(j)
+        for members in groups.values():
+            differ = [i for i in dropped if len({rows[j][i] for j in members}) > 1]
+            for j in members if differ else []:
+                extra = ", ".join(rows[j][i] for i in differ)
+                name = rows[j][m]
+                rows[j][m] = f"{name[:-1]}, {extra})" if name.endswith(")") else f"{name} ({extra})"
+    return [header[i] for i in idx], [[r[i] for i in idx] for r in rows]
+
+
 # ---------------------------------------------------------------------------- renderers
 
-def to_markdown(summary: pd.DataFrame, title: str | None = None) -> str:
-    """A Markdown table with its notes as a list below it (what ``rankbench run`` prints)."""
+def to_markdown(summary: pd.DataFrame, title: str | None = None, columns: Sequence[str] | None = None) -> str:
+    """A Markdown table with its notes as a list below it (what ``rankbench run`` prints);
+    ``columns``: keys of ``COLUMN_KEYS`` to keep (see :func:`parse_columns`)."""
     if summary.empty:
         return "(no successful trials)\n"
     header, rows, notes = table_cells(summary)
+    header, rows = select_columns(header, rows, columns)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
     lines = []
@@ -241,22 +314,43 @@ def to_markdown(summary: pd.DataFrame, title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latex_label(summary: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """A ``\\label`` name unique to the table: its (dataset, model) pairs and a short hash of its
+    rows and columns, so two tables of one paper never share a label."""
+    import hashlib
+    import re
+
+    if summary.empty:
+        return "tab:rankbench-empty"
+    keys = sorted({tuple(str(r.get(k)) for k in ("dataset", "model", "method", "variant"))
+                   for _, r in summary.iterrows()})
+    digest = hashlib.sha256(repr((keys, tuple(columns or ()))).encode()).hexdigest()[:6]
+    pairs = sorted({f"{d}-{m}" for d, m, _, _ in keys})
+    slug = re.sub(r"[^A-Za-z0-9-]+", "-", pairs[0] if len(pairs) == 1 else f"{len(pairs)}models").strip("-")
+    return f"tab:rankbench-{slug}-{digest}"
+
+
 def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
-             label: str = "tab:rankbench") -> str:
-    """A booktabs ``table`` environment; needs ``\\usepackage{booktabs}``."""
+             label: str | None = None, columns: Sequence[str] | None = None) -> str:
+    """A booktabs ``table`` environment; needs ``\\usepackage{booktabs}``. The caption is the
+    one sentence given; the notes (CI, MAC convention, latency setting, cost) follow the
+    tabular as a footnote-size paragraph. ``label``: default :func:`latex_label`, unique to
+    the table. ``columns``: keys of ``COLUMN_KEYS`` to keep."""
     if summary.empty:
         header, rows, notes = ["Method"], [], ["no successful trials"]
     else:
         header, rows, notes = table_cells(summary)
-        # the latency setting is in the caption's notes; a narrow header keeps the table printable
+        header, rows = select_columns(header, rows, columns)
+        # the latency setting is in the notes; a narrow header keeps the table printable
         header = ["Measured speed-up" if h.startswith("Measured speed-up") else h for h in header]
+    label = label or latex_label(summary, columns)
     text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
     spec = "".join("l" if h in text_cols else "r" for h in header)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        f"\\caption{{{latex_escape(caption)} " + " ".join(latex_cell(n) for n in notes) + "}",
+        f"\\caption{{{latex_escape(caption)}}}",
         f"\\label{{{label}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
@@ -264,7 +358,12 @@ def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
         r"\midrule",
     ]
     lines += [" & ".join(latex_cell(c) for c in r) + r" \\" for r in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if notes:
+        lines += [r"\par\smallskip", r"{\footnotesize\raggedright"]
+        lines += [latex_cell(n) + r"\par" for n in notes]
+        lines += ["}"]
+    lines += [r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -290,14 +389,18 @@ def to_csv(summary: pd.DataFrame) -> str:
     return out.to_csv(index=False)
 
 
-def render(summary: pd.DataFrame, fmt: str) -> str:
-    """The table in one of ``FORMATS``."""
+def render(summary: pd.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> str:
+    """The table in one of ``FORMATS``; ``columns`` selects the people-facing columns (md,
+    latex); CSV always keeps every raw number."""
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
-    return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](summary)
+    if fmt == "csv":
+        return to_csv(summary)
+    return (to_markdown if fmt == "md" else to_latex)(summary, columns=columns)
 
 
-def write_tables(summary: pd.DataFrame, out_dir: str | Path, stem: str = "table") -> dict[str, Path]:
+def write_tables(summary: pd.DataFrame, out_dir: str | Path, stem: str = "table",
+                 columns: Sequence[str] | None = None) -> dict[str, Path]:
     """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,7 +408,7 @@ def write_tables(summary: pd.DataFrame, out_dir: str | Path, stem: str = "table"
     for fmt in FORMATS:
         path = out / f"{stem}.{SUFFIX[fmt]}"
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(render(summary, fmt))
+        tmp.write_text(render(summary, fmt, columns))
         tmp.replace(path)  # atomic, like every other write of the harness
         written[fmt] = path
     return written

@@ -47,7 +47,7 @@ def test_spec_expands_and_covers_its_published_table(name):
     else:  # ImageNet: TRP fine-tunes the pretrained model 10 epochs at lr 1e-4; dense is evaluated as is
         assert all(t.model_cfg.get("pretrained") for t in sweep.trials)
         for t in sweep.trials:
-            epochs = {"dense": 0, "trp": 10, "svd": 0}[t.method]
+            epochs = {"dense": 0, "trp": 10, "svd": 0, "zhang": 0, "jaderberg": 0}[t.method]
             assert (t.train_cfg["epochs"], t.train_cfg["lr"]) == (epochs, 1e-4), t.label
 
 

@@ -63,16 +63,24 @@ def test_speed_runs_on_cpu_and_writes_every_section(tmp_path, capsys):
     result = json.loads(out.read_text())
     variants = {r["variant"] for r in result["step"]}
     solvers = ("svd", "gram", "auto", "warm")
-    assert variants == {"plain", "plain-compiled", "trp-channel-warm-compiled"} | \
+    default = speed.core.default_solver()
+    assert variants == {"plain", "plain-compiled", f"trp-channel-{default}-compiled",
+                        f"trp-spatial-{default}-compiled"} | \
         {f"trp-{sc}-{so}" for sc in ("channel", "spatial") for so in solvers}
-    plain_ms = next(r["ms"] for r in result["step"] if r["variant"] == "plain")
+    # TRP starts from weights at the paper's ranks (constructed), and says so
+    assert {r["weights"] for r in result["step"]} == {"paper-ranks 2.17x (constructed spectra)",
+                                                      "paper-ranks 2.84x (constructed spectra)"}
+    plain_ms = {r["variant"]: r["ms"] for r in result["step"] if r["variant"].startswith("plain")}
     for r in result["step"]:   # throughput and slowdown follow from the timed step, whatever the CPU
         assert r["model"] == "resnet20" and r["batch"] == 4 and r["ms"] > 0
         assert r["images_per_s"] == pytest.approx(4 / (r["ms"] / 1e3))
-        assert r["slowdown_vs_plain"] == pytest.approx(r["ms"] / plain_ms)
+        # a compiled TRP step is compared with the compiled plain step
+        base = plain_ms["plain-compiled" if r["variant"].endswith("-compiled") else "plain"]
+        assert r["slowdown_vs_plain"] == pytest.approx(r["ms"] / base)
     assert all((r["warm_share"] is not None) == ("-warm" in r["variant"]) for r in result["step"])
-    proj = {(r["weights"], r["scheme"], r["solver"]): r for r in result["projection"]}
-    assert set(proj) == {(w, sc, so) for w in ("init", "trp-steady") for sc in ("channel", "spatial") for so in solvers}
+    proj = {(r["weights"].split(" ")[0], r["scheme"], r["solver"]): r for r in result["projection"]}
+    assert set(proj) == {(w, sc, so) for w in ("init", "trp-steady", "paper-ranks") for sc in ("channel", "spatial")
+                         for so in solvers}
     for r in proj.values():  # every solver keeps the exact ranks, to float32 accuracy
         assert r["ranks_equal_exact"] and r["rank_sum"] == r["exact_rank_sum"]
         assert r["max_rel_err_weight"] < 1e-4 and r["max_rel_err_subgrad"] < 1e-4

@@ -2,10 +2,10 @@
 harness relies on, plus the training-time behaviour of TRP and DeepTwist against references."""
 from __future__ import annotations
 
-import inspect
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ from torch import nn
 
 import plugin_example  # noqa: F401  (registers "example-lowrank", so the conformance suite covers it)
 from bench.models import build_model
+from methods import conformance
 from methods import lowrank as L
 from methods import registry
 from methods.base import Context, Method, MethodReport
@@ -41,93 +42,89 @@ def _model(name: str = "cnn", seed: int = 0) -> nn.Module:
     return build_model(name, 10, SHAPE).eval()
 
 
-def _rule_params(name: str) -> list[str]:
-    """Parameters whose default is a rank rule: how the suite asks a method to compress."""
-    out = []
-    for k, p in registry.parameters(name).items():
-        try:
-            if isinstance(p.default, str):
-                L.parse_rule(p.default)
-                out.append(k)
-        except ValueError:
-            pass
-    return out
-
-
-def _asked(name: str) -> dict:
-    """Ask for 2x fewer MACs; methods whose rules cannot target a speed-up get a strong energy cut."""
-    params = {}
-    for k in _rule_params(name):
-        for rule in ("speedup:2.0", "energy:0.5"):
-            try:
-                registry.build(name, {k: rule})
-            except ValueError:
-                continue
-            params[k] = rule
-            break
-    return params
+BUILTIN = {"dense", "svd", "trp", "arsvd", "deeptwist", "zhang", "jaderberg", "svd-training", "tucker2", "cp"}
 
 
 def test_builtin_methods_are_registered():
-    assert {"dense", "svd", "trp", "arsvd", "deeptwist", "example-lowrank"} <= set(ALL)
+    assert BUILTIN | {"example-lowrank"} <= set(ALL)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_conformance_compress_keeps_output_shape_and_round_trips(name, tmp_path):
-    scheme = registry.parameters(name).get("scheme")
-    arch = "mlp" if scheme is not None and scheme.default == "linear" else "cnn"  # linear-only methods get the MLP
-    model = _model(arch)
-    method = registry.build(name, _asked(name))
-    x = torch.randn(3, *SHAPE)
-    with torch.no_grad():
-        y = model(x)
-    _attach(method, model)
-    with torch.no_grad():
-        # attach may replace layers to train them, but the replacement starts as the layer it replaces
-        assert torch.allclose(model(x), y, rtol=1e-4, atol=1e-5), "attach() changed what the model computes"
-    small = method.compress(model)
-    small.eval()
-    with torch.no_grad():
-        assert small(x).shape == y.shape
-        assert torch.equal(model(x), y), "compress() modified the model it was given"
-    rep = method.report()
-    assert isinstance(rep, MethodReport) and isinstance(rep.layers, list) and isinstance(rep.info, dict)
-    # choose_layers (what the spec asks before training) names every Conv2d/Linear, and covers
-    # every layer compress() factorized
-    chosen = method.choose_layers(_model(arch))
-    if chosen is not None:
-        layers = [n for n, m in _model(arch).named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        assert [n for n, _ in chosen] == layers
-        assert {r["name"] for r in rep.layers if r.get("skipped") is None} <= {n for n, r in chosen if r is None}
-    # save the deployed model's state dict, load it into a freshly built factorized model
-    path = tmp_path / "small.pt"
-    torch.save(small.state_dict(), path)
-    fresh = method.rebuild(_model(arch, seed=1), rep.layers).eval()
-    fresh.load_state_dict(torch.load(path, weights_only=True))
-    with torch.no_grad():
-        assert torch.allclose(fresh(x), small(x), atol=1e-6)
-    # MACs: never more than dense; at least 2x fewer (within 2%) when asked for a speed-up,
-    # strictly fewer when asked by an energy cut
-    dense, macs = L.model_macs(model, x), L.model_macs(small, x)
-    asked = _asked(name)
-    if any(v.startswith("speedup") for v in asked.values()):
-        assert dense / macs == pytest.approx(2.0, rel=0.02)
-    elif asked:
-        assert macs < dense
-    else:
-        assert macs <= dense
+def test_conformance_suite_passes(name):
+    """methods.conformance (what `rankbench check-method NAME` runs) for every registered method."""
+    failed = [str(r) for r in conformance.run(name) if not r.ok]
+    assert not failed, "\n".join(failed)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_conformance_parameters_are_keyword_args_validated_by_name(name):
-    params = registry.parameters(name)
-    for k, p in params.items():
-        assert p.default is not inspect.Parameter.empty, f"{name}.{k} needs a default"
-        with pytest.raises(ValueError, match=rf"^{k}: "):
-            registry.build(name, {k: object()})
-    registry.build(name, {})  # defaults are valid
-    with pytest.raises(ValueError, match=rf"^methods\.{re.escape(name)}: 'nope': unknown parameter"):
-        registry.build(name, {"nope": 1})
+def test_conformance_suite_catches_a_broken_method(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class Sloppy(Method):
+        """Keeps state it does not restore, names a hook wrong, validates nothing."""
+
+        def __init__(self, scale: float = 1.0) -> None:
+            self.scale, self.seen = scale, 0
+
+        def before_step(self, model, step):
+            self.seen += 1
+
+        def extra_losses(self, model, step):  # a near miss of extra_loss: never called
+            return None
+
+        def state_dict(self):
+            return {"seen": self.seen}
+
+    class Untrained(Method):
+        starts_from_baseline = True
+
+        def after_backward(self, model, step):   # never called: a method from the baseline never trains
+            pass
+
+    registry.register("test_sloppy")(Sloppy)
+    registry.register("test_untrained")(Untrained)
+    results = {r.check: r for r in conformance.run("test_sloppy")}
+    assert not results["parameters"].ok and "'scale' accepted object()" in results["parameters"].detail
+    assert not results["hooks"].ok and "'extra_losses' (did you mean the hook 'extra_loss'?)" in results["hooks"].detail
+    assert not results["resume"].ok and "does not restore" in results["resume"].detail
+    assert results["compress"].ok and results["macs"].ok and results["round-trip"].ok
+    hooks = conformance.run("test_untrained", ("hooks",))[0]
+    assert not hooks.ok and "never calls after_backward" in hooks.detail
+
+
+def test_unknown_parameter_error_names_method_and_parameter():
+    with pytest.raises(ValueError, match=r"^methods\.trp: 'nope': unknown parameter"):
+        registry.build("trp", {"nope": 1})
+
+
+def test_choice_parameters_are_declared_validated_and_listed(capsys, monkeypatch):
+    assert registry.choices("trp")["solver"][:4] == ("svd", "gram", "auto", "warm")
+    assert registry.choices("trp")["stride2"] == ("official", "include", "exclude")
+    assert registry.choices("svd-training")["sparsity"] == ("l1", "hoyer")   # from a Literal annotation
+    # the method's own check speaks first (it may explain more) ...
+    with pytest.raises(ValueError, match=r"^solver: 'qr'; accepted: svd, gram, auto, warm"):
+        registry.build("trp", {"solver": "qr"})
+    # ... and a declared choice the method does not check itself is refused by the registry
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class Lax(Method):
+        def __init__(self, mode: Literal["fast", "exact"] = "fast", level: int = 1) -> None:
+            self.mode, self.level = mode, level
+
+        choices = {"level": (1, 2, 3)}
+
+    registry.register("test_lax")(Lax)
+    assert registry.choices("test_lax") == {"mode": ("fast", "exact"), "level": (1, 2, 3)}
+    with pytest.raises(ValueError, match=r"^mode: 'slow'; accepted: fast\|exact$"):
+        registry.build("test_lax", {"mode": "slow"})
+    with pytest.raises(ValueError, match=r"^level: True; accepted: 1\|2\|3$"):   # True == 1, but not a level
+        registry.build("test_lax", {"level": True})
+    assert registry.build("test_lax", {"mode": "exact", "level": 3}).mode == "exact"
+    from bench.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "    solver: svd|gram|auto|warm|" in out and "    sparsity: l1|hoyer = 'hoyer'" in out
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) >= 9
 
 
 def test_unknown_method_names_the_accepted_ones():
@@ -169,7 +166,7 @@ def test_plugin_exposed_through_an_entry_point_is_found_by_name(monkeypatch):
 
 def test_plugin_doc_shows_exactly_the_tested_example():
     root = Path(__file__).resolve().parents[2]
-    doc = (root / "README.md").read_text().split("## Writing a method plugin", 1)[1]
+    doc = (root / "README.md").read_text().split("## Writing a method", 1)[1]
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
     assert blocks and blocks[0] == (root / "tests" / "methods" / "plugin_example.py").read_text()
     assert len(blocks[0].splitlines()) <= 40
@@ -459,3 +456,41 @@ def test_trp_state_dict_round_trips_the_warm_solver_state():
     assert (got["warm"], got["cold"]) == (state["warm"]["warm"], state["warm"]["cold"])
     assert all(ka == kb and torch.equal(a, b) for (ka, a), (kb, b) in zip(got["starts"], state["warm"]["starts"]))
     assert len(got["starts"]) == len(state["warm"]["starts"])
+
+
+# --- the shipped spec that runs every method ----------------------------------------------------
+
+METHODS_SPEC = Path(__file__).resolve().parents[2] / "bench" / "configs" / "methods.yaml"
+
+
+def test_methods_spec_runs_every_builtin_method_at_a_matched_speedup():
+    from bench.spec import load_spec
+
+    sweep = load_spec(METHODS_SPEC)
+    assert {t.method for t in sweep.trials} == BUILTIN
+    assert len(sweep.trials) == len(BUILTIN) + 1          # one dense baseline per model (cnn, mlp)
+    for t in sweep.trials:
+        rules = [v for k, v in t.params_dict.items() if k in ("rule", "export")]
+        if t.method not in ("dense", "arsvd"):             # ARSVD's rule is an energy: that is the method
+            assert "speedup:2.0" in rules, t.label
+
+
+@pytest.mark.slow
+def test_methods_spec_prints_the_table_of_every_method(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "bench", "run", str(METHODS_SPEC), "--results", str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "PYTHONPATH": str(METHODS_SPEC.parents[2])})
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = [ln for ln in out.stdout.splitlines() if ln.startswith("| digits ")]
+    assert {ln.split("|")[3].strip() for ln in table} == BUILTIN
+    for ln in table:
+        cells = [c.strip() for c in ln.split("|")]
+        if cells[3] not in ("dense", "arsvd"):
+            assert abs(float(cells[9].rstrip("x")) - 2.0) <= 0.04, ln
+    print(f"methods.yaml ran in {took:.0f} s")

@@ -17,7 +17,6 @@ CUDA it uses bf16 autocast and channels_last, as a real run would.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing as mp
@@ -30,12 +29,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from bench.checks import bad
-from bench.inference import layout_menu
+from bench.checks import bad, check
 from bench.measure import compare_latency, count_macs
 from bench.packing import peak_step_memory, share_fits
 from bench.models import build_model
-from bench.spec import check_compile
+from bench.speed import ranks
 from bench.train import compiled, make_optimizer, train_step
 from methods import lowrank
 from methods.base import Context
@@ -64,10 +62,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each of ``fns`` over ``repeats`` runs after ``warmup`` runs. The functions
-    are timed in turns (a, b, c, a, b, c, ...), so a machine that slows down mid-benchmark slows
-    every variant alike and the ratios between them stay honest."""
+def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+           ) -> dict[str, list[float]]:
+    """Seconds of each run of each of ``fns``, ``repeats`` runs after ``warmup`` runs. The
+    functions are timed in turns (a, b, c, a, b, c, ...), so a machine that slows down
+    mid-benchmark slows every variant alike and the ratios between them stay honest."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -79,7 +78,11 @@ def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int
             fn()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return times
+
+
+def _median(v: list[float]) -> float:
+    return sorted(v)[len(v) // 2]
 
 
 def _model(name: str, setup: Setup) -> nn.Module:
@@ -100,14 +103,21 @@ def _batch(name: str, batch: int, setup: Setup) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
-def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str, dict[str, Any], bool | str]]
-               ) -> list[dict[str, Any]]:
+def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str, dict[str, Any], bool | str]],
+               start: Optional[dict[str, ranks.PaperRanks]] = None) -> list[dict[str, Any]]:
     """Images/s of the training step for each (label, trp params or {} for plain, train.compile);
-    a compiled variant compiles during the warm-up steps, which are not timed."""
+    a compiled variant compiles during the warm-up steps, which are not timed.
+
+    ``start`` (scheme -> :class:`ranks.PaperRanks`): before every step, each variant's TRP layers
+    get the next of a few slightly perturbed copies of that scheme's paper-rank weights (plain
+    variants: the channel scheme's), so TRP projects at paper-level ranks on every timed step
+    (the projection would otherwise cut the ranks further at each step of synthetic training)
+    and the warm solver sees consecutive steps' weights. Every variant pays the same copy."""
     x, y = _batch(name, batch, setup)
     shape, classes, _, _ = MODELS[name]
     steps: dict[str, Callable[[], None]] = {}
     methods: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
     for label, params, compile in variants:
         torch.manual_seed(0)
         model = _model(name, setup)
@@ -119,12 +129,40 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
                                  device=setup.device)
             method.attach(model, method.ctx)
         forward = compiled(model, compile) if compile else None
-        steps[label], methods[label] = _stepper(model, x, y, opt, method, setup.amp, forward), method
-    secs = _timed(steps, setup.device, setup.steps, setup.warmup)
-    plain = secs.get("plain")
-    return [{"model": name, "batch": batch, "variant": label, "ms": sec * 1e3, "images_per_s": batch / sec,
-             "slowdown_vs_plain": sec / plain if plain else math.nan, "warm_share": _warm_share(methods[label])}
+        scheme = params.get("scheme", "channel") if params else "channel"
+        paper = (start or {}).get(scheme) or (None if params else next(iter((start or {}).values()), None))
+        refresh = _refresher(model, paper, setup.device) if paper else None
+        kinds[label] = paper.describe() if paper else "init"
+        steps[label] = _stepper(model, x, y, opt, method, setup.amp, forward, refresh)
+        methods[label] = method
+    runs = _timed(steps, setup.device, setup.steps, setup.warmup)
+    secs = {k: _median(v) for k, v in runs.items()}
+    compiled_ = {label for label, _, how in variants if how}
+
+    def plain(label: str) -> float:  # a compiled TRP step is compared with the compiled plain step
+        base = secs.get("plain-compiled") if label in compiled_ else None
+        return base or secs.get("plain") or math.nan
+    # ms: the median step; ms_min: the fastest (on a shared machine the least disturbed)
+    return [{"model": name, "batch": batch, "variant": label, "weights": kinds[label], "ms": sec * 1e3,
+             "ms_min": min(runs[label]) * 1e3, "images_per_s": batch / sec, "slowdown_vs_plain": sec / plain(label),
+             "warm_share": _warm_share(methods[label])}
             for label, sec in secs.items()]
+
+
+def _refresher(model: nn.Module, paper: ranks.PaperRanks, device: torch.device, copies: int = 3
+               ) -> Callable[[], None]:
+    """A function that copies the next perturbed set of ``paper``'s weights into ``model``."""
+    sets = ranks.perturbed(paper.weights, copies)
+    sets = [[w.to(device) for w in ws] for ws in sets]
+    params = [model.get_submodule(n).weight for n in paper.names]
+    turn = [0]
+
+    def refresh() -> None:
+        with torch.no_grad():
+            for p, w in zip(params, sets[turn[0] % copies]):
+                p.copy_(w)
+        turn[0] += 1
+    return refresh
 
 
 def _warm_share(method: Any) -> Optional[float]:
@@ -135,11 +173,14 @@ def _warm_share(method: Any) -> Optional[float]:
 
 
 def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-             method: Any, amp: bool, forward: nn.Module | None = None) -> Callable[[], None]:
+             method: Any, amp: bool, forward: nn.Module | None = None,
+             refresh: Optional[Callable[[], None]] = None) -> Callable[[], None]:
     """One training step per call, counting steps (TRP projects when step % period == 0)."""
     step = [0]
 
     def one() -> None:
+        if refresh is not None:
+            refresh()
         train_step(model, x, y, opt, method, step[0], amp=amp, forward=forward)
         step[0] += 1
     return one
@@ -150,61 +191,77 @@ def solvers(device: torch.device) -> list[str]:
     return list(lowrank.SOLVERS) + ([f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS] if device.type == "cuda" else [])
 
 
-def trp_steady_weights(weights: Sequence[torch.Tensor], scheme: str, rule: lowrank.Rule, steps: int = 30,
-                       noise: float = 1e-3) -> list[torch.Tensor]:
-    """Weights as period-1 TRP leaves them: projected at every step with a small random update
-    between (``noise`` times the weight's RMS per element), so the spectrum has the few large
-    values over a small tail that TRP training produces. The cost of the ``warm`` solver depends
-    on it; He-initialised weights (full spectrum, no gap) are its worst case."""
-    g = torch.Generator(device=weights[0].device).manual_seed(0)
-    out = [w.clone() for w in weights]
-    for _ in range(steps):
-        out, _ = lowrank.project(out, scheme, rule, with_subgradient=False, solver="gram")
-        out = [w + noise * w.pow(2).mean().sqrt() * torch.randn(w.shape, generator=g, device=w.device, dtype=w.dtype)
-               for w in out]
-    return out
-
-
 def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: float = 0.9,
-                     repeats: int = 5) -> list[dict[str, Any]]:
-    """One projection of all TRP layers per solver, on He-initialised weights and on TRP-steady
-    ones (:func:`trp_steady_weights`): time, ranks vs exact, relative error. ``warm`` keeps its
-    state across the timed calls, as in training; ``warm_share`` says how many of its shape-group
-    projections took the warm path (the rest fell back to the full eigensolve)."""
+                     repeats: int = 5, kinds: Sequence[str] = ("init", "trp-steady", "paper-ranks")
+                     ) -> list[dict[str, Any]]:
+    """One projection of all TRP layers per solver: time, ranks vs exact, relative error, on
+    each kind of weights in ``kinds``: He-initialised (``init``), TRP-steady
+    (:func:`ranks.trp_steady_weights`: about 10 ranks per layer) and at the ranks of the paper's
+    exports where :data:`ranks.PAPER_SPEEDUPS` has them (``paper-ranks``, constructed spectra).
+    ``warm`` keeps its state across the timed calls, as in training; ``warm_share`` says how
+    many of its shape-group projections took the warm path (the rest ran the full eigensolve).
+    ``init`` and ``trp-steady`` project the same weights at every call; ``paper-ranks``
+    projects a slightly different copy at each call (consecutive training steps), since
+    repeating one input would flatter the warm start."""
     torch.manual_seed(0)
     model = _model(name, setup)
     names = [n for n, why in lowrank.layer_choice(model, scheme) if why is None]
     rule = lowrank.Rule("energy", energy)
     init = [model.get_submodule(n).weight.detach() for n in names]
+    cases: list[tuple[dict[str, Any], list[list[torch.Tensor]]]] = []
+    if "init" in kinds:
+        cases.append(({"weights": "init"}, [init]))
+    if "trp-steady" in kinds:
+        cases.append(({"weights": "trp-steady"}, [ranks.trp_steady_weights(init, scheme, rule)]))
+    if "paper-ranks" in kinds:
+        example = torch.zeros(1, *MODELS[name][0], device=setup.device)
+        for target in ranks.PAPER_SPEEDUPS.get((name, scheme), ()):
+            paper = ranks.paper_rank_weights(model, name, scheme, target, example)
+            facts = {"weights": paper.describe(), "target_speedup": target, "speedup_at_ranks": paper.speedup}
+            cases.append((facts, ranks.perturbed(paper.weights, repeats + 2)))
     rows = []
-    for kind, weights in (("init", init), ("trp-steady", trp_steady_weights(init, scheme, rule))):
-        # the trusted reference: an exact float64 SVD on the CPU
-        ref_p, ref_g = lowrank.project([w.double().cpu() for w in weights], scheme, rule, solver="svd")
-        ref_ranks = [_rank(g, scheme) for g in ref_g]
-        names_ = solvers(setup.device)
-        states = {sv: lowrank.WarmStart() for sv in names_}
-        for sv in names_:  # prime warm's state, as the previous training step would have
-            lowrank.project(weights, scheme, rule, solver=sv, state=states[sv])
-            states[sv].warm = states[sv].cold = 0
-        secs = _timed({sv: (lambda sv=sv: lowrank.project(weights, scheme, rule, solver=sv, state=states[sv]))
-                       for sv in names_}, setup.device, repeats, 1)
-        for solver in names_:
-            st = states[solver]
-            share = st.warm / (st.warm + st.cold) if solver == "warm" else None
-            proj, sub = lowrank.project(weights, scheme, rule, solver=solver, state=st)
-            perr = max(float((p.double().cpu() - r).norm() / r.norm()) for p, r in zip(proj, ref_p))
-            gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))
-            ranks = [_rank(g, scheme) for g in sub]
-            rows.append({"model": name, "scheme": scheme, "weights": kind, "solver": solver, "layers": len(weights),
-                         "ms": secs[solver] * 1e3, "ranks_equal_exact": ranks == ref_ranks, "rank_sum": sum(ranks),
-                         "exact_rank_sum": sum(ref_ranks), "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr,
-                         "warm_share": share})
+    for facts, sets in cases:
+        rows += _time_solvers(name, scheme, rule, sets, setup, repeats, facts)
     return rows
 
 
-def _rank(subgrad: torch.Tensor, scheme: str) -> int:
-    """Rank a projection kept, read from its sub-gradient U_r V_r^T: exactly r singular values are 1."""
-    return int((torch.linalg.svdvals(lowrank.to_matrix(subgrad.double().cpu(), scheme)) > 0.5).sum())
+def _time_solvers(name: str, scheme: str, rule: lowrank.Rule, sets: list[list[torch.Tensor]], setup: Setup,
+                  repeats: int, facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every solver projects ``sets`` in turn (call k: ``sets[k % len(sets)]``), timed round-robin,
+    then once more, checked against an exact float64 SVD of the weights it projected last."""
+    names_ = solvers(setup.device)
+    states = {sv: lowrank.WarmStart() for sv in names_}
+    turn = {sv: 0 for sv in names_}
+
+    def call(sv: str) -> tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]:
+        weights = sets[turn[sv] % len(sets)]
+        turn[sv] += 1
+        return lowrank.project(weights, scheme, rule, solver=sv, state=states[sv])
+
+    for sv in names_:  # prime warm's state, as the previous training step would have
+        call(sv)
+        states[sv].warm = states[sv].cold = 0
+    runs = _timed({sv: (lambda sv=sv: call(sv)) for sv in names_}, setup.device, repeats, 1)
+    secs = {k: _median(v) for k, v in runs.items()}
+    rows = []
+    refs: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
+    for solver in names_:
+        st = states[solver]
+        share = st.warm / max(1, st.warm + st.cold) if solver == "warm" else None
+        last = sets[turn[solver] % len(sets)]
+        proj, sub = call(solver)
+        if id(last) not in refs:  # the trusted reference: an exact float64 SVD on the CPU
+            ref_p, ref_g = lowrank.project([w.double().cpu() for w in last], scheme, rule, solver="svd")
+            refs[id(last)] = ref_p, ref_g, ranks.ranks_of(ref_g, scheme)
+        ref_p, ref_g, ref_ranks = refs[id(last)]
+        perr = max(float((p.double().cpu() - r).norm() / r.norm()) for p, r in zip(proj, ref_p))
+        gerr = max(float((g.double().cpu() - r).norm() / r.norm()) for g, r in zip(sub, ref_g))
+        got = ranks.ranks_of(sub, scheme)
+        rows.append({"model": name, "scheme": scheme, **facts, "solver": solver, "layers": len(last),
+                     "ms": secs[solver] * 1e3, "ms_min": min(runs[solver]) * 1e3,
+                     "ranks_equal_exact": got == ref_ranks, "rank_sum": sum(got), "exact_rank_sum": sum(ref_ranks),
+                     "max_rel_err_weight": perr, "max_rel_err_subgrad": gerr, "warm_share": share})
+    return rows
 
 
 def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "channel",
@@ -247,26 +304,33 @@ def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "
     return rows, layouts
 
 
-def _packed_worker(name: str, batch: int, steps: int, queue: Any) -> None:
-    setup = Setup(torch.device("cuda"), amp=True, channels_last=True, steps=steps, warmup=3)
-    row = bench_step(name, batch, setup, [("plain", {})])[0]
+def _packed_worker(name: str, batch: int, steps: int, device: str, queue: Any) -> None:
+    cuda = device.startswith("cuda")
+    if not cuda:
+        torch.set_num_threads(1)        # n processes share the cores, as packed trials with cpus: 1 do
+    setup = Setup(torch.device(device), amp=cuda, channels_last=cuda, steps=steps, warmup=min(3, steps))
+    row = bench_step(name, batch, setup, [("plain", {}, False)])[0]
     queue.put(row["images_per_s"])
 
 
 def bench_packed(name: str, batch: int, n: int, steps: int, setup: Setup) -> dict[str, Any]:
-    """Aggregate images/s of ``n`` processes training at once on one GPU vs one alone."""
+    """Aggregate images/s of ``n`` processes training at once on one device vs one alone (on
+    CUDA after checking, as the sweep does, that ``n`` copies fit in the GPU's free memory)."""
     shape, classes, _, _ = MODELS[name]
-    peak, _ = peak_step_memory(name, {}, {"name": "synthetic", "shape": list(shape), "num_classes": classes},
-                               batch, setup.amp, setup.channels_last)
-    free, _ = torch.cuda.mem_get_info(setup.device)
-    if not share_fits(peak, 1 / n, free):       # the sweep's own check (bench.packing), on free memory
-        return {"model": name, "n": n, "skipped": f"{n} x {peak / 2**30:.1f} GiB does not fit in "
-                                                  f"{free / 2**30:.1f} GiB free"}
+    peak = None
+    if setup.device.type == "cuda":
+        peak, _ = peak_step_memory(name, {}, {"name": "synthetic", "shape": list(shape), "num_classes": classes},
+                                   batch, setup.amp, setup.channels_last)
+        free, _ = torch.cuda.mem_get_info(setup.device)
+        if not share_fits(peak, 1 / n, free):       # the sweep's own check (bench.packing), on free memory
+            return {"model": name, "n": n, "skipped": f"{n} x {peak / 2**30:.1f} GiB does not fit in "
+                                                      f"{free / 2**30:.1f} GiB free"}
     ctx = mp.get_context("spawn")
 
     def run(k: int) -> list[float]:
         q = ctx.Queue()
-        procs = [ctx.Process(target=_packed_worker, args=(name, batch, steps, q)) for _ in range(k)]
+        procs = [ctx.Process(target=_packed_worker, args=(name, batch, steps, str(setup.device), q))
+                 for _ in range(k)]
         for p in procs:
             p.start()
         out = [q.get() for _ in procs]
@@ -276,9 +340,17 @@ def bench_packed(name: str, batch: int, n: int, steps: int, setup: Setup) -> dic
 
     single = run(1)[0]
     together = run(n)
-    return {"model": name, "n": n, "batch": batch, "peak_gib_per_trial": peak / 2**30,
+    return {"model": name, "n": n, "batch": batch, "device": str(setup.device),
+            "peak_gib_per_trial": peak / 2**30 if peak is not None else None,
             "single_images_per_s": single, "aggregate_images_per_s": sum(together),
             "aggregate_vs_single": sum(together) / single}
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Atomic: the file is always a complete JSON document, even after a crash mid-run."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(path)
 
 
 def environment() -> dict[str, Any]:
@@ -287,10 +359,11 @@ def environment() -> dict[str, Any]:
             "cpu_threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
-def _fmt_rows(title: str, rows: list[dict[str, Any]]) -> str:
+def format_rows(title: str, rows: list[dict[str, Any]]) -> str:
+    """``rows`` as an aligned text table under a ``## title`` line (the union of their keys as columns)."""
     if not rows:
         return ""
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = [f"## {title}", "  ".join(c.ljust(w) for c, w in zip(cols, width))]
@@ -305,16 +378,53 @@ def _fmt(v: Any) -> str:
 
 
 PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed")
+TRP_STEP = {"period": 1, "nuclear": 3e-4}   # TRP+Nu as the paper trains it: project every step
+
+
+def step_variants(solvers_: Sequence[str] = lowrank.SOLVERS, schemes: Sequence[str] = ("channel", "spatial"),
+                  compile: bool | str = False, compiled_solvers: Sequence[str] = ("warm",),
+                  eager: bool = True) -> list[tuple[str, dict[str, Any], bool | str]]:
+    """(label, TRP params or {} for plain, compile) for :func:`bench_step`: plain, then TRP per
+    scheme and solver; with ``compile``, compiled plain and TRP per scheme for ``compiled_solvers``."""
+    out: list[tuple[str, dict[str, Any], bool | str]] = []
+    if eager:
+        out.append(("plain", {}, False))
+        out += [(f"trp-{sc}-{so}", {**TRP_STEP, "scheme": sc, "solver": so}, False)
+                for sc in schemes for so in solvers_]
+    if compile:
+        out.append(("plain-compiled", {}, compile))
+        out += [(f"trp-{sc}-{so}-compiled", {**TRP_STEP, "scheme": sc, "solver": so}, compile)
+                for sc in schemes for so in compiled_solvers]
+    return out
+
+
+def default_solver() -> str:
+    """TRP's default projection solver (what a spec that names none runs)."""
+    return str(build_method("trp", {}).solver)
+
+
+def paper_start(name: str, setup: Setup, schemes: Sequence[str] = ("channel", "spatial")
+                ) -> dict[str, ranks.PaperRanks]:
+    """scheme -> paper-rank weights (the first of :data:`ranks.PAPER_SPEEDUPS`' targets) for
+    :func:`bench_step`'s ``start``; schemes without a paper target are left out (they start
+    from He-initialised weights, and their rows say so)."""
+    torch.manual_seed(0)
+    model = _model(name, setup)
+    example = torch.zeros(1, *MODELS[name][0], device=setup.device)
+    return {sc: ranks.paper_rank_weights(model, name, sc, ranks.PAPER_SPEEDUPS[(name, sc)][0], example)
+            for sc in schemes if (name, sc) in ranks.PAPER_SPEEDUPS}
 
 
 def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
               warmup: int | None = None,
               packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
               save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False,
-              layout: str | Sequence[str] = "auto") -> dict[str, Any]:
+              layout: str | Sequence[str] = "auto", weights: str = "paper") -> dict[str, Any]:
     """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
-    ``compile`` (a ``train.compile`` value) adds compiled plain and TRP (channel, warm) steps.
+    ``compile`` (a ``train.compile`` value) adds compiled plain and TRP steps (TRP's default solver).
     ``layout`` is the latency menu (``bench.inference``; "auto": the device's default menu).
+    ``weights``: the training step starts TRP from ``paper`` ranks (:func:`paper_start`) or
+    from He-initialised weights (``init``: TRP's energy rule then cuts the ranks at every step).
     ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -325,6 +435,7 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     for name in models:
         if name not in MODELS:
             raise bad("--model", name, ", ".join(MODELS))
+    check("--weights", weights, weights in ("paper", "init"), "paper, init")
     setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3),
                   warmup=(10 if cuda else 1) if warmup is None else warmup)
     out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],
@@ -332,20 +443,14 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     for name in models:
         b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
         if "step" in parts:
-            trp = {"period": 1, "nuclear": 3e-4}
-            variants: list[tuple[str, dict[str, Any], bool | str]] = [("plain", {}, False)]
-            for scheme in ("channel", "spatial"):
-                for solver in lowrank.SOLVERS:
-                    variants.append((f"trp-{scheme}-{solver}", {**trp, "scheme": scheme, "solver": solver}, False))
-            if compile:
-                variants += [("plain-compiled", {}, compile),
-                             ("trp-channel-warm-compiled", {**trp, "scheme": "channel", "solver": "warm"}, compile)]
+            variants = step_variants(compile=compile, compiled_solvers=(default_solver(),))
             log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
-            out["step"] += bench_step(name, b, setup, variants)
+            start = paper_start(name, setup) if weights == "paper" else None
+            out["step"] += bench_step(name, b, setup, variants, start)
         if "projection" in parts:
             log(f"[speed] {name}: projection solvers")
             for scheme in ("channel", "spatial"):
-                out["projection"] += bench_projection(name, setup, scheme)
+                out["projection"] += bench_projection(name, setup, scheme, repeats=steps or 5)
         if "latency" in parts:
             log(f"[speed] {name}: latency")
             runs = [(setup, (1, 256) if cuda else (1,))]
@@ -371,56 +476,10 @@ def format_report(result: dict[str, Any]) -> str:
     head = (f"# rankbench speed on {result['device']} ({env['gpu'] or env['machine']}, torch {env['torch']}, "
             f"{env['cpu_threads']} CPU threads)\n")
     return head + "\n".join(s for s in (
-        _fmt_rows("training step (images/s; slowdown = TRP step / plain step)", result["step"]),
-        _fmt_rows("projection of all TRP layers (energy 0.9) vs exact float64 SVD", result["projection"]),
-        _fmt_rows("inference latency, decomposed at 2x MACs (or 3/4 of the most reachable), each model on its "
-                  "fastest layout; eager_speedup: both in plain eager", result["latency"]),
-        _fmt_rows("latency of every layout tried (ms: median)",
-                  [{k: v for k, v in r.items() if k != "skipped"} for r in result.get("latency_layouts", [])]),
-        _fmt_rows("packed trials on one GPU", result["packed"])) if s)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rankbench speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", nargs="+", default=None,
-                   help=f"models to run (default: resnet20 resnet50 on CUDA, resnet20 on CPU); any of {', '.join(MODELS)}")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50 CUDA, 3 CPU)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed steps per variant first (default 10 CUDA, 1 CPU); TRP's ranks settle in a few "
-                        "dozen steps, which is when the warm solver starts to hold (its rows say how often it did)")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default: the paper's on CUDA, small on CPU)")
-    p.add_argument("--packed", type=int, default=4, help="trials packed on one GPU (CUDA only; 0 or 1 = skip)")
-    p.add_argument("--only", nargs="+", default=list(PARTS), metavar="PART",
-                   help=f"benchmarks to run (default: all); any of {', '.join(PARTS)}")
-    p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
-    p.add_argument("--compile", default=None, metavar="MODE",
-                   help="also time compiled steps: true, a torch.compile mode (reduce-overhead: CUDA graphs) or backend")
-    p.add_argument("--layout", nargs="+", default=["auto"], metavar="LAYOUT",
-                   help="latency: the layouts to time each model on (default auto: the device's menu); "
-                        "contiguous alone is plain eager; any of contiguous|channels_last[+folded|+jit|+compiled]")
-    args = p.parse_args(argv)
-    # names checked here, before any benchmark runs
-    layout = "auto" if args.layout == ["auto"] else layout_menu(args.layout, "cpu", "--layout")
-    compile = False if args.compile is None else check_compile("--compile", args.compile)
-    models = args.model or (["resnet20", "resnet50"] if (args.device != "cpu" and torch.cuda.is_available())
-                            else ["resnet20"])
-
-    def save(result: dict[str, Any]) -> None:
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            tmp.replace(args.out)   # atomic: the file is always a complete JSON document
-
-    result = run_speed(models, args.device, args.steps, args.batch, args.warmup, args.packed, args.only, save=save,
-                       compile=compile, layout=layout)
-    save(result)
-    print(format_report(result))
-    if args.out:
-        print(f"JSON: {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        format_rows("training step (images/s; slowdown = TRP step / plain step)", result["step"]),
+        format_rows("projection of all TRP layers (energy 0.9) vs exact float64 SVD", result["projection"]),
+        format_rows("inference latency, decomposed at 2x MACs (or 3/4 of the most reachable), each model on its "
+                    "fastest layout; eager_speedup: both in plain eager", result["latency"]),
+        format_rows("latency of every layout tried (ms: median)",
+                    [{k: v for k, v in r.items() if k != "skipped"} for r in result.get("latency_layouts", [])]),
+        format_rows("packed trials on one GPU", result["packed"])) if s)

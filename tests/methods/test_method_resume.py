@@ -1,0 +1,110 @@
+"""A method's state survives a real crash: ``rankbench run`` is killed with SIGKILL (the driver and
+every process it started) after a trial's first epoch checkpoint, the same command is run again,
+and the trial goes on from the checkpoint with the method's ``state_dict`` restored.
+
+Two methods with state run side by side: a step counter installed as a third-party plugin (its
+state is the number of steps it has seen, so a lost state shows as a short count), and
+``svd-training``, which replaces layers at attach (the checkpoint's U, s, V load into them)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from bench.store import Store
+from procs import bench_run, epochs_logged, kill_session
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS = 8
+
+COUNTER = '''
+"""Test-only rankbench plugin: its state is how many training steps it has seen."""
+from methods.base import Method, MethodReport
+
+
+class Counter(Method):
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale, self.steps, self.last, self.loaded = scale, 0, -1, None
+
+    def before_step(self, model, step):
+        self.steps += 1
+        self.last = step
+
+    def state_dict(self):
+        return {"steps": self.steps, "last": self.last}
+
+    def load_state_dict(self, state):
+        self.steps, self.last, self.loaded = state["steps"], state["last"], dict(state)
+
+    def report(self):
+        return MethodReport(info={"steps": self.steps, "last": self.last, "loaded": self.loaded})
+'''
+
+SPEC = f"""
+sweep: mstate
+seeds: [0]
+data: {{name: digits}}
+model: cnn
+train: {{epochs: {EPOCHS}, batch_size: 32, lr: 0.05}}
+measure: {{latency_repeats: 2}}
+methods:
+  - {{name: test-counter}}
+  - {{name: svd-training, rule: "speedup:2.0"}}
+"""
+
+
+def _install(where: Path) -> Path:
+    where.mkdir()
+    (where / "rb_counter.py").write_text(COUNTER)
+    info = where / "rb_counter-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rb-counter\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[rankbench.methods]\ntest-counter = rb_counter:Counter\n")
+    return where
+
+
+def test_a_killed_trial_resumes_with_the_method_state_restored(tmp_path):
+    plugins = _install(tmp_path / "plugins")
+    spec = tmp_path / "mstate.yaml"
+    spec.write_text(SPEC)
+    results = tmp_path / "res"
+    sweep_dir = results / "mstate"
+    pythonpath = os.pathsep.join([str(ROOT), str(plugins)])
+    p = bench_run([str(spec), "--results", str(results), "--max-concurrent", "2"], tmp_path, pythonpath=pythonpath)
+    try:
+        # SIGKILL once both trials have an epoch checkpoint and neither has finished
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            cks = list((sweep_dir / "checkpoints").glob("*/epoch.pt"))
+            rows = list((sweep_dir / "trials").glob("*.json"))
+            if len(cks) == 2 and not rows and all(
+                    1 <= epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= EPOCHS - 3 for c in cks):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the sweep ended before it could be killed mid-way:\n" + p.stdout.read()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+    finally:
+        kill_session(p.pid)   # the driver's Ray and trial workers go with it, as on a lost machine
+    assert not list((sweep_dir / "trials").glob("*.json"))
+
+    q = bench_run([str(spec), "--results", str(results), "--max-concurrent", "2"], tmp_path, pythonpath=pythonpath)
+    try:
+        out, _ = q.communicate(timeout=300)
+    finally:
+        kill_session(q.pid)
+    assert q.returncode == 0, out
+    rows = {r["method"]: r for r in Store(results, "mstate").results()}
+    assert sorted(rows) == ["svd-training", "test-counter"] and all(r["status"] == "ok" for r in rows.values())
+    for r in rows.values():
+        log = Store(results, "mstate").log_path(r["trial_id"]).read_text()
+        assert "[train] resumed from epoch" in log, log
+        assert [h["epoch"] for h in r["history"]] == list(range(1, EPOCHS + 1))   # each epoch once
+    info = rows["test-counter"]["method_info"]
+    # restored: the count went on from the checkpoint, so it equals the number of steps in all
+    assert info["loaded"] is not None and info["loaded"]["steps"] >= 1
+    assert info["steps"] == info["last"] + 1 > info["loaded"]["steps"]
+    # svd-training's factors were restored into its replaced layers: the run compressed as asked
+    assert abs(rows["svd-training"]["macs_speedup"] - 2.0) < 0.04
+    assert rows["svd-training"]["top1"] > 50
