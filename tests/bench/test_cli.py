@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.shipped import shipped_specs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,8 +52,7 @@ def test_missing_spec_file_and_bad_option_are_one_line_errors(tmp_path):
     r = rankbench("run", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and r.stderr.strip() == \
         f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec or a shipped spec " \
-        "(quick, trp-cifar10-resnet20, trp-cifar10-resnet32, trp-cifar10-resnet56, trp-imagenet-resnet18, " \
-        "trp-imagenet-resnet50)"
+        f"({', '.join(shipped_specs())})"
     r = rankbench("run", "--max-concurrent", "0", "--results", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --max-concurrent: 0")
 
