@@ -69,7 +69,7 @@ def test_shipped_specs_load_by_name_from_any_directory(tmp_path, monkeypatch, ca
     (tmp_path / "quick").write_text("a local file wins over a shipped name\n")
     assert resolve_spec("quick") == Path("quick")
     with pytest.raises(UserError, match=r"^spec: 'nope': no such file; accepted: a path to a YAML spec or a shipped "
-                                        r"spec \(quick, "):
+                                        r"spec \(.*\bquick, trp-cifar10-resnet20, "):
         load_spec("nope")
     assert main(["specs"]) == 0
     out = capsys.readouterr().out
@@ -103,3 +103,5 @@ def test_run_quick_with_overrides_from_an_empty_directory(tmp_path):
     assert len(rows) == 8 and all(r["spec"]["seed"] == 0 for r in rows)
     assert all(r["spec"]["train"]["epochs"] == 1 for r in rows)
     assert all((tmp_path / "results" / "quick" / "trials" / r["compressed_model"]).is_file() for r in rows)
+    tb = tmp_path / "results" / "quick" / "tensorboard"       # and per-epoch scalars for every trial
+    assert all(any((tb / r["trial_id"]).glob("events.out.tfevents.*")) for r in rows)
