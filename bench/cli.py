@@ -1,9 +1,12 @@
 """The ``rankbench`` command (also ``python -m bench``).
 
-    rankbench run [SPEC] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N] [--mlflow URI]
+    rankbench run [SPEC] [KEY=VALUE ...] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
+                  [--mlflow URI]
     rankbench methods
     rankbench check-method NAME [--check CHECK ...]   (methods.conformance)
-    rankbench show SPEC
+    rankbench specs
+    rankbench show [SPEC] [KEY=VALUE ...]
+    rankbench export TRIAL_OR_PATH [--format torch|onnx] [--out FILE] [--results DIR]
     rankbench report ...        (reports.cli)
     rankbench speed ...         (bench.speed)
 
@@ -51,12 +54,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, StorageURIError)
 
 
+SPEC_HELP = ("a YAML spec file, or a shipped spec's name (rankbench specs lists them); default: quick. "
+             "Relative data.root and model.pretrained paths resolve against the current directory")
+OVERRIDE_HELP = "dotted overrides read as YAML, e.g. train.epochs=3 seeds=[0] resources.gpus=0.5"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankbench", description="Benchmark low-rank compression methods.")
     p.add_argument("--version", action="version", version=f"rankbench {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,check-method,show,report,speed}")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,check-method,specs,show,export,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
-    r.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
+    r.add_argument("spec", nargs="?", help=SPEC_HELP)
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     r.add_argument("--address", default=None,
                    help="Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a new local Ray)")
     r.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
@@ -74,10 +83,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("name", help="the method's registered name (see rankbench methods)")
     c.add_argument("--check", action="append", default=None, metavar="CHECK",
                    help="run only this check (repeatable; default: all)")
+    sub.add_parser("specs", help="list the shipped specs (run them by name from any directory)")
     s = sub.add_parser("show", help="list the trials a spec expands to, without running them")
-    s.add_argument("spec", nargs="?", help="YAML spec (default: bench/configs/quick.yaml)")
+    s.add_argument("spec", nargs="?", help=SPEC_HELP)
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     s.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
                    help="mark trials already done in this folder or storage URI")
+    e = sub.add_parser("export", help="export a trial's compressed model (torch.export or ONNX), checked "
+                                      "against the eager model")
+    e.add_argument("model", metavar="TRIAL_OR_PATH",
+                   help="a trial id, its row (<id>.json) or its model file (<id>.model.pt)")
+    e.add_argument("--format", default="torch", help="torch (torch.export, .pt2; default) or onnx "
+                   "(needs pip install 'rankbench[onnx]')")
+    e.add_argument("--out", default=None, help="output file (default: beside the model file)")
+    e.add_argument("--results", default="results", help="where a trial id is looked up (default ./results)")
     sub.add_parser("report", help="tables / paper comparison / plots from results (reports.cli)",
                    add_help=False)
     sub.add_parser("speed", help="training-step, projection and latency micro-benchmarks (bench.speed)",
@@ -99,15 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return EXIT_USER_ERROR
     try:
-        if args.cmd == "run":
-            return cmd_run(args.spec, args.results, args.address, args.max_concurrent,
-                           wait_for_nodes=args.wait_for_nodes, mlflow=args.mlflow)
+        if args.cmd in ("run", "show"):
+            spec, overrides = _spec_and_overrides(args.spec, args.overrides)
+            if args.cmd == "run":
+                return cmd_run(spec, args.results, args.address, args.max_concurrent, overrides,
+                               wait_for_nodes=args.wait_for_nodes, mlflow=args.mlflow)
+            return cmd_show(spec, args.results, overrides)
         if args.cmd == "methods":
             return cmd_methods()
         if args.cmd == "check-method":
             return cmd_check_method(args.name, args.check)
-        if args.cmd == "show":
-            return cmd_show(args.spec, args.results)
+        if args.cmd == "specs":
+            return cmd_specs()
+        if args.cmd == "export":
+            return cmd_export(args.model, args.format, args.out, args.results)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -199,9 +223,29 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _spec_path(spec: str | None) -> Path:
-    from bench.spec import default_spec_path
+    from bench.spec import resolve_spec
 
-    return Path(spec) if spec else default_spec_path()
+    return resolve_spec(spec)
+
+
+def _spec_and_overrides(spec: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """``rankbench run train.epochs=1``: a first word that is an override means the default spec."""
+    from bench.overrides import is_override
+
+    if spec is not None and is_override(spec):
+        return None, [spec, *overrides]
+    return spec, list(overrides)
+
+
+def cmd_specs() -> int:
+    from bench.shipped import shipped_specs, summary
+
+    specs = shipped_specs()
+    width = max(map(len, specs))
+    for name, path in specs.items():
+        print(f"{name:{width}}  {summary(path)}")
+    print(f"\nrun one by name from any directory: rankbench run NAME [KEY=VALUE ...]; files in {path.parent}")
+    return 0
 
 
 def cmd_methods() -> int:
@@ -250,11 +294,12 @@ def cmd_check_method(name: str, only: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def cmd_show(spec: str | None, results: str = "results") -> int:
-    from bench.spec import load_spec
+def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | None = None) -> int:
+    from bench.spec import file_problems, load_spec
     from bench.store import Store
 
-    sweep = load_spec(_spec_path(spec))
+    # a preview: data or weights not there yet are a warning here (run refuses them)
+    sweep = load_spec(_spec_path(spec), overrides=overrides or (), check_files=False)
     store = Store(results, sweep.name)
     print(f"sweep {sweep.name} ({sweep.source}): {len(sweep.trials)} trials")
     print(f"{'id':12}  {'status':7}  {'method':10}  {'model':8}  {'data':9}  seed  variant")
@@ -263,11 +308,27 @@ def cmd_show(spec: str | None, results: str = "results") -> int:
         status = row.get("status", "?") if row else "todo"
         print(f"{t.id:12}  {status:7}  {t.method:10}  {t.model:8}  {str(t.data_cfg.get('name')):9}  "
               f"{t.seed:4}  {t.variant}")
+    problems = file_problems(sweep)
+    for problem in problems:
+        print(f"warning: {problem} (rankbench run refuses this spec until it is fixed)", file=sys.stderr)
+    if problems:
+        print(f"note: relative data.root and model.pretrained paths resolve against the current directory "
+              f"({Path.cwd()})", file=sys.stderr)
+    return 0
+
+
+def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
+    from bench.export import export_compressed
+
+    done = export_compressed(model, fmt, out, results)
+    print(f"{done.path} ({done.format}): checked against the eager model on random batches, "
+          f"max |diff| {done.max_abs_diff:.2g} (outputs up to {done.scale:.3g})")
     return 0
 
 
 def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
-            wait_for_nodes: float | None = None, mlflow: str | None = None) -> int:
+            overrides: list[str] | None = None, wait_for_nodes: float | None = None,
+            mlflow: str | None = None) -> int:
     from bench.spec import load_spec
     from bench.sweep import run_sweep, set_ray_env
 
@@ -280,7 +341,8 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
 
     check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
-    sweep = load_spec(_spec_path(spec))            # every input error surfaces here, before Ray
+    # every input error (overrides included) surfaces here, before Ray
+    sweep = load_spec(_spec_path(spec), overrides=overrides or ())
     from bench.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI

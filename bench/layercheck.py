@@ -13,7 +13,7 @@ import torch
 
 from bench.checks import UserError, bad
 from bench.data import describe
-from bench.models import MODELS
+from bench.models import get_builder
 from bench.trial import freeze
 from methods.lowrank import SCHEMES
 from methods.registry import build, parameters
@@ -44,7 +44,7 @@ def check_layers(checks: list[tuple[str, str, dict, list, list]]) -> None:
             opts = {k: v for k, v in mopts.items() if k != "pretrained"}
             try:
                 with torch.device("meta"):
-                    model = MODELS[mname](nc, tuple(shape), **opts)
+                    model = get_builder(mname)(nc, tuple(shape), **opts)
             except (ValueError, TypeError) as e:
                 raise UserError(f"model.{e.args[0] if e.args else e}") from None
             if picks(name, params, model) is not False:

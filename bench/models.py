@@ -21,6 +21,9 @@
   file (``pretrained=path``), never from the internet. Inputs of 64 px or less get a 3x3 stride-1
   ``conv1`` and no max-pool (the usual CIFAR adaptation); other input channel counts get a fresh
   ``conv1``; other class counts a fresh ``fc``. Those adapted layers are not loaded from the file.
+- ``torchvision:NAME`` / ``timm:NAME``: any classification model of torchvision or timm
+  (``bench.zoo``); a bare torchvision name that is none of the above (``resnet34``,
+  ``mobilenet_v2``) means ``torchvision:NAME``.
 """
 from __future__ import annotations
 
@@ -257,15 +260,74 @@ def load_weights(model: nn.Module, path: str, adaptable: Sequence[str] = ()) -> 
     return model
 
 
+# --------------------------------------------------------------------------- by name
+
+
+def canonical_name(name: Any) -> str | None:
+    """The builder key of model ``name`` (``resnet34`` -> ``torchvision:resnet34``), or None."""
+    from bench.zoo import is_zoo_name, torchvision_names
+
+    if not isinstance(name, str):
+        return None
+    if name in MODELS or is_zoo_name(name):
+        return name
+    return f"torchvision:{name}" if name in torchvision_names() else None
+
+
+def model_names() -> list[str]:
+    """What a spec's ``model`` accepts: rankbench's models, then the zoo forms."""
+    return sorted(MODELS) + ["torchvision:NAME", "timm:NAME"]
+
+
+def get_builder(name: str, field: str = "model") -> Callable[..., nn.Module]:
+    """The builder ``make(num_classes, input_shape, **options)`` of model ``name``; the one-line
+    error for an unknown name (a zoo name is looked up in torchvision or timm)."""
+    from bench.zoo import zoo_builder
+
+    key = canonical_name(name)
+    if key is None:
+        raise unknown(field, name, model_names())
+    return MODELS[key] if key in MODELS else zoo_builder(key)
+
+
+def _adaptable(name: str, model: nn.Module) -> tuple[str, ...]:
+    from bench.zoo import adaptable_keys
+
+    key = canonical_name(name) or name
+    if key in ("resnet18", "resnet50"):
+        return _ADAPTABLE
+    return adaptable_keys(model) if key.startswith("torchvision:") else ()
+
+
+def is_zoo_model(name: str) -> bool:
+    """Whether ``name`` is a torchvision/timm model built by ``bench.zoo`` (options unchecked by
+    a signature: its constructor takes ``**kwargs``)."""
+    key = canonical_name(name)
+    return key is not None and key not in MODELS
+
+
+def check_options(name: str, num_classes: int, input_shape: Sequence[int], **options: Any) -> nn.Module:
+    """Build ``name`` with ``options`` on the meta device (no memory, no init), so an option its
+    constructor refuses fails before training, with one line; returns the meta model."""
+    try:
+        with torch.device("meta"):
+            return get_builder(name)(num_classes, tuple(input_shape), **options)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
+        raise bad("model", name, f"options its constructor takes (given {given})",
+                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def check_pretrained(name: str, num_classes: int, input_shape: Sequence[int], pretrained: str,
                      **options: Any) -> None:
     """The key and shape check of ``build_model(..., pretrained=...)``, done before any training:
     the model is built on the meta device (no memory, no init) and the file is memory-mapped, so
     checking a ResNet-50 file costs well under a second. Raises what ``build_model`` would."""
-    with torch.device("meta"):
-        model = MODELS[name](num_classes, tuple(input_shape), **options)
-    _matching(model.state_dict(), _read_state(pretrained, mmap=True), pretrained,
-              _ADAPTABLE if name in ("resnet18", "resnet50") else ())
+    model = check_options(name, num_classes, input_shape, **options)
+    own = model.state_dict()
+    timm = (canonical_name(name) or "").startswith("timm:")
+    # timm's loader adapts head, input channels and position embeddings itself: names only
+    _matching(own, _read_state(pretrained, mmap=True), pretrained, tuple(own) if timm else _adaptable(name, model))
 
 
 def build_model(name: str, num_classes: int, input_shape: Sequence[int], pretrained: Optional[str] = None,
@@ -273,11 +335,12 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], pretrai
     """Build model ``name`` for ``num_classes`` classes and inputs of ``input_shape`` (C, H, W),
     optionally loading a local state dict (``pretrained``: path). ``options`` go to the builder
     (e.g. ``shortcut="B"`` for the CIFAR ResNets)."""
-    if name not in MODELS:
-        raise unknown("model", name, MODELS)
+    builder = get_builder(name)
     if num_classes < 1:
         raise bad("num_classes", num_classes, "an int >= 1")
-    model = MODELS[name](num_classes, tuple(input_shape), **options)
+    if pretrained and (canonical_name(name) or "").startswith("timm:"):
+        return builder(num_classes, tuple(input_shape), pretrained=pretrained, **options)
+    model = builder(num_classes, tuple(input_shape), **options)
     if pretrained:
-        load_weights(model, pretrained, _ADAPTABLE if name in ("resnet18", "resnet50") else ())
+        load_weights(model, pretrained, _adaptable(name, model))
     return model

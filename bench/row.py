@@ -87,6 +87,8 @@ FIELDS: tuple[Field, ...] = (
     Field("baseline_id", (_S, _N), "the dense Trial whose weights a starts_from_baseline method loaded"),
     Field("train_device", (_S, _N), "the device the trial trained on"),
     Field("history", (_L,), "one dict per epoch run (phase, epoch, loss, val_top1, seconds)"),
+    Field("compressed_model", (_S,), "ok trials: the deployed model's file beside the row, <trial_id>.model.pt "
+          "(bench.load_compressed loads it)", always=False),
     Field("ddp", (_D,), "data-parallel trials only: world_size, backend, sync_bn, every rank's weight checksum",
           always=False),
     Field("env", (_D,), "torch, cuda, gpu, python, rankbench, hostname, platform, cpu_threads"),
@@ -102,7 +104,7 @@ def environment() -> dict[str, Any]:
     """What produced a row: enough to tell two machines or library versions apart."""
     import torch
 
-    from bench import __version__
+    from bench.version import __version__
 
     cuda = torch.cuda.is_available()
     return {

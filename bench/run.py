@@ -270,6 +270,16 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
         "method_info": dict(report.info),
         "wall_s": wall_s, "gpu_hours": wall_s / 3600.0 * float(gpus),
     })
+    # the deployed model is an output too: saved beside the row (before it, so an ok row always
+    # has its model), rebuilt by bench.load_compressed from the reports just taken
+    from bench.compressed import compressed_path, save_compressed
+
+    mpath = compressed_path(store.trials_dir, trial.id)
+    save_compressed(small, mpath, model_name=trial.model, model_options=model_opts,
+                    num_classes=data.num_classes, input_shape=shape, layers=row["layers"],
+                    method=trial.method, params=trial.params_dict,
+                    info={"trial_id": trial.id, "sweep": trial.sweep, "seed": trial.seed, "top1": row["top1"]})
+    row["compressed_model"] = mpath.name
 
 
 def claimed_conv_macs(conv_macs: int, report: MethodReport) -> int:

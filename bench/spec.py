@@ -15,15 +15,17 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
 from bench.checks import PATH_QUOTE, UserError, bad, did_you_mean, is_int, is_number, missing, unknown
+from bench.shipped import default_spec_path, resolve_spec, shipped_specs
 from bench.trial import Trial, format_value, freeze
 from bench.trial_checks import check_model_option, check_models, check_pretrained_files, check_reachable
 
-__all__ = ["SpecError", "Sweep", "Trial", "check_compile", "default_spec_path", "load_spec", "parse_spec"]
+__all__ = ["SpecError", "Sweep", "Trial", "check_compile", "default_spec_path", "file_problems", "load_spec",
+           "parse_spec", "resolve_spec", "shipped_specs"]
 
 # every refusal of a spec is a UserError (one line, exit 2 in the CLI); the old name stays
 SpecError = UserError
@@ -264,30 +266,26 @@ def _dataset_names() -> list[str]:
     return ["cifar10", "cifar100", "digits", "imagenet", "synthetic"]
 
 
-def _model_names() -> list[str]:
-    from bench.models import MODELS
-
-    return sorted(MODELS)
-
-
 def _normalize_model(where: str, m: Any, check: bool) -> tuple[str, dict]:
     """``cnn`` or ``{name: resnet50, pretrained: path, <builder option>: ...}`` -> (name, options)."""
     import inspect
 
-    from bench.models import MODELS
+    from bench.models import get_builder, model_names
 
     if isinstance(m, str):
-        return _choice(where, m, _model_names()), {}
+        get_builder(m, where)
+        return m, {}
     m = _need_mapping(where, m)
     if "name" not in m:
-        raise missing(f"{where}.name", ", ".join(_model_names()))
-    name = _choice(f"{where}.name", m["name"], _model_names())
-    builder = inspect.signature(MODELS[name]).parameters
+        raise missing(f"{where}.name", ", ".join(model_names()))
+    name = m["name"]
+    builder = inspect.signature(get_builder(name, f"{where}.name")).parameters
     accepted = ["name", "pretrained"] + [k for k in builder if k not in ("num_classes", "input_shape")]
-    _check_keys(where, m, accepted)
+    if not any(p.kind is p.VAR_KEYWORD for p in builder.values()):   # zoo models: the constructor checks
+        _check_keys(where, m, accepted)
     opts = {k: v for k, v in m.items() if k != "name"}
     for k, v in opts.items():
-        if k != "pretrained":
+        if k != "pretrained" and k in builder:   # a zoo model's own options: its constructor checks them
             check_model_option(f"{where}.{k}", v, builder[k].default)
     pre = opts.get("pretrained")
     if pre is not None:
@@ -324,10 +322,13 @@ def _coerce_param(name: str, key: str, v: Any) -> Any:
 
 # --- parse + expand ----------------------------------------------------------------------------
 
-def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep:
-    """Parse a spec's text into a Sweep. ``check=False`` skips building methods and touching
-    dataset roots (only the structure is checked)."""
-    raw = _load_yaml(text, source)
+def parse_spec(text: str, source: str = "<string>", check: bool = True, overrides: Sequence[str] = (),
+               check_files: bool = True) -> Sweep:
+    """Parse a spec's text into a Sweep, after the dotted ``overrides`` (``bench.overrides``). ``check=False``:
+    the structure only (no method built, no file touched); ``check_files=False``: no file (:func:`file_problems`)."""
+    from bench.overrides import apply_overrides
+
+    raw = apply_overrides(_load_yaml(text, source), overrides, _load_yaml)
     if raw is None:
         raise bad("spec", source, f"a mapping with keys {', '.join(TOP_KEYS)}", "empty", PATH_QUOTE)
     raw = _need_mapping("spec", raw)
@@ -384,7 +385,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
         mwhere = f"{where}.model" if "model" in entry else "model"
         mraw = entry.get("model", g_models_raw)
         _non_empty(mwhere, mraw, "model")
-        models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check)
+        models = [_normalize_model(f"{mwhere}[{j}]" if isinstance(mraw, list) else mwhere, m, check and check_files)
                   for j, m in enumerate(_as_list(mraw))]
         datas = ([_normalize_data(f"{where}.data", d) for d in _non_empty(f"{where}.data", entry["data"], "dataset")]
                  if "data" in entry else g_data)
@@ -422,7 +423,7 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True) -> Sweep
                 trials.setdefault(t.id, t)
                 wheres.setdefault(t.id, (where, mwhere))
 
-    if check:
+    if check and check_files:
         _check_data_roots(trials.values())
         check_pretrained_files(trials.values())
         check_models(trials.values(), wheres)
@@ -467,22 +468,27 @@ def _check_data_roots(trials: Iterable[Trial]) -> None:
             raise SpecError(msg) from None
 
 
-def load_spec(path: str | Path, check: bool = True) -> Sweep:
-    """Read and validate a spec file. Errors are SpecError with one line."""
-    p = Path(path)
+def file_problems(sweep: Sweep) -> list[str]:
+    """What keeps a sweep parsed with ``check_files=False`` from running: one line per missing file."""
+    out = []
+    for checker in (_check_data_roots, check_pretrained_files):
+        try:
+            checker(sweep.trials)
+        except UserError as e:
+            out.append(str(e))
+    return out
+
+
+def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (), check_files: bool = True) -> Sweep:
+    """Read and validate a spec (a file or a shipped spec's name) with ``overrides``; one-line SpecErrors."""
+    p = resolve_spec(path)
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise bad("spec", str(p), "a path to a YAML spec", "no such file", PATH_QUOTE) from None
+        raise bad("spec", str(p), f"a path to a YAML spec or a shipped spec ({', '.join(shipped_specs())})",
+                  "no such file", PATH_QUOTE) from None
     except IsADirectoryError:
         raise bad("spec", str(p), "a path to a YAML spec", "is a folder", PATH_QUOTE) from None
     except UnicodeDecodeError:
         raise bad("spec", str(p), "a YAML file", "not text", PATH_QUOTE) from None
-    return parse_spec(text, source=str(p), check=check)
-
-
-def default_spec_path() -> Path:
-    """The shipped quick spec, found through the installed package (works from a wheel too)."""
-    from importlib import resources
-
-    return Path(str(resources.files("bench") / "configs" / "quick.yaml"))
+    return parse_spec(text, source=str(p), check=check, overrides=overrides, check_files=check_files)

@@ -186,7 +186,7 @@ class Store:
     # setup -------------------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the folder (or check an existing one was written by a compatible version)."""
-        from bench import __version__
+        from bench.version import __version__
 
         try:
             self.trials_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) ->
     import torch
 
     from bench.data import describe
-    from bench.models import MODELS
+    from bench.models import get_builder
 
     seen = set()
     for t in trials:
@@ -48,7 +48,7 @@ def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) ->
         shape, nc = describe(t.data_cfg)
         try:
             with torch.device("meta"):
-                MODELS[t.model](nc, tuple(shape), **opts).eval()(torch.empty((2, *shape)))
+                get_builder(t.model)(nc, tuple(shape), **opts).eval()(torch.empty((2, *shape)))
         except Exception as e:  # noqa: BLE001 (whatever torch raises: the message names the model)
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             mwhere = wheres.get(t.id, ("", "model"))[1]

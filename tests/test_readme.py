@@ -25,3 +25,6 @@ def test_the_use_from_python_example_runs(tmp_path, monkeypatch, capsys):
     assert list(df["trial_id"]) == [row["trial_id"]] and df.loc[0, "label"] == "TRP"
     out = capsys.readouterr().out
     assert out.startswith("ok ") and "| TRP " in out
+    import torch
+
+    assert ns["model"](torch.zeros(2, 1, 8, 8)).shape == (2, 10) and not ns["model"].training

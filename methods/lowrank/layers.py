@@ -34,6 +34,9 @@ def layer_reasons(model: nn.Module, kinds: Sequence[str] = ("conv",), min_kernel
                 out.append((name, "conv layers not selected"))
             elif skip_first and is_first:
                 out.append((name, "first conv (kept dense, as the official TRP code does)"))
+            elif m.groups != 1 and m.groups == m.in_channels:
+                # one k x k filter per channel: its matrix views are rank 1 already
+                out.append((name, f"depthwise conv (groups={m.groups}): nothing low-rank to remove"))
             elif m.groups != 1:
                 out.append((name, f"grouped conv (groups={m.groups})"))
             elif max(kh, kw) < min_kernel:

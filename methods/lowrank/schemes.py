@@ -50,6 +50,8 @@ def scheme_for(module: nn.Module, scheme: str) -> Optional[str]:
         return None if isinstance(module, nn.Linear) else f"{type(module).__name__}: linear scheme needs nn.Linear"
     if not isinstance(module, nn.Conv2d):
         return f"{type(module).__name__}: {scheme} scheme needs nn.Conv2d"
+    if module.groups != 1 and module.groups == module.in_channels:
+        return f"depthwise conv (groups={module.groups}): {scheme} scheme needs groups=1"
     if module.groups != 1:
         return f"grouped conv (groups={module.groups}): {scheme} scheme needs groups=1"
     kh, kw = module.kernel_size

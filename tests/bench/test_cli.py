@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.shipped import shipped_specs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -49,7 +51,8 @@ def test_bad_spec_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
 def test_missing_spec_file_and_bad_option_are_one_line_errors(tmp_path):
     r = rankbench("run", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and r.stderr.strip() == \
-        f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec"
+        f"error: spec: {str(tmp_path / 'nope.yaml')!r}: no such file; accepted: a path to a YAML spec or a shipped spec " \
+        f"({', '.join(shipped_specs())})"
     r = rankbench("run", "--max-concurrent", "0", "--results", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --max-concurrent: 0")
 

@@ -58,7 +58,7 @@ def test_cnn_gives_trp_layers_to_train():
 
 
 def test_unknown_model_names_the_accepted_ones():
-    with pytest.raises(ValueError, match=r"^model: 'resnet-20': unknown \(did you mean 'resnet20'\?\); accepted: mlp, cnn"):
+    with pytest.raises(ValueError, match=r"^model: 'resnet-20': unknown \(did you mean 'resnet20'\?\); accepted: cnn, mlp, "):
         build_model("resnet-20", 10, (3, 32, 32))
     with pytest.raises(ValueError, match=r"^depth: 21; accepted: 6n\+2, n >= 1$"):
         CifarResNet(21, 10)

@@ -399,7 +399,9 @@ def test_ctrl_c_mid_sweep_then_the_same_command_resumes_and_runs_each_trial_once
             assert log.count(f"trial {t.id}: dense") == 2         # the cut attempt and the resume
             assert "[train] resumed from epoch " in log.split(f"trial {t.id}: dense")[2]
         assert [h["epoch"] for h in row["history"]] == list(range(1, SIGINT_EPOCHS + 1))   # each epoch once
-    assert len(list((store.dir / "trials").iterdir())) == 2
+    # each trial's row and compressed model, nothing else (no temp file left behind)
+    assert sorted(p.name for p in (store.dir / "trials").iterdir()) == \
+        sorted(f"{t.id}{ext}" for t in trials for ext in (".json", ".model.pt"))
 
 
 # ---------------------------------------------------------- 2. faults: disk full (ENOSPC)
