@@ -35,7 +35,7 @@ def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) ->
     import torch
 
     from bench.data import describe
-    from bench.models import get_builder
+    from bench.models import check_options, get_builder, is_zoo_model
 
     seen = set()
     for t in trials:
@@ -46,6 +46,9 @@ def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) ->
         opts = t.model_cfg
         opts.pop("pretrained", None)
         shape, nc = describe(t.data_cfg)
+        if is_zoo_model(t.model):   # its constructor takes **kwargs: bench.models names what it refused
+            check_options(t.model, nc, shape, **opts)
+            continue
         try:
             with torch.device("meta"):
                 get_builder(t.model)(nc, tuple(shape), **opts).eval()(torch.empty((2, *shape)))

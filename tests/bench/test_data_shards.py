@@ -146,7 +146,7 @@ def test_a_train_epoch_sees_every_sample_once_over_2_ranks_x_2_workers(tmp_path)
 
 
 def test_val_shards_count_every_image_once_across_ranks(tmp_path):
-    root = write_fake_shards(tmp_path, classes=1, per_class=2, val_per_class=5, size=(32, 24), per_shard=2)
+    root = write_fake_shards(tmp_path, classes=5, per_class=1, val_per_class=1, size=(32, 24), per_shard=2)
     assert len(list((root / "val").glob("*.tar"))) == 3
     cfg = {"name": "imagenet", "root": str(root), "decode": "pil", "workers": 0, **SMALL}
     vals = [build_data(cfg, seed=0, batch_size=2, augment=False, device="cpu", rank=r, world_size=2).val
@@ -224,7 +224,7 @@ def test_bad_layouts_and_shards_are_one_line_errors_that_name_the_field(tmp_path
 
 
 def test_a_truncated_shard_skips_its_lost_images_instead_of_failing(tmp_path, caplog):
-    root = write_fake_shards(tmp_path, classes=1, per_class=4, val_per_class=1, size=(32, 24), per_shard=2)
+    root = write_fake_shards(tmp_path, classes=2, per_class=2, val_per_class=1, size=(32, 24), per_shard=2)
     shard = sorted((root / "train").glob("*.tar"))[-1]
     with tarfile.open(shard) as tar:
         last = tar.getmembers()[-1]
