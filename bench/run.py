@@ -234,6 +234,8 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
     if not main:
         return   # rank 0 measures cost and writes the row
     row["skipped_images"] = skipped
+    # how much data the numbers came from: a paper diff needs the dataset's full size
+    row["train_images"], row["val_images"] = data.train_size or None, data.val_size or None
     if skipped:
         log(f"{skipped} unreadable images skipped in all (every rank, every epoch and evaluation)")
     shape = tuple(data.input_shape)

@@ -313,6 +313,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             rec["n_uncompressed"] = int(sum(
                 1 for m, d in zip(g["macs"], g["dense_macs"])
                 if key[2] != "dense" and not _isnan(m) and not _isnan(d) and m >= d))
+            # the dataset sizes the group's trials loaded (a paper diff needs the full dataset)
+            for k in ("train_images", "val_images"):
+                rec[k] = sorted({int(v) for v in g[k] if v is not None and not _isnan(v)}) if k in g else []
             specs = {_recipe(s): s for s in g["spec"]}
             rec["specs"] = list(specs.values())
             rec["mixed_recipes"] = len(specs) > 1

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 import yaml
 
-from bench.checks import bad, check, is_number, missing, unknown
+from bench.checks import bad, check, is_int, is_number, missing, unknown
 from reports.collate import BOUNDS, load_results, summarize
 from reports.format import CLIPPED, DASH, display_name, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
 from reports.recipe import paper_trials, recipe_differences, same_value
@@ -62,6 +62,10 @@ def load_published(name: str) -> dict[str, Any]:
             raise missing(f"{path}: {key}", "a published table with name, title, dataset, model, "
                           "spec, basis, sources and rows")
     check(f"{path}: basis", table["basis"], table["basis"] in BASES, ", ".join(BASES))
+    size = table.get("data_size")
+    check(f"{path}: data_size", size, size is None or (isinstance(size, dict) and set(size) <= {"train", "val"}
+          and all(is_int(v) and v > 0 for v in size.values())),
+          "the full dataset's image counts, e.g. {train: 50000, val: 10000}")
     for key, src in table["sources"].items():
         if isinstance(src, dict):
             extra = sorted(set(src) - set(SOURCE_KEYS))
@@ -190,7 +194,7 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
         for i in hits:
             used.add(i)
             g = summary.loc[i]
-            lines.append({**base, **_ours(g, table["basis"]), "status": _status(g, paper, sel),
+            lines.append({**base, **_ours(g, table["basis"]), "status": _status(g, paper, sel, table.get("data_size")),
                           "variant": g["variant"]})
             if len(hits) > 1:  # several of our variants fit: say which line is which
                 lines[-1]["label"] = f"{row['label']} [{summary.loc[i, 'variant']}]"
@@ -216,7 +220,21 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
     return out
 
 
-def _status(g: pd.Series, paper: list[dict[str, Any]], selector: dict[str, Any]) -> str:
+def _size_differences(g: pd.Series, size: dict[str, int] | None) -> list[str]:
+    """``"train images 320 vs 50000"`` where a group's trials loaded another number of images
+    than the full dataset the published numbers came from (a subset, or a partial copy)."""
+    out = []
+    for split, full in (size or {}).items():
+        seen = g.get(f"{split}_images")
+        seen = seen if isinstance(seen, list) else []
+        wrong = [n for n in seen if n != full]
+        if wrong:
+            out.append(f"{split} images {', '.join(str(n) for n in wrong)} vs {full}")
+    return out
+
+
+def _status(g: pd.Series, paper: list[dict[str, Any]], selector: dict[str, Any],
+            size: dict[str, int] | None = None) -> str:
     """"ok" when a group may be diffed against its published row; else what stops it."""
     specs = [s for s in (g.get("specs") if isinstance(g.get("specs"), list) else []) if isinstance(s, dict)]
     if not specs:
@@ -224,6 +242,9 @@ def _status(g: pd.Series, paper: list[dict[str, Any]], selector: dict[str, Any])
     found = recipe_differences(specs, paper, selector)
     if found is None:
         return "recipe unknown: the paper spec has no trial for this row"
+    found = found + _size_differences(g, size)
+    if not found and any(not g.get(f"{k}_images") for k in (size or {})):
+        return "recipe unknown: the rows do not record how many images the dataset held"
     if found:
         return "recipe differs: " + "; ".join(found)
     k = g.get("n_uncompressed")

@@ -11,9 +11,9 @@ loader workers, decoder, torch.compile, channels_last, resources, latency settin
 name) is not part of the recipe.
 
 ``recipe_differences(ours, paper_trials, selector)`` returns the differences as short phrases,
-``"epochs 1 vs 164"`` (ours first); an empty list means the recipe matches. The rows do not
-record how many images a dataset held, so a dataset root with fewer images than the real one
-(the same options) is not caught here.
+``"epochs 1 vs 164"`` (ours first); an empty list means the recipe matches. How many images
+the dataset held is checked beside it, by ``reports.paper`` (the rows' ``train_images`` and
+``val_images`` against the table's ``data_size``).
 """
 from __future__ import annotations
 

@@ -61,4 +61,5 @@ def paper_spec(method: str, seed: int = 0, paper: str = "trp-cifar10-resnet20", 
 def paper_row(method: str = "dense", seed: int = 0, params: dict | None = None, **kw) -> dict:
     """A row of a trial that ran the ResNet-20 paper spec's recipe."""
     spec = paper_spec(method, seed, **(params or {}))
+    kw = {"train_images": 50_000, "val_images": 10_000, **kw}     # the full CIFAR-10 splits
     return make_row(method=method, seed=seed, params=spec["params"], spec=spec, **kw)

@@ -83,6 +83,7 @@ def test_cut_paper_spec_on_fake_cifar_marks_the_recipe_mismatch_not_a_delta(tmp_
         status = d.loc[label, "status"]
         # the training recipe differs (epochs); where and how latency was timed does not count
         assert status.startswith("recipe differs: epochs 1 vs 164"), status
+        assert "train images 80 vs 50000" in status and "val images 20 vs 10000" in status
         assert "latency" not in status and "root" not in status and "resources" not in status
         assert math.isnan(d.loc[label, "diff_top1"]) and math.isnan(d.loc[label, "diff_speedup"])
         assert not math.isnan(d.loc[label, "ours_top1"])      # ours is still shown
@@ -136,6 +137,21 @@ def test_paper_on_results_of_another_dataset_says_so_in_one_line(tmp_path, capsy
     assert len(lines) == 1 and lines[0].startswith(f"paper: {PAPER}: these results hold digits/cnn")
     assert "cifar10/resnet20" in lines[0]
     assert not (tmp_path / "p.png").exists() and not list((tmp_path / "quick").glob("paper-*"))
+
+
+def test_a_run_on_part_of_the_dataset_is_another_recipe_and_rows_without_sizes_are_not_diffed(tmp_path):
+    from rows import paper_row, write_rows
+    write_rows(tmp_path / "part", [paper_row(seed=s, train_images=320, val_images=10_000) for s in range(2)])
+    d = paper.paper_diff(PAPER, [tmp_path / "part"]).set_index("label")
+    assert d.loc["baseline", "status"] == "recipe differs: train images 320 vs 50000"
+    assert math.isnan(d.loc["baseline", "diff_top1"])
+    write_rows(tmp_path / "old", [paper_row(seed=s, train_images=None, val_images=None) for s in range(2)])
+    d = paper.paper_diff(PAPER, [tmp_path / "old"]).set_index("label")
+    assert d.loc["baseline", "status"].startswith("recipe unknown: the rows do not record how many images")
+    assert math.isnan(d.loc["baseline", "diff_top1"])
+    write_rows(tmp_path / "full", [paper_row(seed=s) for s in range(2)])
+    d = paper.paper_diff(PAPER, [tmp_path / "full"]).set_index("label")
+    assert d.loc["baseline", "status"] == "ok" and not math.isnan(d.loc["baseline", "diff_top1"])
 
 
 def test_uncompressed_row_is_marked_and_not_diffed(tmp_path):
