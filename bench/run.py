@@ -29,7 +29,7 @@ from bench.store import Store, atomic_torch_save, previous, set_aside
 from bench.train import Progress, train
 from bench.tracking import open_tracker
 from bench.trial import Trial
-from methods.base import Method, MethodReport
+from methods.base import Method, MethodReport, start
 
 
 class BaselineMissing(RuntimeError):
@@ -199,8 +199,7 @@ def _run(trial: Trial, row: dict[str, Any], store: Store, progress: Progress, lo
     ctx = Context(input_shape=tuple(data.input_shape), num_classes=data.num_classes,
                   steps_per_epoch=data.steps_per_epoch, epochs=train_epochs, device=device, log=log,
                   train_batches=_train_batches(data.train, device))
-    method.ctx = ctx
-    method.attach(model, ctx)
+    start(method, model, ctx)
     # after attach: DDP must hold (and all-reduce) the layers a method may have replaced
     model, forward = wrap(model, dist)
     if not from_baseline:

@@ -5,8 +5,8 @@ A method is a small class registered under a name (see ``methods.registry``). Th
 calls its hooks around the ordinary training loop::
 
     method = get_method(name)(**params)        # bad parameter -> UserError naming it
-    method.ctx = ctx                           # the harness sets it; attach() may read it
-    method.attach(model, ctx)                  # once, before training (and before the optimizer exists)
+    start(method, model, ctx)                  # sets method.ctx, then method.attach(model, ctx): once,
+                                               # before training (and before the optimizer exists)
     optimizer = SGD(method.param_groups(model) or model.parameters(), ...)
     for step, batch in ...:                    # a resume first calls method.load_state_dict(saved)
         method.before_step(model, step)
@@ -92,6 +92,12 @@ class MethodReport:
     scheme: str | None = None
     rule: str | None = None        # the export rank rule actually used
     info: dict[str, Any] = field(default_factory=dict)   # anything else -> the row's method_info
+
+
+def start(method: "Method", model: nn.Module, ctx: Context) -> None:
+    """What the harness does before training: set ``method.ctx``, then ``method.attach(model, ctx)``."""
+    method.ctx = ctx
+    method.attach(model, ctx)
 
 
 def check_param(name: str, value: Any, ok: bool, accepted: str) -> None:

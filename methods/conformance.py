@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from methods import lowrank
-from methods.base import Context, Method, MethodReport
+from methods.base import Context, Method, MethodReport, start
 from methods import registry
 
 SHAPE = (1, 8, 8)
@@ -212,25 +212,24 @@ def protocol(name: str, params: dict[str, Any], resume_from: Optional[dict[str, 
     if baseline:   # the harness trains the dense baseline; the method itself trains 0 epochs
         dense = registry.build("dense", {})
         train(dense, model, optimizer(dense, model), 0, STEPS)
-    method.ctx = context(epochs=0 if baseline else 1)
-    method.attach(model, method.ctx)
+    start(method, model, context(epochs=0 if baseline else 1))
     stop_at = STEPS // 2
     opt = None if baseline else optimizer(method, model)
     checkpoint: dict[str, Any] = {}
-    start = 0
+    first = 0
     if resume_from is not None:      # what the harness does on a rerun: load the checkpoint, go on
         if opt is not None:
             model.load_state_dict(resume_from["model"])
             opt.load_state_dict(resume_from["optimizer"])
         method.load_state_dict(resume_from["method"])
         checkpoint["restored"] = _saved(method.state_dict())
-        start = resume_from["step"]
+        first = resume_from["step"]
     if opt is not None:
-        if start < stop_at:
-            train(method, model, opt, start, stop_at)
+        if first < stop_at:
+            train(method, model, opt, first, stop_at)
             checkpoint.update(_saved({"step": stop_at, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                       "method": method.state_dict()}))
-        train(method, model, opt, max(start, stop_at), STEPS)
+        train(method, model, opt, max(first, stop_at), STEPS)
     elif resume_from is None:        # nothing trains: the state after attach is what a rerun must restore
         checkpoint.update(_saved({"step": 0, "method": method.state_dict()}))
     model.eval()
@@ -278,8 +277,7 @@ def check_compress(name: str) -> str:
     x = batch(0)[0]
     with torch.no_grad():
         y = model(x)
-        method.ctx = context(epochs=0 if method.starts_from_baseline else 1)
-        method.attach(model, method.ctx)
+        start(method, model, context(epochs=0 if method.starts_from_baseline else 1))
         if not torch.allclose(model(x), y, rtol=1e-4, atol=1e-5):
             return "attach() changed what the model computes (a replaced layer must start as the layer it replaces)"
         before = model(x)

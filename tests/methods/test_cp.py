@@ -12,7 +12,7 @@ from torch import nn
 from bench.measure import count_macs
 from bench.models import build_model
 from methods import cp, registry
-from methods.base import Context
+from methods.base import Context, start
 
 CONVS = [  # (conv, input H, W): bias, stride and padding split per axis, dilation, padding modes
     (lambda: nn.Conv2d(6, 8, 3, padding=1), (9, 9)),
@@ -108,18 +108,12 @@ def _ctx(shape=(3, 32, 32)) -> Context:
     return Context(input_shape=shape, num_classes=10, steps_per_epoch=1, epochs=1)
 
 
-def _attach(method, model: nn.Module, ctx: Context) -> None:
-    """What the harness does: set ``method.ctx``, then call attach."""
-    method.ctx = ctx
-    method.attach(model, ctx)
-
-
 @pytest.mark.parametrize("speedup", [2.0, 3.0])
 def test_speedup_rule_lands_within_2_percent_on_resnet20(speedup):
     torch.manual_seed(0)
     model = build_model("resnet20", 10, (3, 32, 32)).eval()
     m = registry.build("cp", {"rule": f"speedup:{speedup}", "iters": 3})  # MACs do not depend on the fit
-    _attach(m, model, _ctx())
+    start(m, model, _ctx())
     small = m.compress(model).eval()
     got = count_macs(model, (3, 32, 32)) / count_macs(small, (3, 32, 32))
     assert got == pytest.approx(speedup, rel=0.02)
@@ -139,8 +133,8 @@ def test_rank_rules_parameters_and_reachability():
     model = build_model("cnn", 10, (1, 8, 8)).eval()
     for rule, want in (("rank:7", [7, 7, 7]), ("ratio:0.25", [8, 8, 16])):  # max(S, T): 32, 32, 64
         m = registry.build("cp", {"rule": rule, "iters": 3})
-        _attach(m, model, _ctx((1, 8, 8)))
+        start(m, model, _ctx((1, 8, 8)))
         m.compress(model)
         assert [r["rank"] for r in m.report().layers if r["rank"] is not None] == want
     with pytest.raises(ValueError, match=r"^rule: 'speedup:500.0': not reachable with these layers; accepted: speedup up to"):
-        _attach(registry.build("cp", {"rule": "speedup:500"}), model, _ctx((1, 8, 8)))
+        start(registry.build("cp", {"rule": "speedup:500"}), model, _ctx((1, 8, 8)))

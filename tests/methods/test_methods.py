@@ -16,7 +16,7 @@ from bench.models import build_model
 from methods import conformance
 from methods import lowrank as L
 from methods import registry
-from methods.base import Context, Method, MethodReport
+from methods.base import Context, Method, MethodReport, start
 
 SHAPE = (1, 8, 8)  # digits
 # every registered method but the test-only ones other test files register (named test_*)
@@ -32,9 +32,8 @@ def _ctx(shape=SHAPE) -> Context:
 
 
 def _attach(method: Method, model: nn.Module, ctx: Context | None = None) -> None:
-    """What the harness does: set ``method.ctx``, then call attach."""
-    method.ctx = ctx or _ctx()
-    method.attach(model, method.ctx)
+    """What the harness does (``methods.base.start``), with a default context."""
+    start(method, model, ctx or _ctx())
 
 
 def _model(name: str = "cnn", seed: int = 0) -> nn.Module:

@@ -10,7 +10,7 @@ from torch import nn
 from bench.measure import count_macs
 from bench.models import build_model
 from methods import registry, tucker2
-from methods.base import Context
+from methods.base import Context, start
 
 CONVS = [  # (conv, input H, W): bias, stride, padding, dilation, padding modes, non-square kernels
     (lambda: nn.Conv2d(6, 8, 3, padding=1), (9, 9)),
@@ -86,18 +86,12 @@ def _ctx(shape=(3, 32, 32)) -> Context:
     return Context(input_shape=shape, num_classes=10, steps_per_epoch=1, epochs=1)
 
 
-def _attach(method, model: nn.Module, ctx: Context) -> None:
-    """What the harness does: set ``method.ctx``, then call attach."""
-    method.ctx = ctx
-    method.attach(model, ctx)
-
-
 @pytest.mark.parametrize("speedup", [2.0, 3.0])
 def test_speedup_rule_lands_within_2_percent_on_resnet20(speedup):
     torch.manual_seed(0)
     model = build_model("resnet20", 10, (3, 32, 32)).eval()
     m = registry.build("tucker2", {"rule": f"speedup:{speedup}"})
-    _attach(m, model, _ctx())
+    start(m, model, _ctx())
     small = m.compress(model).eval()
     got = count_macs(model, (3, 32, 32)) / count_macs(small, (3, 32, 32))
     assert got == pytest.approx(speedup, rel=0.02)
@@ -120,4 +114,4 @@ def test_parameters_defaults_and_reachability():
         registry.build("tucker2", {"finetune_epochs": -1})
     model = build_model("cnn", 10, (1, 8, 8)).eval()
     with pytest.raises(ValueError, match=r"^rule: 'speedup:500.0': not reachable with these layers; accepted: speedup up to"):
-        _attach(registry.build("tucker2", {"rule": "speedup:500"}), model, _ctx((1, 8, 8)))
+        start(registry.build("tucker2", {"rule": "speedup:500"}), model, _ctx((1, 8, 8)))
