@@ -3,6 +3,7 @@ DDP equal to TRP in one process on the same global batch, and a preempted DDP ru
 its epoch checkpoint equal to an uninterrupted one."""
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -152,6 +153,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             _train_trp(rank, world, checkpoint=ck, stop_at=1)
         except _Preempted:
             pass
+        # a preempted group restarts together, once rank 0's checkpoint is on disk (without this
+        # barrier rank 1 could look for it before rank 0 has written it)
+        torch.distributed.barrier()
         lines: list[str] = []
         resumed, _ = _train_trp(rank, world, checkpoint=ck, log=lines.append)
         if rank == 0:
@@ -159,8 +163,13 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
                         "resumed_checksums": gather_checksums(resumed), "log": lines}, out)
         else:
             gather_checksums(resumed)
+        torch.distributed.barrier()      # rank 0's file is written before any rank leaves
     finally:
         torch.distributed.destroy_process_group()
+    # Leave without the interpreter's teardown: in this spawned helper, libtorch's C++ state
+    # destroyed at exit sometimes aborts ("terminate called without an active exception") after
+    # all work is done, which spawn reports as a failed rank. The result is already on disk.
+    os._exit(0)
 
 
 def _free_port() -> int:
