@@ -345,13 +345,12 @@ def no_run(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
-def _one_error_line(rc: int, out: str, err: str, needles: list[str]) -> str:
+def _error_line(rc: int, out: str, err: str) -> str:
+    """The one ``error:`` line of a refused command (exit 2, no traceback)."""
     assert rc == 2, (rc, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in out + err
-    for n in needles:
-        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
     return lines[0]
 
 
@@ -366,7 +365,8 @@ def test_bad_spec_exits_2_with_one_line_and_runs_nothing(case, tmp_path, capsys,
     f.write_text(build(tmp_path))
     rc = main(["run", str(f), "--results", str(tmp_path / "res")])
     cap = capsys.readouterr()
-    line = _one_error_line(rc, cap.out, cap.err, needles)
+    line = _error_line(rc, cap.out, cap.err)
+    assert [n for n in needles if n not in line] == [], line
     assert len(line) < 700, line                       # a value is quoted capped
     assert cap.out == ""
     assert not (tmp_path / "res").exists()             # refused before any folder was made
@@ -382,7 +382,8 @@ def test_bad_command_line_exits_2_with_one_line(case, tmp_path, capsys, no_run):
         argv += ["--results", str(tmp_path / "res")]
     rc = main(argv)
     cap = capsys.readouterr()
-    _one_error_line(rc, cap.out, cap.err, needles)
+    line = _error_line(rc, cap.out, cap.err)
+    assert [n for n in needles if n not in line] == [], line
 
 
 def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, no_run, monkeypatch):
@@ -391,7 +392,8 @@ def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, no_ru
     monkeypatch.setenv("RAY_ADDRESS", "garbage::")
     rc = main(["run", str(good), "--results", str(tmp_path / "res")])
     cap = capsys.readouterr()
-    _one_error_line(rc, cap.out, cap.err, ["--address: 'garbage::'", "accepted: auto, local, HOST:PORT"])
+    line = _error_line(rc, cap.out, cap.err)
+    assert "--address: 'garbage::'" in line and "accepted: auto, local, HOST:PORT" in line, line
 
 
 def test_show_previews_a_spec_with_an_unreadable_pretrained_file_and_names_it(tmp_path, capsys, no_run):
