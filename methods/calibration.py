@@ -10,14 +10,15 @@ Statistics are gathered on the dense model (the original network's responses), i
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from bench.checks import is_int
 from methods import lowrank
-from methods.base import Context, Method, MethodReport, check_param
+from methods.base import MethodReport, check_param
+from methods.svd import SVD
 
 # called per chosen layer and calibration batch: (layer name, layer, its input, its output)
 Collector = Callable[[str, nn.Module, Tensor, Tensor], None]
@@ -46,41 +47,26 @@ def collect(model: nn.Module, names: Sequence[str], batches: Sequence[tuple[Tens
             m.training = mode
 
 
-class DataDriven(Method):
-    """Base of the data-driven decompositions: plan ranks like ``svd`` (scheme :attr:`scheme`),
-    gather statistics on ``calibration`` training batches, refit every factorized layer.
+class DataDriven(SVD):
+    """Base of the data-driven decompositions: decompose like ``svd`` (scheme :attr:`scheme`,
+    same layers, ranks and reachability check), then gather statistics on ``calibration``
+    training batches and refit every factorized layer.
 
     A subclass sets :attr:`scheme` and implements :meth:`collector` and :meth:`refit`."""
 
-    starts_from_baseline = True
     scheme: str = "channel"
+    choices: dict[str, tuple[str, ...]] = {}   # the scheme is the method's, not a parameter
 
     def __init__(self, rule: str = "speedup:2.0", calibration: int = 8, finetune_epochs: int = 0,
                  layers: str = "official", include_stride2: bool = True) -> None:
-        lowrank.parse_rule(rule)
+        super().__init__(self.scheme, rule, finetune_epochs, layers, include_stride2)
         check_param("calibration", calibration, is_int(calibration) and calibration >= 1,
                     "an int >= 1 (training batches whose responses the fit uses)")
-        check_param("finetune_epochs", finetune_epochs, is_int(finetune_epochs) and finetune_epochs >= 0,
-                    "an int >= 0")
-        check_param("layers", layers, layers in lowrank.LAYER_CHOICES, ", ".join(lowrank.LAYER_CHOICES))
-        check_param("include_stride2", include_stride2, isinstance(include_stride2, bool), "true or false")
-        self.rule, self.calibration, self.finetune_epochs = rule, int(calibration), int(finetune_epochs)
-        self.layers, self.include_stride2 = layers, include_stride2
-        self._reports: list[lowrank.LayerReport] = []
+        self.calibration, self.finetune_epochs = int(calibration), int(finetune_epochs)
         self._fit: dict[str, dict[str, float]] = {}
 
-    def attach(self, model: nn.Module, ctx: Context) -> None:
-        lowrank.check_reachable(model, self.scheme, self.rule, self.example_input(model), self.layers,
-                                self.include_stride2)
-
-    def choose_layers(self, model: nn.Module) -> list[tuple[str, Optional[str]]]:
-        """The layers compress() factorizes and refits (None) or why each stays dense."""
-        return lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
-
     def compress(self, model: nn.Module) -> nn.Module:
-        small, self._reports = lowrank.decompose_model(
-            model, self.scheme, self.rule, self.layers, example_input=self.example_input(model),
-            include_stride2=self.include_stride2)
+        small = super().compress(model)
         names = [r["name"] for r in self._reports if r["skipped"] is None and r["rank"] is not None]
         if names:
             stats: dict[str, Any] = {}
@@ -101,5 +87,6 @@ class DataDriven(Method):
         raise NotImplementedError
 
     def report(self) -> MethodReport:
-        return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.rule,
-                            info={"calibration_batches": self.calibration, "fit": dict(self._fit)})
+        report = super().report()
+        report.info = {"calibration_batches": self.calibration, "fit": dict(self._fit)}
+        return report
