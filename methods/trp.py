@@ -4,14 +4,15 @@ Every ``period`` steps, before the forward pass, each chosen layer's weight is r
 rank-r reconstruction (r by the energy rule, 0.9) through the batched, sync-free
 ``lowrank.project``; with ``nuclear`` > 0 the nuclear-norm sub-gradient is added to the gradient
 on the same steps (``grad += nuclear * U_r V_r^T``). ``solver`` picks how the projection is
-computed: ``auto`` (default: the Gram-matrix eigensolver where a layer's matrix is at least 2x
-wider than tall, else the exact SVD), ``gram``, ``svd``, or ``warm`` (the Gram solver started from
-the previous step's factors: a couple of matrix products and a small eigensolve while its check
-holds, the full eigensolve otherwise; the row's ``method_info.warm_start`` counts both, and
-the warm factors are the method's ``state_dict``, so a resumed run starts warm); all keep the
-exact ranks and agree with a float64 SVD to float32 rounding (tests/methods/test_lowrank_solvers.py,
-BENCHMARKS.md). After training the chosen layers are decomposed with the ``export`` rule
-(value 0.05 by default), no fine-tuning.
+computed: ``auto`` (default: started from the previous step's factors, a few matrix products
+and a small eigensolve whose answer is certified, and where the certificate fails or on the
+first step the full solve: the Gram-matrix eigensolver where a layer's matrix is at least 2x
+wider than tall, else the exact SVD), ``warm`` (the same, falling back to the Gram eigensolver
+everywhere), ``gram``, or ``svd``. The row's ``method_info.warm_start`` counts warm and full
+solves, and the warm factors are the method's ``state_dict``, so a resumed run starts warm; all
+keep the exact ranks and agree with a float64 SVD as closely as the float32 SVD does
+(tests/methods/test_lowrank_solvers.py, BENCHMARKS.md). After training the chosen layers are
+decomposed with the ``export`` rule (value 0.05 by default), no fine-tuning.
 
 Which layers (``layers: official``, the default, as the official ``cifar-TRP.py`` / ``decompose.py``):
 every conv larger than 1x1 except the network's first is projected during training, stride-2
@@ -173,7 +174,7 @@ class TRP(Method):
         if self._counted_dense:
             # bench.run: the row's claimed_conv_macs counts these at their dense MACs
             info["counted_dense"] = list(self._counted_dense)
-        if self.solver == "warm":  # how often the warm start held, in shape-group projections since start
+        if self._warm.warm + self._warm.cold:  # how often the warm start held, in shape-group projections
             info["warm_start"] = {"warm": self._warm.warm, "cold": self._warm.cold}
         return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.export, info=info)
 

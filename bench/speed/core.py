@@ -166,8 +166,8 @@ def _refresher(model: nn.Module, paper: ranks.PaperRanks, device: torch.device, 
 
 
 def _warm_share(method: Any) -> Optional[float]:
-    """Share of a ``warm`` TRP's shape-group projections (warm-up steps included) that took the
-    warm path; None for other variants."""
+    """Share of a TRP variant's shape-group projections (warm-up steps included) that took the
+    warm path (solvers ``warm`` and ``auto``); None for other variants."""
     counts = method.report().info.get("warm_start") if method is not None else None
     return counts["warm"] / max(1, counts["warm"] + counts["cold"]) if counts else None
 
@@ -198,8 +198,9 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
     each kind of weights in ``kinds``: He-initialised (``init``), TRP-steady
     (:func:`ranks.trp_steady_weights`: about 10 ranks per layer) and at the ranks of the paper's
     exports where :data:`ranks.PAPER_SPEEDUPS` has them (``paper-ranks``, constructed spectra).
-    ``warm`` keeps its state across the timed calls, as in training; ``warm_share`` says how
-    many of its shape-group projections took the warm path (the rest ran the full eigensolve).
+    ``warm`` and ``auto`` keep their state across the timed calls, as in training; ``warm_share``
+    says how many of their shape-group projections took the warm path (the rest ran the full
+    solve).
     ``init`` and ``trp-steady`` project the same weights at every call; ``paper-ranks``
     projects a slightly different copy at each call (consecutive training steps), since
     repeating one input would flatter the warm start."""
@@ -247,7 +248,7 @@ def _time_solvers(name: str, scheme: str, rule: lowrank.Rule, sets: list[list[to
     refs: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
     for solver in names_:
         st = states[solver]
-        share = st.warm / max(1, st.warm + st.cold) if solver == "warm" else None
+        share = st.warm / max(1, st.warm + st.cold) if solver in ("warm", "auto") else None
         last = sets[turn[solver] % len(sets)]
         proj, sub = call(solver)
         if id(last) not in refs:  # the trusted reference: an exact float64 SVD on the CPU

@@ -2,9 +2,9 @@
 
 :func:`project` stacks the matrices of one shape and projects them in one call, without host
 sync, through a solver: ``svd`` (exact), ``gram`` (eigendecomposition of the small Gram matrix),
-``auto`` (gram where the matrices are wide, else svd), or ``warm`` (gram started from the
-previous call's factors, kept in a :class:`WarmStart`, which a method checkpoints through
-:meth:`WarmStart.state_dict`).
+``warm`` (started from the previous call's factors, kept in a :class:`WarmStart`, which a
+method checkpoints through :meth:`WarmStart.state_dict`; certified, else gram), or ``auto``
+(warm where a state is kept, else gram where the matrices are wide and svd elsewhere).
 """
 from __future__ import annotations
 
@@ -29,17 +29,20 @@ AUTO_GRAM_ASPECT = 2.0
 # LAPACK/cuSOLVER drivers torch.linalg.svd takes on CUDA only; "svd-gesvdj" etc. pick one
 CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 
-# "warm": TRP at period 1 projects almost the same weights at every step, and weights it has
-# projected have a few large singular values over a small tail, with a wide gap at the cut
-# (measured during training: BENCHMARKS.md). So the previous step's top eigenvectors of the Gram
-# matrix start a subspace iteration that converges in a couple of products, and a k x k
-# eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one. A residual check accepts
-# the result only where its top-r subspace provably lies within WARM_TOL of the exact one;
-# anywhere else the whole group falls back to the full Gram eigensolve, exactly as "gram".
-WARM_ITERS = 2          # subspace iterations before the check (each: two thin products and a thin QR)
-WARM_TOL = 1e-7         # bound on sin(angle) between the accepted and the exact top-r subspace
+# "warm": TRP at period 1 projects almost the same weights at every step, so the previous step's
+# top eigenvectors of the Gram matrix A = X X^T start a subspace iteration that needs a few
+# products with A, and a k x k eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one.
+# Its answer is certified, not trusted (see warm_eigs): one Cholesky factorization proves that no
+# eigenvalue outside the kept block lies above a split point, and a residual bound then puts the
+# kept subspace within the tolerance of the exact one. Anywhere the certificate fails the group
+# runs the full solve instead, and waits a few calls before trying again (WARM_BACKOFF_MAX).
+WARM_ITERS = 4          # products with A per call, orthonormalized after every second
+WARM_TOL = 1e-5         # certified sin(angle) to the exact top-r subspace, float32 weights (the
+                        # float32 SVD itself is off by up to 7e-6 on TRP's matrices: BENCHMARKS.md)
+WARM_TOL_FLOAT64 = 1e-10  # float64 weights
 WARM_GUARD = 4          # vectors kept beyond the largest rank, so the cut lies inside the block
 WARM_MAX_FRACTION = 0.5  # above this share of m the k x k solve saves too little: stay cold
+WARM_BACKOFF_MAX = 32   # after failed certificates in a row, skip 1, 2, 4, ... up to this many calls
 WARM_RULES: tuple[str, ...] = ("energy", "value")  # rules decidable from the top-k and the trace
 
 
@@ -134,89 +137,146 @@ def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Te
     return _project_from_eigs(x, tall, s, q, rank_mask(s, rule), with_subgradient)
 
 
-def warm_eigs(x64: Tensor, q: Tensor, rule: Rule) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
+def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
+              ) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
     """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
     start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
-    vectors, the rule's mask; None where any matrix fails the check (one host read-back for
-    both answers). A is never formed: ``A v = X (X^T v)`` costs 2mnk, not the Gram's m^2 n.
+    vectors, the rule's mask; None where any matrix fails the certificate (one host read-back).
 
-    Subspace iteration (``q <- qr(A q)``, :data:`WARM_ITERS` times), then Rayleigh-Ritz: Ritz
-    values ``t`` and vectors. The energy left outside the block is ``tail = |X|_F^2 - sum(t)``;
-    with it as one extra value, the rule's mask on the top k is exactly the mask on the full
-    spectrum as long as the cut falls inside the block (checked). The check (Weyl and
-    Davis-Kahan): with ``R`` the residual ``A q - q diag(t)``, every eigenvalue of A beyond the
-    kept r is at most ``max(t_{r+1}, tail) + |R|``, so ``sep = t_r - max(t_{r+1}, tail) - 2|R|``
-    > 0 separates the top-r subspace, and ``|R_kept| / sep`` bounds the sine of its angle to
-    the exact one."""
-    for _ in range(WARM_ITERS):
-        q = torch.linalg.qr(x64 @ (q.mT @ x64).mT).Q         # (q^T X)^T: the fast side for BLAS
-    yt = q.mT @ x64                                          # (B, k, n): A q = X yt^T
+    Subspace iteration (:data:`WARM_ITERS` products with A), then Rayleigh-Ritz: Ritz values
+    ``t`` (descending) and vectors ``q``. The energy outside the block is
+    ``tail = trace(A) - sum(t)``; with it as one extra value the rule's mask on the top k is the
+    mask on the full spectrum when the cut falls inside the block (checked: the block's last
+    vector and the tail are not kept). The certificate, for the kept rank r:
+
+    - split: ``mu = (t_r + t_{r+1}) / 2``; with ``W = Q_r diag(t_r) Q_r^T`` (PSD, rank r), Weyl's
+      inequality gives ``lambda_{r+1}(A) <= lambda_max(A - W)``, so a Cholesky factorization of
+      ``mu I - A + W`` that succeeds proves ``lambda_{r+1}(A) <= mu`` (``mu`` lowered first by
+      the factorization's rounding bound, ``m^2 eps`` of the largest diagonal entry);
+    - the Ritz values ``t_1..t_r`` lie at or above ``t_r > mu``, so by Davis-Kahan the sine of
+      the angle between span(Q_r) and the exact top-r eigenvectors is at most
+      ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``, accepted when at most ``tol``."""
+    a = x64 @ x64.mT                                         # (B, m, m), m <= n
+    for i in range(WARM_ITERS):
+        q = a @ q
+        if i % 2 == 1 or i == WARM_ITERS - 1:
+            q = torch.linalg.qr(q).Q
+    aq = a @ q
     with svd_threads(x64):
-        t, w = torch.linalg.eigh(yt @ yt.mT)                 # q^T A q, k x k: small, batched
+        t, w = torch.linalg.eigh(q.mT @ aq)                  # q^T A q, k x k: small, batched
     t, w = t.flip(-1).clamp_min(0), w.flip(-1)
-    q, y = q @ w, yt.mT @ w
-    tail = (torch.linalg.vector_norm(x64, dim=(-2, -1)).square() - t.sum(-1)).clamp_min(0)  # |X|_F^2 = trace(A)
+    q, aq = q @ w, aq @ w
+    trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)
+    tail = (trace - t.sum(-1)).clamp_min(0)
     keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
     keep = keep_k1[..., :-1]
-    k = t.shape[-1]
+    m, k = a.shape[-1], t.shape[-1]
     r = keep.sum(-1, keepdim=True)                           # (B, 1)
-    cols = (x64 @ y - q * t.unsqueeze(-2)).norm(dim=-2)      # residual of each Ritz pair, (B, k)
-    t_r = t.gather(-1, r - 1).squeeze(-1)
+    t_r = t.gather(-1, (r - 1).clamp_min(0)).squeeze(-1)
     t_next = t.gather(-1, r.clamp_max(k - 1)).squeeze(-1)
-    sep = t_r - torch.maximum(t_next, tail) - 2 * cols.norm(dim=-1)
-    ok = ~keep_k1[..., k - 1] & ~keep_k1[..., k] & (sep > 0) & ((cols * keep).norm(dim=-1) <= WARM_TOL * sep)
+    mu = (t_r + t_next) / 2
+    kept_t = t * keep.to(t.dtype)
+    cert = (q * kept_t.unsqueeze(-2)) @ q.mT - a             # W - A
+    rounding = m * m * torch.finfo(a.dtype).eps * (mu + kept_t[..., 0] + trace)
+    cert.diagonal(dim1=-2, dim2=-1).add_((mu - rounding).unsqueeze(-1))
+    factored = torch.linalg.cholesky_ex(cert).info == 0
+    residual = ((aq - q * t.unsqueeze(-2)) * keep.unsqueeze(-2)).norm(dim=(-2, -1))
+    ok = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k] & factored
+          & (residual <= tol * (t_r - mu)))
     r_max = int(torch.where(ok.all(), r.max(), -1))          # the one host sync
     return (t.sqrt(), q, keep, r_max) if r_max > 0 else None
 
 
 @dataclass
 class WarmStart:
-    """What ``solver="warm"`` keeps between calls on the same weights: the top eigenvectors of
-    each shape group's Gram matrices, and how many group projections took the warm path or ran
-    the full eigensolve (so a report can say how often the fast path held)."""
+    """What the warm start keeps between calls on the same weights: the top eigenvectors of
+    each shape group's Gram matrices, the back-off after failed certificates (calls still to
+    skip, failures in a row), and how many group projections took the warm path or ran the
+    full solve (so a report can say how often the fast path held)."""
 
     starts: dict[tuple, Tensor] = field(default_factory=dict)
+    skip: dict[tuple, tuple[int, int]] = field(default_factory=dict)
     warm: int = 0
     cold: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists, ints and tensors (loadable with ``torch.load(weights_only=True)``)."""
-        return {"starts": [[list(k), q] for k, q in self.starts.items()], "warm": self.warm, "cold": self.cold}
+        return {"starts": [[list(k), q] for k, q in self.starts.items()],
+                "skip": [[list(k), list(v)] for k, v in self.skip.items()], "warm": self.warm, "cold": self.cold}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (in place: a method's reference stays valid)."""
         self.starts = {tuple(k): q for k, q in state.get("starts", [])}
+        self.skip = {tuple(k): (int(v[0]), int(v[1])) for k, v in state.get("skip", [])}
         self.warm, self.cold = int(state.get("warm", 0)), int(state.get("cold", 0))
 
+    def may_try(self, key: tuple) -> bool:
+        """Whether to attempt the warm path now (counts down a back-off)."""
+        wait, fails = self.skip.get(key, (0, 0))
+        if wait > 0:
+            self.skip[key] = (wait - 1, fails)
+            return False
+        return True
 
-def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[WarmStart], key: tuple
-                  ) -> tuple[Tensor, Optional[Tensor]]:
-    """The Gram projection, started from the factors ``state.starts[key]`` that the previous
-    call on the same group left (see :data:`WARM_ITERS`); a cold start, a rule the top-k cannot
-    decide, or a failed check runs the full eigensolve instead. ``state`` None keeps nothing:
-    every call is ``gram``."""
+    def failed(self, key: tuple) -> None:
+        """A failed certificate: skip the next 1, 2, 4, ... (at most WARM_BACKOFF_MAX) calls."""
+        fails = self.skip.get(key, (0, 0))[1] + 1
+        self.skip[key] = (min(2 ** (fails - 1), WARM_BACKOFF_MAX), fails)
+
+
+def _cold_eigs(batch: Tensor, rule: Rule, with_subgradient: bool, exact_svd: bool
+               ) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+    """The full solve (``gram``, or the SVD where ``exact_svd``), and the left singular vectors
+    of the wide orientation with the rule's mask, from which the next warm start is kept."""
+    if exact_svd:
+        with svd_threads(batch):
+            u, s, vh = torch.linalg.svd(batch, full_matrices=False)
+        keep = rank_mask(s, rule)
+        keep_f = keep.to(s.dtype)
+        proj = (u * (s * keep_f).unsqueeze(-2)) @ vh
+        sub = (u * keep_f.unsqueeze(-2)) @ vh if with_subgradient else None
+        left = vh.mT if batch.shape[-2] > batch.shape[-1] else u
+        return proj, sub, left.to(torch.float64), keep
+    x, tall = _wide(batch)
+    s, q = _full_eigs(_gram(x))
+    keep = rank_mask(s, rule)
+    proj, sub = _project_from_eigs(x, tall, s, q, keep, with_subgradient)
+    return proj, sub, q, keep
+
+
+def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[WarmStart], key: tuple,
+                  exact_svd: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """The projection started from the factors ``state.starts[key]`` that the previous call on
+    the same group left (see :func:`warm_eigs`); a cold start, a rule the top-k cannot decide,
+    a back-off or a failed certificate runs the full solve instead (the SVD where
+    ``exact_svd``, else the Gram eigensolve), which leaves the next start. ``state`` None keeps
+    nothing: every call is the full solve."""
     if state is None:
+        if exact_svd:
+            return _project_svd(batch, rule, with_subgradient, None)
         return _project_gram(batch, rule, with_subgradient)
     x, tall = _wide(batch)
     m = x.shape[-2]
     q0 = state.starts.get(key)
-    if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == (*x.shape[:-2], m):
-        found = warm_eigs(x.to(torch.float64), q0, rule)
+    if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == (*x.shape[:-2], m) and state.may_try(key):
+        tol = WARM_TOL_FLOAT64 if batch.dtype == torch.float64 else WARM_TOL
+        found = warm_eigs(x.to(torch.float64), q0, rule, tol)
         if found is not None:
             s, q, keep, r_max = found
             state.warm += 1
+            state.skip.pop(key, None)
             state.starts[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]
             top = slice(0, r_max)                            # nothing past the largest rank is kept
             return _project_from_top(x, tall, s[..., top], q[..., top], keep[..., top], with_subgradient)
-    s, q = _full_eigs(_gram(x))
-    keep = rank_mask(s, rule)
+        state.failed(key)
+    proj, sub, q, keep = _cold_eigs(batch, rule, with_subgradient, exact_svd)
     state.cold += 1
     k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else m  # host sync, like eigh's
     if k <= WARM_MAX_FRACTION * m:
         state.starts[key] = q[..., :k]
     else:
         state.starts.pop(key, None)
-    return _project_from_eigs(x, tall, s, q, keep, with_subgradient)
+    return proj, sub
 
 
 def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
@@ -238,11 +298,13 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     ``solver``: ``"svd"`` (exact, the default), ``"svd-<driver>"`` (exact, a cuSOLVER driver on
     CUDA), ``"gram"`` (eigendecomposition of the small Gram matrix in float64; same ranks and
     agreement to the weights' rounding, faster on wide matrices: see :func:`_project_gram`),
-    ``"auto"`` (gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
-    wider than tall or the reverse, svd for the others) or ``"warm"`` (the Gram solver started
-    from the factors the previous call left in ``state``, a :class:`WarmStart` the caller keeps between calls
-    on the same weights: see :data:`WARM_ITERS`; it checks its answer and falls back to the full
-    eigensolve, so it keeps gram's exactness; it reads back one flag per shape group)."""
+    ``"warm"`` (started from the factors the previous call left in ``state``, a
+    :class:`WarmStart` the caller keeps between calls on the same weights: a few products and a
+    small eigensolve, certified within :data:`WARM_TOL` of the exact subspace, else the full Gram
+    eigensolve; see :func:`warm_eigs`; it reads back one flag per shape group) or ``"auto"``
+    (the warm start where ``state`` is given, falling back to gram for groups whose matrices are
+    at least :data:`AUTO_GRAM_ASPECT` times wider than tall or the reverse and to the SVD for
+    the others; without ``state``, that choice alone)."""
     rule = parse_rule(rule)
     check_solver(solver)
     tl = [tiles] * len(weights) if isinstance(tiles, int) else list(tiles)
@@ -255,10 +317,12 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     for (rows, cols, _, _), idx in groups.items():
         flats = [mats[i].reshape(-1, rows, cols) for i in idx]
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
-        if solver == "warm":
+        wide = max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)
+        if solver == "warm" or (solver == "auto" and state is not None):
             key = (rows, cols, batch.shape[0], str(batch.dtype), str(batch.device))
-            proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, key)
-        elif solver == "gram" or (solver == "auto" and max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)):
+            proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, key,
+                                          exact_svd=solver == "auto" and not wide)
+        elif solver == "gram" or (solver == "auto" and wide):
             proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
         else:  # svd, auto on a square-ish group, or svd-<driver>
             driver = solver.partition("-")[2] or None

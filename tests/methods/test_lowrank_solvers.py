@@ -156,6 +156,101 @@ def test_warm_check_rejects_a_start_that_misses_the_top_subspace():
     assert L.warm_eigs(gapped, top, L.Rule("energy", 0.9)) is not None
 
 
+def _steady_matrix(m: int, rank: int, seed: int) -> torch.Tensor:
+    """An m x m float64 matrix whose energy-0.9 rank is ``rank``: a head decaying by e over a
+    random-matrix tail holding the rest (the shape TRP's layers have at the paper's ranks)."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.exp(-torch.arange(rank, dtype=torch.float64) / (rank - 1)).square()
+    tail = torch.linalg.svdvals(torch.randn(m - rank, m - rank, generator=g, dtype=torch.float64)).square()
+    head = head / head.sum()
+    head_e = 0.9 / (1 - float(head[-1]) / 2)    # the first rank - 1 values hold < 0.9, all rank > 0.9
+    s2 = torch.cat([head * head_e, tail / tail.sum() * (1 - head_e)])
+    u = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64)).Q
+    return (u * s2.sqrt()) @ v.T
+
+
+def test_warm_certifies_ranks_of_sixty_and_more():
+    # at the energy-0.9 cut the energy outside any block is at least ~10%, so a bound from the
+    # trace can never separate rank >= 60; the Cholesky certificate needs only the gap at the cut
+    x = torch.stack([_steady_matrix(384, 64, seed) for seed in (0, 1)])
+    rule = L.Rule("energy", 0.9)
+    exact = [L.rank_from_rule(torch.linalg.svdvals(one), rule) for one in x]
+    assert min(exact) >= 60
+    lam, u = torch.linalg.eigh(x @ x.mT)
+    start = u.flip(-1)[..., : max(exact) + L.WARM_GUARD]
+    step = x + 1e-3 * x.pow(2).mean().sqrt() * torch.randn(x.shape, generator=torch.Generator().manual_seed(5),
+                                                             dtype=x.dtype)
+    found = L.warm_eigs(step, start, rule, L.WARM_TOL)   # float32's tolerance: four products from a 1e-3 step
+    assert found is not None
+    s, q, keep, r_max = found
+    assert keep.sum(-1).tolist() == [L.rank_from_rule(torch.linalg.svdvals(one), rule) for one in step]
+    us, ss, _ = torch.linalg.svd(step)
+    for b in range(2):
+        r = int(keep[b].sum())
+        p_warm, p_exact = q[b, :, :r] @ q[b, :, :r].T, us[b, :, :r] @ us[b, :, :r].T
+        # |P - P_exact|_F = sqrt(2) |sin(angle)|_F, certified at most WARM_TOL
+        assert float((p_warm - p_exact).norm()) < 1.5 * L.WARM_TOL
+        assert torch.allclose(s[b, :r], ss[b, :r], rtol=1e-8)   # Ritz values: the angle squared
+
+
+def test_warm_certificate_rejects_a_block_missing_one_top_direction():
+    # three large eigenvalues; the start holds two of them and the whole rest: subspace
+    # iteration cannot bring the third in (its component is exactly zero), and the Ritz values
+    # still look like a clean spectrum. The Cholesky factorization of mu I - A + W fails.
+    lam = torch.cat([torch.tensor([100.0, 90.0, 80.0]), torch.linspace(1, 0.5, 13)]).double()
+    x = torch.diag(lam.sqrt()).unsqueeze(0)
+    start = torch.eye(16, dtype=torch.float64)[:, [0, 1, 3, 4, 5, 6]].unsqueeze(0)
+    assert L.warm_eigs(x, start, L.Rule("energy", 0.9)) is None
+    full = torch.eye(16, dtype=torch.float64)[:, :6].unsqueeze(0)
+    assert L.warm_eigs(x, full, L.Rule("energy", 0.9)) is not None
+
+
+def test_warm_backs_off_after_a_failed_certificate_and_tries_again():
+    # a diagonal layer (exact zeros stay zero under subspace iteration): rank 3 at energy 0.9
+    lam = torch.cat([torch.tensor([100.0, 90.0, 80.0]), torch.linspace(1, 0.5, 13)]).double()
+    weights = [torch.diag(lam.sqrt()).reshape(16, 16, 1, 1)]
+    state = L.WarmStart()
+    L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+    (key,) = state.starts
+    assert state.starts[key].shape[-1] == 3 + L.WARM_GUARD
+    state.starts[key] = torch.eye(16, dtype=torch.float64)[:, [0, 1, 3, 4, 5, 6, 7]].unsqueeze(0)  # misses e_2
+    state.warm = state.cold = 0
+    L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+    assert (state.warm, state.cold) == (0, 1) and state.skip == {key: (1, 1)}   # failed: skip the next call
+    L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+    assert (state.warm, state.cold) == (0, 2) and state.skip == {key: (0, 1)}   # skipped, solved in full
+    p, g = L.project(weights, "channel", "energy:0.9", solver="warm", state=state)
+    assert (state.warm, state.cold) == (1, 2) and not state.skip   # the full solve left a good start
+    rp, rg = L.project(weights, "channel", "energy:0.9", solver="svd")
+    for a, b in zip(p + g, rp + rg):
+        assert float((a - b).norm() / b.norm()) < 1e-9
+    # the back-off grows with failures in a row, up to WARM_BACKOFF_MAX calls, and is checkpointed
+    for _ in range(10):
+        state.failed(key)
+    assert state.skip[key] == (L.WARM_BACKOFF_MAX, 10)
+    again = L.WarmStart()
+    again.load_state_dict(state.state_dict())
+    assert again.skip == state.skip and again.starts.keys() == state.starts.keys()
+
+
+def test_auto_with_a_state_starts_warm_and_falls_back_to_the_svd_on_square_groups(monkeypatch):
+    weights = _trp_steady(torch.float64, scheme="spatial")   # square-ish spatial matrices
+    state = L.WarmStart()
+    calls = []
+    real = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    L.project(weights, "spatial", "energy:0.9", solver="auto", state=state)
+    assert state.cold == 3 and len(calls) == 3               # the first call: the exact SVD per group
+    nudged = _nudge(weights, 1e-3, 0)
+    p, g = L.project(nudged, "spatial", "energy:0.9", solver="auto", state=state)
+    assert state.warm == 3 and len(calls) == 3               # then the warm path, no SVD
+    monkeypatch.undo()
+    rp, rg = L.project(nudged, "spatial", "energy:0.9", solver="svd")
+    for a, b in zip(p + g, rp + rg):
+        assert float((a - b).norm() / b.norm()) < 1e-9
+
+
 def test_warm_solver_falls_back_when_the_weights_jump_and_the_rank_outgrows_the_block():
     state = L.WarmStart()
     L.project(_trp_steady(torch.float64), "channel", "energy:0.9", solver="warm", state=state)
