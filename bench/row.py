@@ -82,7 +82,7 @@ FIELDS: tuple[Field, ...] = (
           "dense_macs, macs, skipped)"),
     Field("wall_s", (_F, _N), "compression cost in seconds (train + compress + fine-tune, resumed epochs included)"),
     Field("gpu_hours", (_F, _N), "wall_s / 3600 x the GPUs the trial held"),
-    Field("method_info", (_D,), "the method's other report() facts (e.g. TRP solver warm: warm_start {warm, cold})"),
+    Field("method_info", (_D,), "the method's other report() facts (e.g. TRP with a warm start, solvers auto and warm: warm_start {warm, cold})"),
     Field("train_images", (_I, _N), "images in the training split as loaded (after subset options), every rank's"),
     Field("val_images", (_I, _N), "images in the validation split as loaded, every rank's"),
     Field("skipped_images", (_I, _N), "unreadable images skipped and counted (every rank, epoch and evaluation)"),

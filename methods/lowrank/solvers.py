@@ -30,13 +30,13 @@ AUTO_GRAM_ASPECT = 2.0
 CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 
 # "warm": TRP at period 1 projects almost the same weights at every step, so the previous step's
-# top eigenvectors of the Gram matrix A = X X^T start a subspace iteration that needs a few
-# products with A, and a k x k eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one.
+# top eigenvectors of the Gram matrix A = X X^T start a filtered subspace iteration that needs a
+# few products with A, and a k x k eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one.
 # Its answer is certified, not trusted (see warm_eigs): one Cholesky factorization proves that no
 # eigenvalue outside the kept block lies above a split point, and a residual bound then puts the
 # kept subspace within the tolerance of the exact one. Anywhere the certificate fails the group
 # runs the full solve instead, and waits a few calls before trying again (WARM_BACKOFF_MAX).
-WARM_ITERS = 4          # products with A per call, orthonormalized after every second
+WARM_ITERS = 3          # products with A per call (a Chebyshev filter of this degree), then one QR
 WARM_TOL = 1e-5         # certified sin(angle) to the exact top-r subspace, float32 weights (the
                         # float32 SVD itself is off by up to 7e-6 on TRP's matrices: BENCHMARKS.md)
 WARM_TOL_FLOAT64 = 1e-10  # float64 weights
@@ -137,13 +137,28 @@ def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Te
     return _project_from_eigs(x, tall, s, q, rank_mask(s, rule), with_subgradient)
 
 
+def _chebyshev(a: Tensor, q: Tensor, degree: int) -> Tensor:
+    """``T_d(L) q``: the Chebyshev polynomial of degree ``d`` in ``L = (2A - b) / b``, which stays
+    within [-1, 1] on the eigenvalues below ``b`` and grows like ``(x + sqrt(x^2 - 1))^d`` above
+    it, far faster than ``A^d`` separates the top of the spectrum from the rest. ``q`` is the
+    previous call's block, Ritz vectors in descending order, so ``|A q_k|`` estimates its last
+    eigenvalue; ``b`` sits just above it (where the block's guard ends). A poor ``b`` only slows
+    the filter: the certificate in :func:`warm_eigs` decides. ``d`` products with ``A``."""
+    aq = a @ q
+    b = (1.1 * aq[..., -1].norm(dim=-1)).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
+    prev, cur = q, (2 * aq - b * q) / b
+    for _ in range(degree - 1):
+        prev, cur = cur, 2 * (2 * (a @ cur) - b * cur) / b - prev
+    return cur
+
+
 def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
               ) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
     """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
     start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
     vectors, the rule's mask; None where any matrix fails the certificate (one host read-back).
 
-    Subspace iteration (:data:`WARM_ITERS` products with A), then Rayleigh-Ritz: Ritz values
+    A Chebyshev filter (:func:`_chebyshev`, :data:`WARM_ITERS` products with A), then Rayleigh-Ritz: Ritz values
     ``t`` (descending) and vectors ``q``. The energy outside the block is
     ``tail = trace(A) - sum(t)``; with it as one extra value the rule's mask on the top k is the
     mask on the full spectrum when the cut falls inside the block (checked: the block's last
@@ -157,10 +172,7 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
       the angle between span(Q_r) and the exact top-r eigenvectors is at most
       ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``, accepted when at most ``tol``."""
     a = x64 @ x64.mT                                         # (B, m, m), m <= n
-    for i in range(WARM_ITERS):
-        q = a @ q
-        if i % 2 == 1 or i == WARM_ITERS - 1:
-            q = torch.linalg.qr(q).Q
+    q = torch.linalg.qr(_chebyshev(a, q, WARM_ITERS)).Q
     aq = a @ q
     with svd_threads(x64):
         t, w = torch.linalg.eigh(q.mT @ aq)                  # q^T A q, k x k: small, batched
@@ -302,7 +314,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     :class:`WarmStart` the caller keeps between calls on the same weights: a few products and a
     small eigensolve, certified within :data:`WARM_TOL` of the exact subspace, else the full Gram
     eigensolve; see :func:`warm_eigs`; it reads back one flag per shape group) or ``"auto"``
-    (the warm start where ``state`` is given, falling back to gram for groups whose matrices are
+    (the warm start where ``state`` is given, with the same read-back, falling back to gram for groups whose matrices are
     at least :data:`AUTO_GRAM_ASPECT` times wider than tall or the reverse and to the SVD for
     the others; without ``state``, that choice alone)."""
     rule = parse_rule(rule)
