@@ -4,11 +4,12 @@ Every ``period`` steps, before the forward pass, each chosen layer's weight is r
 rank-r reconstruction (r by the energy rule, 0.9) through the batched, sync-free
 ``lowrank.project``; with ``nuclear`` > 0 the nuclear-norm sub-gradient is added to the gradient
 on the same steps (``grad += nuclear * U_r V_r^T``). ``solver`` picks how the projection is
-computed: ``auto`` (default: started from the previous step's factors, a few matrix products
-and a small eigensolve whose answer is certified, and where the certificate fails or on the
-first step the full solve: the Gram-matrix eigensolver where a layer's matrix is at least 2x
-wider than tall, else the exact SVD), ``warm`` (the same, falling back to the Gram eigensolver
-everywhere), ``gram``, or ``svd``. The row's ``method_info.warm_start`` counts warm and full
+computed: ``auto`` (default: on the CPU started from the previous step's factors, a few
+matrix products and a small eigensolve whose answer is certified; where the certificate fails,
+on the first step, and on a GPU until the warm path is measured there, the full solve: the
+Gram-matrix eigensolver where a layer's matrix is at least 2x wider than tall, else the exact
+SVD), ``warm`` (the warm start on any device, falling back to the Gram eigensolver), ``gram``,
+or ``svd``. The row's ``method_info.warm_start`` counts warm and full
 solves, and the warm factors are the method's ``state_dict``, so a resumed run starts warm; all
 keep the exact ranks and agree with a float64 SVD as closely as the float32 SVD does
 (tests/methods/test_lowrank_solvers.py, BENCHMARKS.md). After training the chosen layers are

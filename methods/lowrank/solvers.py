@@ -4,7 +4,7 @@
 sync, through a solver: ``svd`` (exact), ``gram`` (eigendecomposition of the small Gram matrix),
 ``warm`` (started from the previous call's factors, kept in a :class:`WarmStart`, which a
 method checkpoints through :meth:`WarmStart.state_dict`; certified, else gram), or ``auto``
-(warm where a state is kept, else gram where the matrices are wide and svd elsewhere).
+(on the CPU warm where a state is kept; else gram where the matrices are wide, svd elsewhere).
 """
 from __future__ import annotations
 
@@ -314,9 +314,9 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     :class:`WarmStart` the caller keeps between calls on the same weights: a few products and a
     small eigensolve, certified within :data:`WARM_TOL` of the exact subspace, else the full Gram
     eigensolve; see :func:`warm_eigs`; it reads back one flag per shape group) or ``"auto"``
-    (the warm start where ``state`` is given, with the same read-back, falling back to gram for groups whose matrices are
-    at least :data:`AUTO_GRAM_ASPECT` times wider than tall or the reverse and to the SVD for
-    the others; without ``state``, that choice alone)."""
+    (on the CPU, the warm start where ``state`` is given, with the same read-back; then, and
+    on a GPU always, gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
+    wider than tall or the reverse and the SVD for the others)."""
     rule = parse_rule(rule)
     check_solver(solver)
     tl = [tiles] * len(weights) if isinstance(tiles, int) else list(tiles)
@@ -330,7 +330,9 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
         flats = [mats[i].reshape(-1, rows, cols) for i in idx]
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
         wide = max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)
-        if solver == "warm" or (solver == "auto" and state is not None):
+        # auto starts warm on the CPU, where it is measured faster (BENCHMARKS.md); on a GPU it
+        # stays sync-free until the GPU suite has measured the warm path there
+        if solver == "warm" or (solver == "auto" and state is not None and batch.device.type == "cpu"):
             key = (rows, cols, batch.shape[0], str(batch.dtype), str(batch.device))
             proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, key,
                                           exact_svd=solver == "auto" and not wide)
