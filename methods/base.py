@@ -170,11 +170,14 @@ class Method:
         """Restore what :meth:`state_dict` returned (called after attach, before training resumes)."""
 
     def example_input(self, model: nn.Module) -> torch.Tensor:
-        """One example batch (from ``ctx``) on ``model``'s device: what compress() needs to count
-        MACs and to hit a ``speedup:`` rule."""
+        """One example batch (from ``ctx``) on ``model``'s device and in its floating dtype (a
+        float64 model gets a float64 batch): what compress() needs to count MACs and to hit a
+        ``speedup:`` rule."""
         x = self._context("example_input").example_input()
         p = next(model.parameters(), None)
-        return x.to(p.device) if p is not None else x
+        if p is None:
+            return x
+        return x.to(p.device, p.dtype) if p.is_floating_point() else x.to(p.device)
 
     def calibration_batches(self, n: int) -> list[tuple[Tensor, Tensor]]:
         """``n`` batches ``(x, y)`` of the training split on the trial's device, no augmentation."""

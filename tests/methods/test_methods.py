@@ -493,3 +493,18 @@ def test_methods_spec_prints_the_table_of_every_method(tmp_path):
         if cells[3] not in ("dense", "arsvd"):
             assert abs(float(cells[9].rstrip("x")) - 2.0) <= 0.04, ln
     print(f"methods.yaml ran in {took:.0f} s")
+
+
+@pytest.mark.parametrize("name", ["svd", "trp"])
+def test_a_float64_model_is_compressed_with_a_float64_example(name):
+    # the MAC probe runs the model on Method.example_input: it must match the model's dtype
+    model = _model().double()
+    method = registry.build(name, {"scheme": "channel", "export": "speedup:1.5"} if name == "trp"
+                            else {"scheme": "channel", "rule": "speedup:1.5"})
+    _attach(method, model)
+    assert method.example_input(model).dtype == torch.float64
+    small = method.compress(model)
+    assert next(small.parameters()).dtype == torch.float64
+    x = torch.randn(2, *SHAPE, dtype=torch.float64)
+    assert small(x).dtype == torch.float64
+    assert L.model_macs(model, x[:1]) / L.model_macs(small, x[:1]) == pytest.approx(1.5, rel=0.1)
