@@ -25,13 +25,14 @@ from methods.lowrank.schemes import check_scheme, check_tiles, full_rank, layer_
 
 class LayerReport(TypedDict):
     """One Conv2d/Linear of a decomposed model. ``rank``/``macs`` are per layer (``macs`` equals
-    ``dense_macs`` when skipped); ``full_rank`` and ``rank`` are per tile when ``tiles`` > 1."""
+    ``dense_macs`` when skipped); ``full_rank`` and ``rank`` are per tile when ``tiles`` > 1, and
+    one per mode (a list) for decompositions with several ranks (Tucker-2: output, input)."""
 
     name: str
     shape: list[int]
     scheme: str
-    rank: Optional[int]
-    full_rank: Optional[int]
+    rank: Optional[Union[int, list[int]]]
+    full_rank: Optional[Union[int, list[int]]]
     dense_macs: Optional[int]
     macs: Optional[int]
     skipped: Optional[str]       # None, or why the layer stayed dense
