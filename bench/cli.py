@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import __version__
 from bench.checks import PATH_QUOTE, UserError, bad
@@ -294,6 +295,22 @@ def cmd_check_method(name: str, only: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def method_name(method: str, label: str | None) -> str:
+    """A method as the user wrote it: ``trp (TRP+Nu)`` where the spec gave a ``label:``."""
+    return f"{method} ({label})" if label and label != method else method
+
+
+def failed_line(tid: str, row: dict | None, trial: Any, logs: Path) -> str:
+    """One line for a failed trial: its method (and label), variant, seed and error, or where
+    its log is when it wrote no row."""
+    if row:
+        name = method_name(str(row.get("method")), row.get("label"))
+        return f"failed {tid} {name} [{row.get('variant')}] seed {row.get('seed')}: {row.get('error')}"
+    name = method_name(trial.method, trial.display_label)
+    rest = trial.label.removeprefix(trial.method)
+    return f"failed {tid} {name}{rest}: no result written (see {logs / (tid + '.log')})"
+
+
 def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | None = None) -> int:
     from bench.spec import file_problems, load_spec
     from bench.store import Store
@@ -302,11 +319,13 @@ def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | 
     sweep = load_spec(_spec_path(spec), overrides=overrides or (), check_files=False)
     store = Store(results, sweep.name)
     print(f"sweep {sweep.name} ({sweep.source}): {len(sweep.trials)} trials")
-    print(f"{'id':12}  {'status':7}  {'method':10}  {'model':8}  {'data':9}  seed  variant")
+    names = {t.id: method_name(t.method, t.display_label) for t in sweep.trials}
+    width = max([10, *map(len, names.values())])
+    print(f"{'id':12}  {'status':7}  {'method':{width}}  {'model':8}  {'data':9}  seed  variant")
     for t in sweep.trials:
         row = store.read_result(t.id)
         status = row.get("status", "?") if row else "todo"
-        print(f"{t.id:12}  {status:7}  {t.method:10}  {t.model:8}  {str(t.data_cfg.get('name')):9}  "
+        print(f"{t.id:12}  {status:7}  {names[t.id]:{width}}  {t.model:8}  {str(t.data_cfg.get('name')):9}  "
               f"{t.seed:4}  {t.variant}")
     problems = file_problems(sweep)
     for problem in problems:
@@ -384,10 +403,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
     print(f"rows: {store_dir / 'trials'}/<trial_id>.json   table: {summary.csv}   logs: {store_dir / 'logs'}")
     by_id = {t.id: t for t in sweep.trials}
     for tid, r in list(summary.failed.items())[:10]:
-        if r:
-            print(f"failed {tid} {r.get('method')} [{r.get('variant')}] seed {r.get('seed')}: {r.get('error')}")
-        else:
-            print(f"failed {tid} {by_id[tid].label}: no result written (see {store_dir / 'logs' / (tid + '.log')})")
+        print(failed_line(tid, r, by_id[tid], store_dir / "logs"))
     return EXIT_TRIALS_FAILED if n_failed else 0
 
 

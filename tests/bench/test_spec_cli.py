@@ -105,3 +105,28 @@ def test_run_quick_with_overrides_from_an_empty_directory(tmp_path):
     assert all((tmp_path / "results" / "quick" / "trials" / r["compressed_model"]).is_file() for r in rows)
     tb = tmp_path / "results" / "quick" / "tensorboard"       # and per-epoch scalars for every trial
     assert all(any((tb / r["trial_id"]).glob("events.out.tfevents.*")) for r in rows)
+
+
+def test_show_and_the_failed_list_name_a_method_by_its_label_too(tmp_path, capsys):
+    from bench.cli import failed_line
+    from bench.spec import parse_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("""sweep: s
+data: {name: digits}
+model: cnn
+train: {epochs: 1}
+seeds: [0]
+methods:
+  - {name: dense}
+  - {name: trp, scheme: channel, label: "TRP+Nu"}
+""")
+    assert main(["show", str(spec), "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert " trp (TRP+Nu) " in out and " dense " in out and "dense (" not in out
+    trp = next(t for t in parse_spec(spec.read_text()).trials if t.method == "trp")
+    row = {"method": "trp", "label": "TRP+Nu", "variant": trp.variant, "seed": 0, "error": "RuntimeError: boom"}
+    assert failed_line(trp.id, row, trp, tmp_path) == \
+        f"failed {trp.id} trp (TRP+Nu) [{trp.variant}] seed 0: RuntimeError: boom"
+    line = failed_line(trp.id, None, trp, tmp_path)
+    assert line.startswith(f"failed {trp.id} trp (TRP+Nu)[") and "seed=0: no result written (see" in line
