@@ -106,6 +106,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``rankbench`` command. Output piped into a reader that stops early (``| head``) ends
+    the command quietly, as other command-line tools do, not with an error."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # point stdout at /dev/null so that the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     if argv is None and sys.argv[1:2] == ["run"] and os.environ.get(SUPERVISE_ENV, "1") != "0" \
             and hasattr(os, "fork"):
         return _supervise(sys.argv[1:])
@@ -136,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        raise                                   # main() ends quietly
     except OSError as e:
         # disk full, results folder removed or read-only while the sweep ran; the store names
         # the file it could not write, so an error without a file name is not about the results

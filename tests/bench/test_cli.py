@@ -82,3 +82,21 @@ def test_only_the_cli_imports_reports():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "reports"]
     assert offenders == []
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path, monkeypatch, capsys):
+    # what `rankbench show | head -1` does: the reader goes, the next write raises EPIPE
+    import io
+    import sys
+
+    from bench.cli import main
+
+    class ClosedPipe(io.TextIOWrapper):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    sink = open(tmp_path / "stdout", "wb")
+    monkeypatch.setattr(sys, "stdout", ClosedPipe(sink))
+    assert main(["methods"]) == 0
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""                   # no "error: BrokenPipeError" line
