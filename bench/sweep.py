@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -186,6 +187,27 @@ def check_address(address: str) -> None:
                       f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]'")
 
 
+ADDRESS_TIMEOUT_S = 5.0   # a cluster's head answers a TCP connection within this, or is not there
+
+
+def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """``HOST:PORT`` and ``ray://HOST:PORT``: something must accept a TCP connection there, else
+    one line now, instead of the minute ``ray.init`` spends retrying. ``auto``/``local`` name no
+    port to try (``auto`` finds the local cluster itself)."""
+    from bench.checks import bad
+
+    if address in ("auto", "local"):
+        return
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise bad("--address", address, "the address of a running Ray cluster (ray status there prints it)",
+                  f"nothing answers there within {timeout:g} s ({why})") from None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a quiet local Ray with every core."""
     set_ray_env()
@@ -296,6 +318,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address)
+        check_listening(address)
     else:
         capacity.check_local(sweep.trials)       # this machine is the whole cluster: nothing joins
     wait_s = capacity.wait_seconds(wait_for_nodes) if address else 0.0

@@ -310,6 +310,9 @@ ARGV: dict[str, tuple[Callable[[Path, str], list[str]], list[str]]] = {
     "address-no-port": (lambda tmp, s: ["run", s, "--address", "ray://head"], ["--address: 'ray://head'"]),
     "address-port-range": (lambda tmp, s: ["run", s, "--address", "head:99999"], ["--address: 'head:99999'"]),
     "address-scheme": (lambda tmp, s: ["run", s, "--address", "http://head:80"], ["--address: 'http://head:80'"]),
+    # a well-formed address nobody answers at: refused at once, not after ray.init's minute of retries
+    "address-nobody-listening": (lambda tmp, s: ["run", s, "--address", f"127.0.0.1:{_free_port()}"],
+                                 ["--address: '127.0.0.1:", "nothing answers there"]),
     "storage-bogus-uri": (lambda tmp, s: ["run", s, "--storage", "bogus://x/y"], ["storage: 'bogus://x/y'"]),
     "results-is-a-file": (lambda tmp, s: ["run", s, "--results", empty_file(tmp)], ["results: ", "cannot create"]),
     "show-bad-seed": (lambda tmp, s: ["show", _write(tmp, spec(seeds=[2**32])(tmp))], ["seeds: [4294967296]"]),
@@ -321,6 +324,15 @@ ARGV: dict[str, tuple[Callable[[Path, str], list[str]], list[str]]] = {
                                                 "--out", empty_file(tmp)], ["report: ", "empty.pt", "accepted: a writable folder"]),
     "report-two-folders-no-out": (lambda tmp, s: ["report", str(tmp), str(tmp)], ["--out: ", "needed when several"]),
 }
+
+
+def _free_port() -> int:
+    """A local TCP port nothing listens on (bound, read, closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _write(tmp: Path, text: str) -> str:
