@@ -61,11 +61,11 @@ def test_an_os_error_without_a_file_is_not_blamed_on_the_results_folder(monkeypa
     import bench.cli as cli
 
     def broken(*a, **k):
-        raise BrokenPipeError(32, "Broken pipe")
+        raise ConnectionResetError(104, "Connection reset by peer")
 
     monkeypatch.setattr(cli, "cmd_methods", broken)
     assert cli.main(["methods"]) == 2
-    assert capsys.readouterr().err.strip() == "error: BrokenPipeError: [Errno 32] Broken pipe"
+    assert capsys.readouterr().err.strip() == "error: ConnectionResetError: [Errno 104] Connection reset by peer"
 
 
 def test_only_the_cli_imports_reports():
