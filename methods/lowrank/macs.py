@@ -20,12 +20,28 @@ from torch import Tensor, nn
 from methods.lowrank.schemes import check_scheme, pair
 
 
+def attention_macs(inputs: list, outputs: list) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention(q, k, v, ...)``: its two matrix
+    products, ``Q K^T`` and the attention weights times ``V``: ``batch * L * S * (E + Ev)`` MACs
+    for ``q`` (..., L, E) and ``v`` (..., S, Ev). Scaling, masking and the softmax are elementwise
+    and left out, as everywhere else. (A transformer's attention is MACs no decomposition of its
+    linears removes: without this a ViT's speed-up from its linears alone would be overstated.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn.jit_handles import get_shape
+
+    q, v = get_shape(inputs[0]), get_shape(inputs[2])
+    return math.prod(q[:-2]) * q[-2] * v[-2] * (q[-1] + v[-1])
+
+
 def mac_handles(conv_only: bool = False) -> dict[str, Any]:
     """fvcore op handles that count multiply-accumulates. Norms, pooling, upsampling and other
     elementwise ops are left out on purpose: published MAC counts (and TRP's speed-ups) count
     conv/linear/matmul only, and torch.utils.flop_counter counts the same set (x2), which lets
-    a test cross-check the number. ``conv_only``: convolutions alone (the basis of the official
-    TRP code's speed-ups: no FC, no BN)."""
+    a test cross-check the number; attention (``scaled_dot_product_attention``) is counted as
+    its two matrix products (:func:`attention_macs`; torch's counter has no formula for its CPU
+    kernel). ``conv_only``: convolutions alone (the basis of the official TRP code's
+    speed-ups: no FC, no BN)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # fvcore's import scripts a function: torch.jit warns
         from fvcore.nn import jit_handles
@@ -33,6 +49,7 @@ def mac_handles(conv_only: bool = False) -> dict[str, Any]:
     if conv_only:
         return {"aten::_convolution": jit_handles.conv_flop_jit}
     return {
+        "aten::scaled_dot_product_attention": attention_macs,
         "aten::_convolution": jit_handles.conv_flop_jit,
         "aten::addmm": jit_handles.addmm_flop_jit,
         "aten::bmm": jit_handles.bmm_flop_jit,

@@ -45,6 +45,31 @@ def test_count_macs_small_cnn_by_hand_and_against_torch_counter():
     assert count_macs(m, (3, 8, 8)) == _torch_macs(SmallCNN(), (3, 8, 8))
 
 
+class TinyAttention(nn.Module):
+    """One head-split attention: qkv and output projections around scaled_dot_product_attention."""
+
+    def __init__(self, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):                                        # x (B, L, dim)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)   # (B, H, L, d / H)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+def test_count_macs_counts_attention_as_its_two_matrix_products():
+    m = TinyAttention()
+    tokens, dim, heads = 5, 8, 2
+    by_hand = (tokens * dim * 3 * dim                            # qkv
+               + heads * tokens * tokens * (dim // heads) * 2    # Q K^T, then weights @ V
+               + tokens * dim * dim)                             # proj
+    assert count_macs(m, (tokens, dim)) == by_hand
+    # torch's counter has no formula for the CPU attention kernel: it sees the linears only
+    assert _torch_macs(TinyAttention(), (tokens, dim)) == by_hand - heads * tokens * tokens * (dim // heads) * 2
+
+
 def test_count_macs_resnet18_matches_torch_counter_and_scales_with_input():
     m = torchvision.models.resnet18(num_classes=10)
     macs32 = count_macs(m, (3, 32, 32))
