@@ -78,3 +78,42 @@ def test_a_bad_storage_uri_is_one_line_before_anything_runs(capsys):
     assert main(["run", "--storage", "nope://bucket/dir"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: storage: 'nope://bucket/dir': ")
+
+
+def test_storage_that_never_answers_is_given_up_after_the_timeout(capsys, monkeypatch):
+    # a real S3 client against a real server that accepts the connection and never answers:
+    # the first request is given up after $RANKBENCH_STORAGE_TIMEOUT, one line, exit 2
+    import socket
+    import threading
+    import time
+
+    from bench.cli import main
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+
+    def accept_and_stay_silent() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:            # the server closed at the end of the test
+                return
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    monkeypatch.setenv("RANKBENCH_STORAGE_TIMEOUT", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")          # no credential lookup on the network
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    uri = f"s3://bucket/dir?endpoint_override=127.0.0.1:{server.getsockname()[1]}&scheme=http&region=us-east-1"
+    t0 = time.monotonic()
+    try:
+        assert main(["run", "--storage", uri]) == 2
+        assert held                                        # it did reach the server
+    finally:
+        server.close()
+        for conn in held:                                  # the abandoned request fails and its thread ends
+            conn.close()
+    assert time.monotonic() - t0 < 20
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: storage: {uri!r}: no answer within 1s"), err
