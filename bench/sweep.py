@@ -167,6 +167,16 @@ def _callback(by_id: dict[str, Trial], prog: _Progress):
 ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):[0-9]{1,5}$")
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found without importing it (a finder that refuses it counts as not)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_address(address: str) -> None:
     """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray Client); else one line, before
     Ray prints a screen of warnings and a traceback for it."""
@@ -179,9 +189,7 @@ def check_address(address: str) -> None:
     if not m or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
         raise bad("--address", address, accepted)
     if m.group(1):
-        import importlib.util
-
-        missing = [mod for mod in ("grpc",) if importlib.util.find_spec(mod) is None]
+        missing = [mod for mod in ("grpc",) if not _importable(mod)]
         if missing:
             raise bad("--address", address, accepted,
                       f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]'")

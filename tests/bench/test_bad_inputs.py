@@ -417,3 +417,30 @@ def test_show_previews_a_spec_with_an_unreadable_pretrained_file_and_names_it(tm
     assert rc == 0, cap.err
     assert "model.pretrained" in cap.out + cap.err and "not a readable state dict file" in cap.out + cap.err
     assert "Traceback" not in cap.out + cap.err
+
+
+def test_ray_client_address_without_ray_client_installed_says_how_to_get_it(tmp_path):
+    # an interpreter where grpc (what ray[client] adds) cannot be found: a meta path finder
+    # hides it, as a machine without the extra would
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.yaml"
+    good.write_text(spec()(tmp_path))
+    code = (
+        "import sys\n"
+        "class NoGrpc:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'grpc' or name.startswith('grpc.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, NoGrpc())\n"
+        "from bench.cli import main\n"
+        f"sys.exit(main(['run', {str(good)!r}, '--results', {str(tmp_path / 'res')!r}, "
+        "'--address', 'ray://head:10001']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                       cwd=Path(__file__).resolve().parents[2])
+    line = _error_line(r.returncode, r.stdout, r.stderr)
+    assert "--address: 'ray://head:10001'" in line and "pip install 'ray[client]'" in line, line
+    assert not (tmp_path / "res").exists()
