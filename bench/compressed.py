@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from bench.checks import PATH_QUOTE, bad
+from bench.fs import Location, location, read_bytes_io
 from bench.store import atomic_torch_save
 from bench.version import __version__
 
@@ -95,10 +96,11 @@ def save_compressed(model: nn.Module, path: Path, *, model_name: str, model_opti
     return path
 
 
-def find_compressed(ref: str | Path, results: str | Path = "results") -> Path:
+def find_compressed(ref: str | Path, results: str | Path = "results") -> Location:
     """The model file ``ref`` names: the ``.model.pt`` itself, the trial's row (``<id>.json``),
-    or a trial id, looked up in every sweep under ``results``."""
-    p = Path(ref).expanduser()
+    or a trial id, looked up in every sweep under ``results``. Paths and ``results`` may be
+    storage URIs (``s3://...``, ``file:///...``), as for ``rankbench run --storage``."""
+    p = location(ref)
     if p.is_file():
         if p.name.endswith(SUFFIX):
             return p
@@ -113,7 +115,7 @@ def find_compressed(ref: str | Path, results: str | Path = "results") -> Path:
     if p.is_dir() and p.name != "trials" and (p / "trials").is_dir():
         raise bad("model", str(p), f"a trial id, a <trial_id>{SUFFIX} file or a row's .json",
                   "a sweep folder holds many trials", PATH_QUOTE)
-    hits = sorted(Path(results).expanduser().glob(f"*/trials/{p.name}{SUFFIX}")) if p.name == str(ref) else []
+    hits = sorted(location(results).glob(f"*/trials/{p.name}{SUFFIX}")) if p.name == str(ref) else []
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
@@ -123,10 +125,8 @@ def find_compressed(ref: str | Path, results: str | Path = "results") -> Path:
               "not found", PATH_QUOTE)
 
 
-def read_payload(path: Path) -> dict[str, Any]:
+def read_payload(path: Location) -> dict[str, Any]:
     """The saved dict of a compressed-model file; a one-line error if it is not one."""
-    from bench.fs import read_bytes_io
-
     try:
         with read_bytes_io(path) as f:
             data = f.read()
@@ -162,7 +162,7 @@ def load_compressed(ref: str | Path, results: str | Path = "results") -> nn.Modu
     return model.eval()
 
 
-def example_input(path_or_payload: Path | dict[str, Any], batch: int = 2) -> torch.Tensor:
+def example_input(path_or_payload: Location | dict[str, Any], batch: int = 2) -> torch.Tensor:
     """A random batch of the shape the saved model takes (for exporting and checking it)."""
     payload = path_or_payload if isinstance(path_or_payload, dict) else read_payload(path_or_payload)
     g = torch.Generator().manual_seed(0)

@@ -24,6 +24,7 @@ from torch import nn
 
 from bench.checks import PATH_QUOTE, UserError, bad, unknown
 from bench.compressed import SUFFIX, example_input, find_compressed, load_compressed, read_payload
+from bench.fs import Location, location
 from bench.store import atomic_write_bytes
 
 FORMATS: dict[str, str] = {"torch": ".pt2", "onnx": ".onnx"}
@@ -37,31 +38,39 @@ class ExportMismatch(UserError):
 
 @dataclass
 class Exported:
-    path: Path
+    path: Location
     format: str
     max_abs_diff: float      # largest |exported - eager| over the checked batches
     scale: float             # largest |eager| output, for reading max_abs_diff
 
 
-def _default_out(model_file: Path, fmt: str) -> Path:
+def _default_out(model_file: Location, fmt: str) -> Location:
     return model_file.with_name(model_file.name.removesuffix(SUFFIX) + FORMATS[fmt])
 
 
-def _write_via_file(out: Path, write: Callable[[str], None]) -> None:
+def _write_via_file(out: Location, write: Callable[[str], None]) -> bytes:
     """Call ``write(tmp_path)`` for exporters that want a file name, then move it into place
-    atomically (``out`` is complete or absent)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    atomically (``out`` is complete or absent; on a storage URI it is uploaded whole); returns
+    what was written."""
+    remote = not isinstance(out, Path)
+    if not remote:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=None if remote else out.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, out)
+        data = Path(tmp).read_bytes()
+        if remote:
+            out.write_bytes(data)
+        else:
+            os.replace(tmp, out)
+        return data
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _export_torch(model: nn.Module, x: torch.Tensor, out: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _export_torch(model: nn.Module, x: torch.Tensor, out: Location) -> Callable[[torch.Tensor], torch.Tensor]:
     import io
 
     batch = torch.export.Dim("batch", min=1)
@@ -69,11 +78,11 @@ def _export_torch(model: nn.Module, x: torch.Tensor, out: Path) -> Callable[[tor
     buf = io.BytesIO()
     torch.export.save(ep, buf)
     atomic_write_bytes(out, buf.getvalue())
-    loaded = torch.export.load(str(out)).module()
+    loaded = torch.export.load(io.BytesIO(buf.getvalue())).module()   # the bytes just written
     return lambda t: loaded(t)
 
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _export_onnx(model: nn.Module, x: torch.Tensor, out: Location) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -85,8 +94,8 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> Callable[[torc
         torch.onnx.export(model, (x,), tmp, input_names=["input"], output_names=["logits"],
                           dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
 
-    _write_via_file(out, write)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    data = _write_via_file(out, write)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])   # the bytes just written
     name = session.get_inputs()[0].name
     return lambda t: torch.from_numpy(session.run(None, {name: t.numpy()})[0])
 
@@ -102,7 +111,7 @@ def export_compressed(ref: str | Path, fmt: str = "torch", out: str | Path | Non
     src = find_compressed(ref, results)
     payload = read_payload(src)
     model = load_compressed(src)
-    dest = Path(out).expanduser() if out else _default_out(src, fmt)
+    dest = location(out) if out else _default_out(src, fmt)
     x = example_input(payload, BATCHES[0])
     with torch.no_grad():
         run = (_export_torch if fmt == "torch" else _export_onnx)(model, x, dest)

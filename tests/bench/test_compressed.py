@@ -75,6 +75,24 @@ def test_a_trial_saves_its_compressed_model_beside_its_row_and_it_loads_to_the_s
         assert torch.allclose(by_id(X), want, rtol=0, atol=1e-6)
 
 
+def test_load_and_export_from_a_storage_uri(trained, tmp_path, capsys):
+    # file:// goes through pyarrow's file system, the code path s3:// and gs:// take
+    root, trial, _, want = trained
+    uri = f"file://{root}"
+    model = bench.load_compressed(trial.id, results=uri)            # a trial id under a URI
+    with torch.no_grad():
+        assert torch.allclose(model(X), want, rtol=0, atol=1e-6)
+    row_uri = f"{uri}/c/trials/{trial.id}.json"                     # the row, by URI
+    assert torch.allclose(bench.load_compressed(row_uri)(X), want, rtol=0, atol=1e-6)
+    out = export_compressed(trial.id, "torch", f"{uri}/exported/m.pt2", results=uri)
+    assert str(out.path).startswith("file://") and (root / "exported" / "m.pt2").is_file()
+    assert main(["export", trial.id, "--results", uri]) == 0        # default: beside the model
+    assert (root / "c" / "trials" / f"{trial.id}.pt2").is_file() and "max |diff|" in capsys.readouterr().out
+    program = torch.export.load(str(root / "c" / "trials" / f"{trial.id}.pt2")).module()
+    with torch.no_grad():
+        assert torch.allclose(program(X), want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_missing_or_foreign_model_gets_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^model: 'nope': not found; accepted: "):
         bench.load_compressed("nope", results=tmp_path)
