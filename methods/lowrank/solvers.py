@@ -166,8 +166,9 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
 
     - split: ``mu = (t_r + t_{r+1}) / 2``; with ``W = Q_r diag(t_r) Q_r^T`` (PSD, rank r), Weyl's
       inequality gives ``lambda_{r+1}(A) <= lambda_max(A - W)``, so a Cholesky factorization of
-      ``mu I - A + W`` that succeeds proves ``lambda_{r+1}(A) <= mu`` (``mu`` lowered first by
-      the factorization's rounding bound, ``m^2 eps`` of the largest diagonal entry);
+      ``mu I - A + W`` that succeeds proves ``lambda_{r+1}(A) <= mu`` (``mu`` lowered first by a
+      bound on the rounding in forming ``A`` and in the factorization: ``m max(m, n) eps`` of
+      ``mu + t_1 + trace(A)``);
     - the Ritz values ``t_1..t_r`` lie at or above ``t_r > mu``, so by Davis-Kahan the sine of
       the angle between span(Q_r) and the exact top-r eigenvectors is at most
       ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``, accepted when at most ``tol``."""
@@ -189,7 +190,8 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
     mu = (t_r + t_next) / 2
     kept_t = t * keep.to(t.dtype)
     cert = (q * kept_t.unsqueeze(-2)) @ q.mT - a             # W - A
-    rounding = m * m * torch.finfo(a.dtype).eps * (mu + kept_t[..., 0] + trace)
+    # rounding in A (n terms per entry) and in the factorization (m), both within eps * size * trace
+    rounding = m * max(m, x64.shape[-1]) * torch.finfo(a.dtype).eps * (mu + kept_t[..., 0] + trace)
     cert.diagonal(dim1=-2, dim2=-1).add_((mu - rounding).unsqueeze(-1))
     factored = torch.linalg.cholesky_ex(cert).info == 0
     residual = ((aq - q * t.unsqueeze(-2)) * keep.unsqueeze(-2)).norm(dim=(-2, -1))
