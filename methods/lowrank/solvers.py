@@ -296,15 +296,17 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
 def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with_subgradient: bool = True,
             tiles: Union[int, Sequence[int]] = 1, solver: str = "svd", state: Optional[WarmStart] = None
             ) -> tuple[list[Tensor], list[Optional[Tensor]]]:
-    """Project each weight onto its low-rank set under ``rule``, batched and without host sync.
+    """Project each weight onto its low-rank set under ``rule``, batched, without host sync but
+    for the warm start's one flag per shape group.
 
     All matrices of one shape (and dtype/device), whatever layer, filter or tile they come
-    from, are stacked and go through one ``torch.linalg.svd`` call; the rank is applied as a mask (:func:`rank_mask`), never read back
-    to the host, so a training step keeps the GPU queue full. Returns the projected weights
-    ``U_r diag(s_r) V_r^T`` and, if asked, the nuclear-norm sub-gradients ``U_r V_r^T``, both in
-    each weight's own shape and order. (PyTorch documents that torch.linalg.svd itself
-    synchronizes a CUDA device with the CPU, to check for convergence errors; grouping keeps that
-    to one per distinct matrix shape, and nothing else here syncs.)
+    from, are stacked and go through one batched solve; the rank is applied as a mask
+    (:func:`rank_mask`), never read back to the host, so a training step keeps the GPU queue
+    full. Returns the projected weights ``U_r diag(s_r) V_r^T`` and, if asked, the nuclear-norm
+    sub-gradients ``U_r V_r^T``, both in each weight's own shape and order. (PyTorch documents
+    that torch.linalg.svd and eigh synchronize a CUDA device with the CPU, to check for
+    convergence errors; grouping keeps that to one per distinct matrix shape, and nothing else
+    here syncs but the warm start's flag.)
 
     ``tiles`` (one int, or one per weight; see :func:`layer_tiles`): project each column tile
     separately (DeepTwist's tiling); tiles of every layer batch together by shape.
