@@ -3,14 +3,16 @@ layers' inputs or outputs on calibration batches of the training split, and the 
 that plans ranks with ``methods.lowrank`` and then refits each factorized layer to the data.
 
 The ranks come from ``lowrank.decompose_model`` under the method's scheme and rule (so every rule,
-``speedup:S`` included, means what it means for ``svd``, on the MAC count the result row reports);
-the data only changes the factors' weights, never the structure, so the MAC count is the plan's.
-Statistics are gathered on the dense model (the original network's responses), in eval mode
-(no BN update) and without gradients, accumulated in float64.
+``speedup:S`` included, means what it means for ``svd``, on the MAC count the result row reports),
+read from the spectra :meth:`DataDriven.rank_spectra` gives (``zhang``: its responses' PCA
+energies, as the papers choose ranks) or else from the weights'; the data then sets the factors'
+weights, never the structure, so the MAC count is the plan's. Statistics are gathered on the
+dense model (the original network's responses), in eval mode (no BN update) and without
+gradients, accumulated in float64, in one pass over the calibration batches.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -66,21 +68,29 @@ class DataDriven(SVD):
         self._fit: dict[str, dict[str, float]] = {}
 
     def compress(self, model: nn.Module) -> nn.Module:
-        small = super().compress(model)
-        names = [r["name"] for r in self._reports if r["skipped"] is None and r["rank"] is not None]
-        if names:
-            stats: dict[str, Any] = {}
-            collect(model, names, self.calibration_batches(self.calibration), self.collector(stats))
-            self._fit = {}
-            for name in names:
-                fact = small.get_submodule(name)
+        chosen = [n for n, why in self.choose_layers(model) if why is None]
+        stats: dict[str, Any] = {}
+        if chosen:
+            collect(model, chosen, self.calibration_batches(self.calibration), self.collector(stats))
+        small, self._reports = lowrank.decompose_model(
+            model, self.scheme, self.rule, self.layers, example_input=self.example_input(model),
+            include_stride2=self.include_stride2, spectra=self.rank_spectra(model, stats))
+        self._fit = {}
+        for rep in self._reports:
+            if rep["skipped"] is None and rep["rank"] is not None:
                 with torch.no_grad():
-                    self._fit[name] = self.refit(model.get_submodule(name), fact, stats[name])
+                    self._fit[rep["name"]] = self.refit(model.get_submodule(rep["name"]),
+                                                        small.get_submodule(rep["name"]), stats[rep["name"]])
         return small
 
     def collector(self, stats: dict[str, Any]) -> Collector:
         """A :data:`Collector` that accumulates per-layer statistics into ``stats[name]``."""
         raise NotImplementedError
+
+    def rank_spectra(self, model: nn.Module, stats: dict[str, Any]) -> Optional[dict[str, Tensor]]:
+        """Per layer, the spectrum the rank rule reads (``lowrank.decompose_model``'s ``spectra``);
+        None: the weights' singular values, as ``svd``."""
+        return None
 
     def refit(self, dense: nn.Module, fact: lowrank.Factorized, stats: Any) -> dict[str, float]:
         """Set ``fact``'s weights (in place) from the layer's statistics; return facts for the report."""

@@ -14,8 +14,12 @@ eigenvectors of their covariance (mean ``y_bar`` removed), and ``y ~ M M^T (y - 
 The papers put the bias ``M^T (b - y_bar)`` on the first conv; folded into the second conv it
 computes the same function, and the layers keep the channel scheme's structure (so MACs are the
 ``svd`` channel scheme's). A conv without a bias gains one on its 1x1 conv (the mean response).
-Ranks come from the ``rule`` as for ``svd`` with the channel scheme (``speedup:S`` matches MACs);
-at full rank the pair reproduces the layer exactly. Optional fine-tuning (``finetune_epochs``).
+Ranks come from the responses, as in the papers: the ``rule`` (as for ``svd``; ``speedup:S``
+matches MACs with one energy threshold for all layers) reads each layer's PCA spectrum, the
+square roots of the response covariance's eigenvalues, so ``energy:0.9`` keeps the components
+holding 90% of the response variance (the TPAMI paper's greedy product-of-energies allocation
+under a MAC budget is not implemented: ``speedup:S`` thresholds the energies instead). At full
+rank the pair reproduces the layer exactly. Optional fine-tuning (``finetune_epochs``).
 The asymmetric, non-linear version (reconstructing the next ReLU's input) is not implemented.
 """
 from __future__ import annotations
@@ -48,6 +52,17 @@ class Zhang(DataDriven):
 
     def refit(self, dense: nn.Module, fact: lowrank.Factorized, stats: Any) -> dict[str, float]:
         return fit_channel(dense, fact, stats["yy"] / stats["n"], stats["y"] / stats["n"])
+
+    def rank_spectra(self, model: nn.Module, stats: dict[str, Any]) -> dict[str, Tensor]:
+        """Each layer's response PCA spectrum (descending; at most the channel scheme's full rank:
+        responses of a conv with fewer inputs than outputs span no more)."""
+        out = {}
+        for name, st in stats.items():
+            mean = st["y"] / st["n"]
+            cov = st["yy"] / st["n"] - torch.outer(mean, mean)
+            evals = torch.linalg.eigvalsh((cov + cov.T) / 2).flip(-1).clamp_min(0)
+            out[name] = evals[: lowrank.full_rank(model.get_submodule(name), self.scheme)].sqrt().cpu()
+        return out
 
     def rebuild(self, model: nn.Module, layers: Sequence[lowrank.LayerReport]) -> nn.Module:
         """The deployed structure: the channel scheme's pairs, each 1x1 conv with a bias."""

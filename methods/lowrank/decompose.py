@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Optional, Sequence, TypedDict, Union
+from typing import Mapping, Optional, Sequence, TypedDict, Union
 
 import torch
 from torch import Tensor, nn
@@ -103,7 +103,7 @@ def _plan(model: nn.Module, scheme: str, layers: Union[None, str, Sequence[str]]
 def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
                     layers: Union[None, str, Sequence[str]] = None, example_input: Optional[Tensor] = None,
                     keep_dense_if_larger: bool = True, include_stride2: bool = True, tiles: int = 1,
-                    ) -> tuple[nn.Module, list[LayerReport]]:
+                    spectra: Optional[Mapping[str, Tensor]] = None) -> tuple[nn.Module, list[LayerReport]]:
     """Factorize ``model``'s layers (a deep copy; ``model`` is untouched) under ``scheme``/``rule``.
 
     ``layers``: ``"official"`` (default; the official TRP choice for conv schemes, every
@@ -111,7 +111,11 @@ def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
     ``example_input`` (a batch) is needed for MAC counts and for the ``speedup`` rule. A layer
     whose factorized MACs would not be lower than its dense MACs stays dense
     (``keep_dense_if_larger``), with the reason in its report. ``tiles`` (channel scheme):
-    factorize each input-channel tile separately (see :func:`factorize`).
+    factorize each input-channel tile separately (see :func:`factorize`). ``spectra`` (layer name
+    -> a descending 1-D spectrum, at most the layer's full rank long): what the rule reads for
+    that layer instead of its weight's singular values, e.g. the square roots of the eigenvalues
+    of a data-driven method's response covariance (the factors are still the weight's SVD; such
+    a method refits them).
 
     Returns the factorized model and one :class:`LayerReport` per Conv2d/Linear in the model
     (skipped ones carry the reason). :func:`build_factorized` rebuilds the same structure from the
@@ -122,11 +126,13 @@ def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
     out = copy.deepcopy(model)
     plan = _plan(out, scheme, layers, example_input, include_stride2, tiles)
     reports = plan.reports
-    spectra = [_layer_spectrum(plan.modules[reports[i]["name"]], scheme, reports[i]["tiles"]) for i in plan.chosen]
+    given = spectra or {}
+    spectra_ = [given[reports[i]["name"]].to("cpu", torch.float64) if reports[i]["name"] in given
+                else _layer_spectrum(plan.modules[reports[i]["name"]], scheme, reports[i]["tiles"]) for i in plan.chosen]
     if rule.is_global:
-        ranks = _ranks_for_speedup(plan, spectra, rule.value)
+        ranks = _ranks_for_speedup(plan, spectra_, rule.value)
     else:
-        ranks = [_rank_for(spec, rule) for spec in spectra]
+        ranks = [_rank_for(spec, rule) for spec in spectra_]
 
     for i, r in zip(plan.chosen, ranks):
         rep = reports[i]

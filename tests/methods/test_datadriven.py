@@ -146,12 +146,40 @@ def test_mac_formula_equals_fvcore_on_the_fitted_layer(name, scheme):
         assert L.model_macs(layer, x) == formula == r["macs"]
 
 
-def test_zhang_fit_beats_the_weight_svd_on_each_layers_calibration_responses():
+def test_zhang_ranks_keep_the_energy_of_the_responses_not_of_the_weights():
     torch.manual_seed(0)
     model = build_model("cnn", 10, SHAPE).eval()
     ctx = _ctx([])
-    svd = registry.build("svd", {"scheme": "channel", "rule": "speedup:2.0"})
-    zhang = registry.build("zhang", {"rule": "speedup:2.0", "calibration": 1})   # fitted on exactly x below
+    zhang = registry.build("zhang", {"rule": "energy:0.9", "calibration": 2})
+    zhang.ctx = ctx
+    zhang.attach(model, ctx)
+    zhang.compress(model)
+    got = {r["name"]: r["rank"] for r in zhang.report().layers if r["rank"] is not None}
+    outs: dict[str, list[torch.Tensor]] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda mod, i, o, n=n: outs.setdefault(n, []).append(o))
+             for n in got]
+    with torch.no_grad():
+        for x, _ in ctx.train_batches(2):
+            model(x)
+    for h in hooks:
+        h.remove()
+    weight_ranks = {}
+    for n, o in outs.items():
+        y = torch.cat([t.transpose(1, -1).reshape(-1, t.shape[1]) for t in o]).double()
+        cov = torch.cov(y.T, correction=0)
+        spectrum = torch.linalg.eigvalsh(cov).flip(-1).clamp_min(0).sqrt()
+        assert got[n] == L.rank_from_rule(spectrum, "energy:0.9"), n
+        weight_ranks[n] = L.rank_from_rule(torch.linalg.svdvals(L.to_matrix(model.get_submodule(n).weight.double(),
+                                                                             "channel")), "energy:0.9")
+    assert weight_ranks != got          # on this network the two criteria differ
+
+
+def test_zhang_fit_beats_the_weight_svd_at_the_same_ranks_on_the_calibration_responses():
+    torch.manual_seed(0)
+    model = build_model("cnn", 10, SHAPE).eval()
+    ctx = _ctx([])
+    svd = registry.build("svd", {"scheme": "channel", "rule": "rank:3"})
+    zhang = registry.build("zhang", {"rule": "rank:3", "calibration": 1})   # fitted on exactly x below
     outs = {}
     for m in (svd, zhang):
         m.ctx = ctx
