@@ -57,6 +57,7 @@ class DataDriven(SVD):
     A subclass sets :attr:`scheme` and implements :meth:`collector` and :meth:`refit`."""
 
     scheme: str = "channel"
+    allocation: str = "threshold"              # how a speedup: rule shares the MACs (lowrank.decompose_model)
     choices: dict[str, tuple[str, ...]] = {}   # the scheme is the method's, not a parameter
 
     def __init__(self, rule: str = "speedup:2.0", calibration: int = 8, finetune_epochs: int = 0,
@@ -74,7 +75,8 @@ class DataDriven(SVD):
             collect(model, chosen, self.calibration_batches(self.calibration), self.collector(stats))
         small, self._reports = lowrank.decompose_model(
             model, self.scheme, self.rule, self.layers, example_input=self.example_input(model),
-            include_stride2=self.include_stride2, spectra=self.rank_spectra(model, stats))
+            include_stride2=self.include_stride2, spectra=self.rank_spectra(model, stats),
+            allocation=self.allocation)
         self._fit = {}
         for rep in self._reports:
             if rep["skipped"] is None and rep["rank"] is not None:

@@ -14,12 +14,12 @@ eigenvectors of their covariance (mean ``y_bar`` removed), and ``y ~ M M^T (y - 
 The papers put the bias ``M^T (b - y_bar)`` on the first conv; folded into the second conv it
 computes the same function, and the layers keep the channel scheme's structure (so MACs are the
 ``svd`` channel scheme's). A conv without a bias gains one on its 1x1 conv (the mean response).
-Ranks come from the responses, as in the papers: the ``rule`` (as for ``svd``; ``speedup:S``
-matches MACs with one energy threshold for all layers) reads each layer's PCA spectrum, the
-square roots of the response covariance's eigenvalues, so ``energy:0.9`` keeps the components
-holding 90% of the response variance (the TPAMI paper's greedy product-of-energies allocation
-under a MAC budget is not implemented: ``speedup:S`` thresholds the energies instead). At full
-rank the pair reproduces the layer exactly. Optional fine-tuning (``finetune_epochs``).
+Ranks come from the responses, as in the papers: the ``rule`` reads each layer's PCA spectrum,
+the square roots of the response covariance's eigenvalues, so ``energy:0.9`` keeps the
+components holding 90% of the response variance, and ``speedup:S`` keeps the ranks with the
+largest product over layers of the kept response energy within the MAC budget (the papers'
+criterion; ``lowrank.decompose_model(..., allocation="product")``), matching MACs as for every
+method. At full rank the pair reproduces the layer exactly. Optional fine-tuning (``finetune_epochs``).
 The asymmetric, non-linear version (reconstructing the next ReLU's input) is not implemented.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Zhang(DataDriven):
 
     name = "zhang"
     scheme = "channel"
+    allocation = "product"
 
     def collector(self, stats: dict[str, Any]) -> Collector:
         def add(name: str, mod: nn.Module, inp: Tensor, out: Tensor) -> None:

@@ -8,6 +8,7 @@ reports, e.g. to load a saved state dict.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, TypedDict, Union
 
@@ -103,7 +104,8 @@ def _plan(model: nn.Module, scheme: str, layers: Union[None, str, Sequence[str]]
 def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
                     layers: Union[None, str, Sequence[str]] = None, example_input: Optional[Tensor] = None,
                     keep_dense_if_larger: bool = True, include_stride2: bool = True, tiles: int = 1,
-                    spectra: Optional[Mapping[str, Tensor]] = None) -> tuple[nn.Module, list[LayerReport]]:
+                    spectra: Optional[Mapping[str, Tensor]] = None, allocation: str = "threshold",
+                    ) -> tuple[nn.Module, list[LayerReport]]:
     """Factorize ``model``'s layers (a deep copy; ``model`` is untouched) under ``scheme``/``rule``.
 
     ``layers``: ``"official"`` (default; the official TRP choice for conv schemes, every
@@ -115,7 +117,10 @@ def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
     -> a descending 1-D spectrum, at most the layer's full rank long): what the rule reads for
     that layer instead of its weight's singular values, e.g. the square roots of the eigenvalues
     of a data-driven method's response covariance (the factors are still the weight's SVD; such
-    a method refits them).
+    a method refits them). ``allocation`` (a ``speedup:S`` rule): ``threshold`` (one energy
+    threshold for every layer, :func:`_ranks_for_speedup`) or ``product`` (the ranks that keep
+    the largest product over layers of the kept energy within the MAC budget, Zhang et al.'s
+    criterion: :func:`_ranks_for_product`; one spectrum per layer).
 
     Returns the factorized model and one :class:`LayerReport` per Conv2d/Linear in the model
     (skipped ones carry the reason). :func:`build_factorized` rebuilds the same structure from the
@@ -129,7 +134,13 @@ def decompose_model(model: nn.Module, scheme: str, rule: Union[str, Rule],
     given = spectra or {}
     spectra_ = [given[reports[i]["name"]].to("cpu", torch.float64) if reports[i]["name"] in given
                 else _layer_spectrum(plan.modules[reports[i]["name"]], scheme, reports[i]["tiles"]) for i in plan.chosen]
-    if rule.is_global:
+    if allocation not in ALLOCATIONS:
+        raise bad("allocation", allocation, ", ".join(ALLOCATIONS))
+    if rule.is_global and allocation == "product":
+        if any(spec.dim() != 1 for spec in spectra_):
+            raise bad("allocation", allocation, "threshold", "per filter or per tile spectra have no one energy")
+        ranks = _ranks_for_product(plan, spectra_, rule.value)
+    elif rule.is_global:
         ranks = _ranks_for_speedup(plan, spectra_, rule.value)
     else:
         ranks = [_rank_for(spec, rule) for spec in spectra_]
@@ -169,17 +180,32 @@ def check_reachable(model: nn.Module, scheme: str, rule: Union[str, Rule], examp
                       f"not reachable with scheme {scheme!r} on these layers")
 
 
+ALLOCATIONS: tuple[str, ...] = ("threshold", "product")
+
+
+def _costs(plan: _Plan, spectra: list[Tensor], speedup: float) -> tuple[float, int, list[list[int]]]:
+    """``(target, fixed, tables)`` for a ``speedup:S`` plan: the model's MAC budget, the MACs no
+    rank changes (layers left dense, other ops), and per chosen layer its MACs at ranks 1..k,
+    capped at dense (such a layer would stay dense). Fails in one line if rank 1 everywhere
+    does not fit."""
+    reports = plan.reports
+    target = plan.dense_total / speedup
+    fixed = plan.other_macs + sum(r["dense_macs"] or 0 for r in reports if r["skipped"] is not None)
+    tables = [[min(plan.fmacs(i, r), reports[i]["dense_macs"]) for r in range(1, spec.shape[-1] + 1)]
+              for i, spec in zip(plan.chosen, spectra)]
+    least = fixed + sum(t[0] for t in tables)
+    if least > target:
+        raise bad("rule", f"speedup:{speedup}", f"speedup up to {plan.dense_total / least:.3f} (rank 1 everywhere)",
+                  "not reachable with these layers")
+    return target, fixed, tables
+
+
 def _ranks_for_speedup(plan: _Plan, spectra: list[Tensor], speedup: float) -> list[int]:
     """One global energy threshold ``e`` for all chosen layers, found by bisection, so that the
     model's MACs (every conv/linear, dense or not, plus other matmul-type ops) come as close
     as the rank steps allow to ``dense_total / speedup``. Energy is scale-free, so one threshold is
     comparable across layers; MACs are monotone in ``e``, so bisection converges."""
-    reports = plan.reports
-    target = plan.dense_total / speedup
-    fixed = plan.other_macs + sum(r["dense_macs"] or 0 for r in reports if r["skipped"] is not None)
-    # cost table per layer: MACs at each rank, capped at dense (such a layer would stay dense)
-    tables = [[min(plan.fmacs(i, r), reports[i]["dense_macs"]) for r in range(1, spec.shape[-1] + 1)]
-              for i, spec in zip(plan.chosen, spectra)]
+    target, fixed, tables = _costs(plan, spectra, speedup)
 
     def ranks_at(e: float) -> list[int]:
         return [_rank_for(spec, Rule("energy", e)) if e > 0 else 1 for spec in spectra]
@@ -188,10 +214,6 @@ def _ranks_for_speedup(plan: _Plan, spectra: list[Tensor], speedup: float) -> li
         return fixed + sum(t[r - 1] for t, r in zip(tables, rs))
 
     lo, hi = 0.0, 1.0
-    if total(ranks_at(lo)) > target:
-        best = plan.dense_total / total(ranks_at(lo))
-        raise bad("rule", f"speedup:{speedup}", f"speedup up to {best:.3f} (rank 1 everywhere)",
-                  "not reachable with these layers")
     for _ in range(60):  # 2^-60: far below the gap between two distinct cumulative energies
         mid = (lo + hi) / 2
         if total(ranks_at(mid)) <= target:
@@ -200,6 +222,45 @@ def _ranks_for_speedup(plan: _Plan, spectra: list[Tensor], speedup: float) -> li
             hi = mid
     r_lo, r_hi = ranks_at(lo), ranks_at(hi)
     return r_lo if abs(total(r_lo) - target) <= abs(total(r_hi) - target) else r_hi
+
+
+def _ranks_for_product(plan: _Plan, spectra: list[Tensor], speedup: float) -> list[int]:
+    """Ranks that keep the largest product over layers of the kept energy
+    ``E_l(r) = sum_{a <= r} s_a^2`` within the MAC budget (Zhang et al., TPAMI 2016): from rank 1
+    everywhere, each step raises the layer whose next rank adds the most ``log E`` per MAC it
+    costs, while the model still fits (``log E_l`` is concave in the rank and each layer's MACs
+    grow by the same amount per rank, so this marginal analysis is the optimum up to one rank
+    step; a rank past the point where the factorized layer costs its dense MACs is free, and
+    taken). Then one more step if it lands closer to ``dense_total / speedup``, as the
+    threshold allocation does."""
+    target, fixed, tables = _costs(plan, spectra, speedup)
+    log_e = [[math.log(v) if v > 0 else -math.inf for v in torch.cumsum(spec.double() ** 2, 0).tolist()]
+             for spec in spectra]
+    ranks = [1] * len(tables)
+    total = fixed + sum(t[0] for t in tables)
+
+    def best_step(room: float) -> Optional[tuple[int, int]]:
+        """(layer, cost) of the step with the most log-energy gained per MAC among those costing
+        at most ``room``; None when none fits."""
+        best: Optional[tuple[float, int, int]] = None
+        for layer, (t, r) in enumerate(zip(tables, ranks)):
+            if r >= len(t) or t[r] - t[r - 1] > room:
+                continue
+            cost = t[r] - t[r - 1]
+            gained = log_e[layer][r] - log_e[layer][r - 1]
+            gain = math.inf if cost <= 0 else (0.0 if math.isnan(gained) else gained) / cost
+            if best is None or gain > best[0]:
+                best = (gain, layer, cost)
+        return None if best is None else (best[1], best[2])
+
+    while (step := best_step(target - total)) is not None:
+        layer, cost = step
+        ranks[layer] += 1
+        total += cost
+    over = best_step(math.inf)
+    if over is not None and abs(total + over[1] - target) < abs(total - target):
+        ranks[over[0]] += 1
+    return ranks
 
 
 def build_factorized(model: nn.Module, reports: Sequence[LayerReport]) -> nn.Module:

@@ -2,6 +2,8 @@
 reports, and the speedup rule."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,36 @@ def test_target_speedup_within_2_percent_on_resnet20(scheme):
     assert abs(dense / macs - 2.0) / 2.0 < 0.02
     ranks = [r["rank"] for r in reports if r["rank"] is not None]
     assert len(ranks) >= 12 and len(set(ranks)) > 1  # one global threshold, per-layer ranks
+
+
+def _two_layer_plan_spectra() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Two 16x16 linears of the same cost per rank, with spectra of different shapes (one
+    decaying exponentially, one like 1 / sqrt(a))."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    a = torch.arange(16, dtype=torch.float64)
+    return model, {"0": torch.exp(-0.2 * a), "2": 1 / torch.sqrt(1 + a)}
+
+
+def test_product_allocation_keeps_the_most_energy_product_within_the_budget():
+    model, spectra = _two_layer_plan_spectra()
+    x = torch.zeros(1, 16)
+    # dense: 256 + 256 + 64 (the last layer stays dense); speedup 2 leaves 224 MACs = 7 ranks of 32
+    _, reports = L.decompose_model(model, "linear", "speedup:2.0", layers=["0", "2"], example_input=x,
+                                   spectra=spectra, allocation="product")
+    got = {r["name"]: r["rank"] for r in reports if r["rank"] is not None}
+    assert got["0"] + got["2"] == 7
+
+    def log_product(r0: int, r2: int) -> float:
+        e = lambda s, r: float(s[:r].square().sum())   # noqa: E731
+        return math.log(e(spectra["0"], r0)) + math.log(e(spectra["2"], r2))
+
+    best = max(range(1, 7), key=lambda r0: log_product(r0, 7 - r0))   # every split of the budget
+    assert got["0"] == best
+    # one energy threshold for both layers spends the same budget worse on this pair
+    _, thr = L.decompose_model(model, "linear", "speedup:2.0", layers=["0", "2"], example_input=x,
+                               spectra=spectra, allocation="threshold")
+    t = {r["name"]: r["rank"] for r in thr if r["rank"] is not None}
+    assert t["0"] + t["2"] <= 7 and log_product(t["0"], t["2"]) < log_product(got["0"], got["2"])
+    with pytest.raises(ValueError, match=r"^allocation: 'greedy'; accepted: threshold, product$"):
+        L.decompose_model(model, "linear", "speedup:2.0", example_input=x, allocation="greedy")
