@@ -54,15 +54,20 @@ def check_solver(solver: str, field: str = "solver") -> str:
     return solver
 
 
-def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Optional[str]
-                 ) -> tuple[Tensor, Optional[Tensor]]:
+# what a full solve returns: the projection, the sub-gradient (or None), the left singular
+# vectors of the wide orientation (what a warm start keeps) and the rule's mask
+Solved = tuple[Tensor, Optional[Tensor], Tensor, Tensor]
+
+
+def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Optional[str]) -> Solved:
     """Exact: one batched ``torch.linalg.svd``; the rank enters as a mask on ``s``."""
     with svd_threads(batch):
         u, s, vh = torch.linalg.svd(batch, full_matrices=False, driver=driver)
-    keep = rank_mask(s, rule).to(s.dtype)                    # (B, k), stays on device
-    proj = (u * (s * keep).unsqueeze(-2)) @ vh
-    sub = (u * keep.unsqueeze(-2)) @ vh if with_subgradient else None
-    return proj, sub
+    keep = rank_mask(s, rule)                                # (B, k), stays on device
+    keep_f = keep.to(s.dtype)
+    proj = (u * (s * keep_f).unsqueeze(-2)) @ vh
+    sub = (u * keep_f.unsqueeze(-2)) @ vh if with_subgradient else None
+    return proj, sub, (vh.mT if batch.shape[-2] > batch.shape[-1] else u), keep
 
 
 def _wide(batch: Tensor) -> tuple[Tensor, bool]:
@@ -127,14 +132,15 @@ def _full_eigs(a: Tensor) -> tuple[Tensor, Tensor]:
     return lam.flip(-1).clamp_min(0).sqrt(), q.flip(-1)
 
 
-def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> tuple[Tensor, Optional[Tensor]]:
+def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> Solved:
     """The same projection from the eigendecomposition of the small Gram matrix: for ``X``
     (m x n, m <= n; a tall matrix is transposed first), ``X X^T = U diag(s^2) U^T`` gives ``U``
     and ``s`` (see :func:`_project_from_eigs`). An m x m symmetric eigensolver plus matrix
     products is far cheaper than a general SVD of X."""
     x, tall = _wide(batch)
     s, q = _full_eigs(_gram(x))
-    return _project_from_eigs(x, tall, s, q, rank_mask(s, rule), with_subgradient)
+    keep = rank_mask(s, rule)
+    return (*_project_from_eigs(x, tall, s, q, keep, with_subgradient), q, keep)
 
 
 def _chebyshev(a: Tensor, q: Tensor, degree: int) -> Tensor:
@@ -238,24 +244,11 @@ class WarmStart:
         self.skip[key] = (min(2 ** (fails - 1), WARM_BACKOFF_MAX), fails)
 
 
-def _cold_eigs(batch: Tensor, rule: Rule, with_subgradient: bool, exact_svd: bool
-               ) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
-    """The full solve (``gram``, or the SVD where ``exact_svd``), and the left singular vectors
-    of the wide orientation with the rule's mask, from which the next warm start is kept."""
+def _full_solve(batch: Tensor, rule: Rule, with_subgradient: bool, exact_svd: bool) -> Solved:
+    """The full solve behind a warm start: the SVD where ``exact_svd``, else the Gram eigensolve."""
     if exact_svd:
-        with svd_threads(batch):
-            u, s, vh = torch.linalg.svd(batch, full_matrices=False)
-        keep = rank_mask(s, rule)
-        keep_f = keep.to(s.dtype)
-        proj = (u * (s * keep_f).unsqueeze(-2)) @ vh
-        sub = (u * keep_f.unsqueeze(-2)) @ vh if with_subgradient else None
-        left = vh.mT if batch.shape[-2] > batch.shape[-1] else u
-        return proj, sub, left.to(torch.float64), keep
-    x, tall = _wide(batch)
-    s, q = _full_eigs(_gram(x))
-    keep = rank_mask(s, rule)
-    proj, sub = _project_from_eigs(x, tall, s, q, keep, with_subgradient)
-    return proj, sub, q, keep
+        return _project_svd(batch, rule, with_subgradient, None)
+    return _project_gram(batch, rule, with_subgradient)
 
 
 def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Optional[WarmStart], key: tuple,
@@ -266,9 +259,7 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
     ``exact_svd``, else the Gram eigensolve), which leaves the next start. ``state`` None keeps
     nothing: every call is the full solve."""
     if state is None:
-        if exact_svd:
-            return _project_svd(batch, rule, with_subgradient, None)
-        return _project_gram(batch, rule, with_subgradient)
+        return _full_solve(batch, rule, with_subgradient, exact_svd)[:2]
     x, tall = _wide(batch)
     m = x.shape[-2]
     q0 = state.starts.get(key)
@@ -283,11 +274,11 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
             top = slice(0, r_max)                            # nothing past the largest rank is kept
             return _project_from_top(x, tall, s[..., top], q[..., top], keep[..., top], with_subgradient)
         state.failed(key)
-    proj, sub, q, keep = _cold_eigs(batch, rule, with_subgradient, exact_svd)
+    proj, sub, left, keep = _full_solve(batch, rule, with_subgradient, exact_svd)
     state.cold += 1
     k = int(keep.sum(-1).max()) + WARM_GUARD if rule.kind in WARM_RULES else m  # host sync, like eigh's
     if k <= WARM_MAX_FRACTION * m:
-        state.starts[key] = q[..., :k]
+        state.starts[key] = left[..., :k].to(torch.float64)
     else:
         state.starts.pop(key, None)
     return proj, sub
@@ -341,12 +332,12 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
             proj_b, sub_b = _project_warm(batch, rule, with_subgradient, state, key,
                                           exact_svd=solver == "auto" and not wide)
         elif solver == "gram" or (solver == "auto" and wide):
-            proj_b, sub_b = _project_gram(batch, rule, with_subgradient)
+            proj_b, sub_b = _project_gram(batch, rule, with_subgradient)[:2]
         else:  # svd, auto on a square-ish group, or svd-<driver>
             driver = solver.partition("-")[2] or None
             if driver and batch.device.type != "cuda":
                 raise bad("solver", solver, f"on {batch.device}: {', '.join(SOLVERS)}", "needs CUDA")
-            proj_b, sub_b = _project_svd(batch, rule, with_subgradient, driver)
+            proj_b, sub_b = _project_svd(batch, rule, with_subgradient, driver)[:2]
         sizes = [f.shape[0] for f in flats]
         proj = proj_b.split(sizes)
         sub = sub_b.split(sizes) if sub_b is not None else None
