@@ -164,7 +164,7 @@ def _callback(by_id: dict[str, Trial], prog: _Progress):
     return Cb()
 
 
-ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):[0-9]{1,5}$")
+ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):([0-9]{1,5})$")
 
 
 def _importable(module: str) -> bool:
@@ -186,7 +186,7 @@ def check_address(address: str) -> None:
     if address in ("auto", "local"):
         return
     m = ADDRESS.match(address)
-    if not m or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
+    if not m or not 0 < int(m.group(3)) < 65536:
         raise bad("--address", address, accepted)
     if m.group(1):
         missing = [mod for mod in ("grpc",) if not _importable(mod)]
@@ -204,11 +204,11 @@ def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     port to try (``auto`` finds the local cluster itself)."""
     from bench.checks import bad
 
-    if address in ("auto", "local"):
+    m = ADDRESS.match(address)     # checked by check_address: auto, local or this form
+    if m is None:
         return
-    host, port = address.removeprefix("ray://").rsplit(":", 1)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout):
             pass
     except OSError as e:
         why = e.strerror or str(e) or type(e).__name__
