@@ -1,5 +1,6 @@
-"""Real processes for fault-injection tests: a `rankbench run` driver in its own session, and
-cleanup that leaves nothing of it behind (Ray's helpers included)."""
+"""Real processes for tests: a `rankbench run` driver in its own session, killed when a test is
+ready and cleaned up so that nothing of it is left behind (Ray's helpers included), and method
+plugins installed on disk the way pip installs them, for such processes to find."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,3 +62,32 @@ def kill_session(sid: int) -> None:
         if not left:
             return
         time.sleep(0.1)
+
+
+def kill_driver_when(p: subprocess.Popen, ready: Callable[[], bool], timeout: float) -> None:
+    """SIGKILL the driver ``p`` as soon as ``ready()`` holds (polled every 50 ms for at most
+    ``timeout`` seconds), as a lost head node would; fails if the driver ended first. Its
+    session (Ray, trial workers) is killed in any case."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and p.poll() is None:
+            if ready():
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the sweep ended before it could be killed mid-way:\n" + p.stdout.read()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+    finally:
+        kill_session(p.pid)
+
+
+def install(site: Path, package: str, source: str, entry_points: dict[str, str]) -> None:
+    """Write the distribution ``package`` 0.1 into ``site`` the way pip installs a wheel."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[rankbench.methods]\n{lines}")
+    (info / "RECORD").write_text("")

@@ -28,7 +28,7 @@ from bench.run import run_trial
 from bench.spec import parse_spec
 from bench.store import Store
 from bench.sweep import run_sweep
-from procs import bench_run, epochs_logged, kill_session, session_pids
+from procs import bench_run, epochs_logged, install, kill_session, session_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,20 +167,10 @@ methods:
 """
 
 
-def _install_plugin(where: Path) -> Path:
-    """A third-party plugin as pip would install it: a module and its dist-info entry point."""
-    where.mkdir()
-    (where / "rb_boom.py").write_text(PLUGIN)
-    info = where / "rb_boom-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rb-boom\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[rankbench.methods]\ntest-boom = rb_boom:Boom\n")
-    return where
-
-
 def test_a_trial_that_raises_or_goes_nan_is_failed_with_reason_and_epoch_and_the_sweep_goes_on(
         tmp_path, capsys):
-    plugins = _install_plugin(tmp_path / "plugins")
+    plugins = tmp_path / "plugins"
+    install(plugins, "rb_boom", PLUGIN, {"test-boom": "rb_boom:Boom"})
     spec = tmp_path / "boom.yaml"
     spec.write_text(BOOM_SPEC)
     # two slots, three trials: the third can only start once one of the first two ended

@@ -2,15 +2,12 @@
 driver was killed with SIGKILL goes on from its rows and epoch checkpoints on a fresh head."""
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 from bench.spec import parse_spec
 from bench.store import Store
 from bench.sweep import run_sweep
-from procs import bench_run, epochs_logged, kill_session
+from procs import bench_run, epochs_logged, kill_driver_when
 
 
 def _no_temp_files(root: Path) -> bool:
@@ -72,24 +69,18 @@ def test_a_sweep_resumes_from_its_storage_after_the_driver_is_killed(tmp_path):
     head1 = tmp_path / "head1"
     head1.mkdir()
     p = bench_run([str(spec), "--storage", str(storage), "--max-concurrent", "2"], head1)
-    try:
-        # kill -9 once a trial is finished and another is early on its way: an epoch checkpoint,
-        # no row, at most 3 of its 6 epochs done (so it cannot finish while the kill lands)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and p.poll() is None:
-            rows = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
-            early = [c for c in (sweep_dir / "checkpoints").glob("*/epoch.pt") if c.parent.name not in rows
-                     and epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= 3]
-            if rows and early:
-                break
-            time.sleep(0.05)
-        assert p.poll() is None, "the sweep ended before it could be killed mid-way:\n" + p.stdout.read()
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(30)
-    finally:
-        # the head node is gone: end every process this driver started (Ray's raylet, agents and
-        # trial workers, all in the session the driver leads), as a lost machine would
-        kill_session(p.pid)
+
+    def one_done_one_early() -> bool:
+        """A trial is finished and another early on its way: an epoch checkpoint, no row, at most
+        3 of its 6 epochs done (so it cannot finish while the kill lands)."""
+        rows = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
+        early = [c for c in (sweep_dir / "checkpoints").glob("*/epoch.pt") if c.parent.name not in rows
+                 and epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= 3]
+        return bool(rows and early)
+
+    # the head node is gone: kill -9, and every process this driver started (Ray's raylet,
+    # agents and trial workers, all in the session the driver leads) with it, as a lost machine
+    kill_driver_when(p, one_done_one_early, timeout=120)
     done_before = {f.stem for f in (sweep_dir / "trials").glob("*.json")}
     partial = {c.parent.name for c in (sweep_dir / "checkpoints").glob("*/epoch.pt")} - done_before
     assert 1 <= len(done_before) < 4 and partial

@@ -8,12 +8,10 @@ state is the number of steps it has seen, so a lost state shows as a short count
 from __future__ import annotations
 
 import os
-import signal
-import time
 from pathlib import Path
 
 from bench.store import Store
-from procs import bench_run, epochs_logged, kill_session
+from procs import bench_run, epochs_logged, install, kill_driver_when, kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 8
@@ -54,39 +52,24 @@ methods:
 """
 
 
-def _install(where: Path) -> Path:
-    where.mkdir()
-    (where / "rb_counter.py").write_text(COUNTER)
-    info = where / "rb_counter-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rb-counter\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[rankbench.methods]\ntest-counter = rb_counter:Counter\n")
-    return where
-
-
 def test_a_killed_trial_resumes_with_the_method_state_restored(tmp_path):
-    plugins = _install(tmp_path / "plugins")
+    plugins = tmp_path / "plugins"
+    install(plugins, "rb_counter", COUNTER, {"test-counter": "rb_counter:Counter"})
     spec = tmp_path / "mstate.yaml"
     spec.write_text(SPEC)
     results = tmp_path / "res"
     sweep_dir = results / "mstate"
     pythonpath = os.pathsep.join([str(ROOT), str(plugins)])
     p = bench_run([str(spec), "--results", str(results), "--max-concurrent", "2"], tmp_path, pythonpath=pythonpath)
-    try:
-        # SIGKILL once both trials have an epoch checkpoint and neither has finished
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and p.poll() is None:
-            cks = list((sweep_dir / "checkpoints").glob("*/epoch.pt"))
-            rows = list((sweep_dir / "trials").glob("*.json"))
-            if len(cks) == 2 and not rows and all(
-                    1 <= epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= EPOCHS - 3 for c in cks):
-                break
-            time.sleep(0.05)
-        assert p.poll() is None, "the sweep ended before it could be killed mid-way:\n" + p.stdout.read()
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(30)
-    finally:
-        kill_session(p.pid)   # the driver's Ray and trial workers go with it, as on a lost machine
+
+    def both_started_neither_done() -> bool:
+        """Both trials have an epoch checkpoint, neither a row, and neither is near its end."""
+        cks = list((sweep_dir / "checkpoints").glob("*/epoch.pt"))
+        rows = list((sweep_dir / "trials").glob("*.json"))
+        return len(cks) == 2 and not rows and all(
+            1 <= epochs_logged(sweep_dir / "logs" / f"{c.parent.name}.log") <= EPOCHS - 3 for c in cks)
+
+    kill_driver_when(p, both_started_neither_done, timeout=240)
     assert not list((sweep_dir / "trials").glob("*.json"))
 
     q = bench_run([str(spec), "--results", str(results), "--max-concurrent", "2"], tmp_path, pythonpath=pythonpath)

@@ -13,20 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from procs import install
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example.py"
-
-
-def install(site: Path, package: str, source: str, entry_points: dict[str, str]) -> None:
-    """Write the distribution ``package`` 0.1 into ``site`` the way pip installs a wheel."""
-    (site / package).mkdir(parents=True)
-    (site / package / "__init__.py").write_text(source)
-    info = site / f"{package}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[rankbench.methods]\n{lines}")
-    (info / "RECORD").write_text("")
 
 
 def rankbench(site: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
