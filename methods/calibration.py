@@ -73,10 +73,7 @@ class DataDriven(SVD):
         stats: dict[str, Any] = {}
         if chosen:
             collect(model, chosen, self.calibration_batches(self.calibration), self.collector(stats))
-        small, self._reports = lowrank.decompose_model(
-            model, self.scheme, self.rule, self.layers, example_input=self.example_input(model),
-            include_stride2=self.include_stride2, spectra=self.rank_spectra(model, stats),
-            allocation=self.allocation)
+        small = self.decompose(model, self.rank_spectra(model, stats), self.allocation)
         self._fit = {}
         for rep in self._reports:
             if rep["skipped"] is None and rep["rank"] is not None:

@@ -3,9 +3,9 @@ chosen layer is decomposed under ``scheme`` at the rank ``rule`` gives; then ``f
 epochs of fine-tuning (0 = "decompose, no fine-tuning", k = "decompose + fine-tune")."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
-from torch import nn
+from torch import Tensor, nn
 
 from bench.checks import is_int
 from methods import lowrank
@@ -43,9 +43,15 @@ class SVD(Method):
         return lowrank.layer_choice(model, self.scheme, self.layers, self.include_stride2)
 
     def compress(self, model: nn.Module) -> nn.Module:
+        return self.decompose(model)
+
+    def decompose(self, model: nn.Module, spectra: Optional[Mapping[str, Tensor]] = None,
+                  allocation: str = "threshold") -> nn.Module:
+        """``lowrank.decompose_model`` under this method's scheme, rule and layers (``spectra``
+        and ``allocation``: what a subclass reads the ranks from); keeps the reports."""
         small, self._reports = lowrank.decompose_model(
             model, self.scheme, self.rule, self.layers, example_input=self.example_input(model),
-            include_stride2=self.include_stride2)
+            include_stride2=self.include_stride2, spectra=spectra, allocation=allocation)
         return small
 
     def report(self) -> MethodReport:
