@@ -196,24 +196,60 @@ def check_address(address: str) -> None:
 
 
 ADDRESS_TIMEOUT_S = 5.0   # a cluster's head answers a TCP connection within this, or is not there
+# Ray's GCS and its Ray Client server are both gRPC servers: to a client's HTTP/2 connection
+# preface (here with an empty SETTINGS frame) they answer with their own SETTINGS frame first
+# (RFC 9113, section 3.4). A dashboard, a web server or anything else answers otherwise or not at all.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+H2_SETTINGS = 4           # the frame type in byte 3 of a frame's 9-byte header
+
+
+def _not_grpc(sock: socket.socket, timeout: float) -> str | None:
+    """None if the server on ``sock`` answers an HTTP/2 preface as a gRPC server does; else why not."""
+    sock.settimeout(timeout)
+    head = b""
+    try:
+        sock.sendall(H2_PREFACE)
+        while len(head) < 9:          # a frame header; TCP may deliver it in pieces
+            more = sock.recv(9 - len(head))
+            if not more:
+                break
+            head += more
+    except socket.timeout:
+        if not head:
+            return f"it accepts connections but does not answer as a Ray cluster (gRPC) within {timeout:g} s"
+    except OSError:               # reset or broken pipe: it hung up, as the empty reply below
+        head = b""
+    if len(head) >= 4 and head[3] == H2_SETTINGS:
+        return None
+    if not head:
+        return "it closed the connection without answering as a Ray cluster (gRPC)"
+    if head.startswith((b"HTTP/", b"<")):
+        return (f"it answers HTTP/1 ({head!r}...), not gRPC: a dashboard or web port? (a cluster's GCS "
+                "listens on 6379 unless `ray start --port` said otherwise, Ray Client on 10001)")
+    return f"it answers {head!r}..., not as a Ray cluster (gRPC)"
 
 
 def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """``HOST:PORT`` and ``ray://HOST:PORT``: something must accept a TCP connection there, else
-    one line now, instead of the minute ``ray.init`` spends retrying. ``auto``/``local`` name no
-    port to try (``auto`` finds the local cluster itself)."""
+    """``HOST:PORT`` and ``ray://HOST:PORT``: a Ray cluster must answer there, else one line now
+    instead of the minute ``ray.init`` spends retrying: something must accept a TCP connection
+    and answer an HTTP/2 preface as a gRPC server does (Ray's GCS and Ray Client both are; with
+    ``RAY_USE_TLS`` set only the connection is tried). ``auto``/``local`` name no port to try
+    (``auto`` finds the local cluster itself)."""
     from bench.checks import bad
 
     m = ADDRESS.match(address)     # checked by check_address: auto, local or this form
     if m is None:
         return
+    accepted = "the address of a running Ray cluster (ray status there prints it)"
     try:
-        with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout):
-            pass
+        with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout) as sock:
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            why = None if tls else _not_grpc(sock, timeout)
     except OSError as e:
         why = e.strerror or str(e) or type(e).__name__
-        raise bad("--address", address, "the address of a running Ray cluster (ray status there prints it)",
-                  f"nothing answers there within {timeout:g} s ({why})") from None
+        raise bad("--address", address, accepted, f"nothing answers there within {timeout:g} s ({why})") from None
+    if why is not None:
+        raise bad("--address", address, accepted, why)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -444,3 +444,69 @@ def test_ray_client_address_without_ray_client_installed_says_how_to_get_it(tmp_
     line = _error_line(r.returncode, r.stdout, r.stderr)
     assert "--address: 'ray://head:10001'" in line and "pip install 'ray[client]'" in line, line
     assert not (tmp_path / "res").exists()
+
+
+def _serve(reply: Callable[[Any], None]) -> int:
+    """A local TCP server whose every connection is handed to ``reply``; returns its port."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def loop() -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=reply, args=(conn,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def _http_reply(conn: Any) -> None:
+    conn.recv(1024)
+    conn.sendall(b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Length: 0\r\n\r\n")
+    conn.close()
+
+
+def test_address_of_a_web_port_is_refused_at_once_and_named(tmp_path, capsys, no_run):
+    # the dashboard's port (8265) in place of the GCS's is the usual slip: it accepts TCP, so
+    # only the protocol tells it from a cluster
+    port = _serve(_http_reply)
+    good = _write(tmp_path, spec()(tmp_path))
+    rc = main(["run", good, "--results", str(tmp_path / "res"), "--address", f"127.0.0.1:{port}"])
+    cap = capsys.readouterr()
+    line = _error_line(rc, cap.out, cap.err)
+    assert f"--address: '127.0.0.1:{port}'" in line and "answers HTTP/1" in line and "6379" in line, line
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("reply, needle", [
+    (lambda conn: None, "does not answer as a Ray cluster (gRPC) within 0.5 s"),      # accepts, stays silent
+    (lambda conn: conn.close(), "without answering"),                               # accepts, hangs up
+    (lambda conn: (conn.recv(64), conn.sendall(b"-ERR unknown command\r\n")), "not as a Ray cluster"),  # redis
+])
+def test_address_that_accepts_but_is_not_ray_is_refused(reply, needle):
+    from bench.checks import UserError
+    from bench.sweep import check_listening
+
+    conns: list[Any] = []                     # keep the silent server's sockets open
+    port = _serve(lambda conn: (conns.append(conn), reply(conn)))
+    with pytest.raises(UserError) as e:
+        check_listening(f"127.0.0.1:{port}", timeout=0.5)
+    assert needle in str(e.value) and f"'127.0.0.1:{port}'" in str(e.value), str(e.value)
+
+
+def test_address_of_a_running_ray_cluster_passes_the_check(ray_session):
+    from bench.sweep import check_listening
+
+    check_listening(ray_session.get_runtime_context().gcs_address)   # raises if refused
+
+
+def test_address_check_with_tls_only_tries_the_connection(monkeypatch):
+    # a TLS cluster expects a ClientHello, not a plaintext preface: the probe would refuse it
+    from bench.sweep import check_listening
+
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    conns: list[Any] = []
+    check_listening(f"127.0.0.1:{_serve(conns.append)}", timeout=0.5)   # silent, and passes
