@@ -158,52 +158,82 @@ def _chebyshev(a: Tensor, q: Tensor, degree: int) -> Tensor:
     return cur
 
 
+def _ritz(a: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rayleigh-Ritz on span(``block``): Ritz values ``t`` (descending, >= 0), vectors ``q`` and ``A q``."""
+    q = torch.linalg.qr(block).Q
+    aq = a @ q
+    with svd_threads(a):
+        t, w = torch.linalg.eigh(q.mT @ aq)                  # q^T A q, k x k: small, batched
+    return t.flip(-1).clamp_min(0), q @ w.flip(-1), aq @ w.flip(-1)
+
+
+def _cut(t: Tensor, trace: Tensor, rule: Rule) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rule's cut on the Ritz values ``t`` with the energy outside the block (``trace -
+    sum(t)``) as one more value: ``(mask on t and that value, kept rank r (B, 1), t_r, t_{r+1})``."""
+    tail = (trace - t.sum(-1)).clamp_min(0)
+    keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
+    r = keep_k1[..., :-1].sum(-1, keepdim=True)              # (B, 1)
+    t_r = t.gather(-1, (r - 1).clamp_min(0)).squeeze(-1)
+    t_next = t.gather(-1, r.clamp_max(t.shape[-1] - 1)).squeeze(-1)
+    return keep_k1, r, t_r, t_next
+
+
+def _within(t: Tensor, q: Tensor, aq: Tensor, keep: Tensor, t_r: Tensor, mu: Tensor, tol: float) -> Tensor:
+    """Davis-Kahan, where the spectrum past the r-th value is proven at or below ``mu``: the sine
+    of the angle between the kept Ritz vectors and the exact top-r eigenvectors is at most
+    ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``; True where that is at most ``tol``."""
+    residual = ((aq - q * t.unsqueeze(-2)) * keep.unsqueeze(-2)).norm(dim=(-2, -1))
+    return (t_r > mu) & (residual <= tol * (t_r - mu))
+
+
 def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
               ) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
     """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
     start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
-    vectors, the rule's mask; None where any matrix fails the certificate (one host read-back).
+    vectors, the rule's mask; None where any matrix fails the certificate (one host read-back,
+    two where the refinement below runs).
 
-    A Chebyshev filter (:func:`_chebyshev`, :data:`WARM_ITERS` products with A), then Rayleigh-Ritz: Ritz values
-    ``t`` (descending) and vectors ``q``. The energy outside the block is
-    ``tail = trace(A) - sum(t)``; with it as one extra value the rule's mask on the top k is the
-    mask on the full spectrum when the cut falls inside the block (checked: the block's last
+    A Chebyshev filter (:func:`_chebyshev`, :data:`WARM_ITERS` products with A), then
+    Rayleigh-Ritz: Ritz values ``t`` (descending) and vectors ``q``. The energy outside the block
+    is ``tail = trace(A) - sum(t)``; with it as one extra value the rule's mask on the top k is
+    the mask on the full spectrum when the cut falls inside the block (checked: the block's last
     vector and the tail are not kept). The certificate, for the kept rank r:
 
-    - split: ``mu = (t_r + t_{r+1}) / 2``; with ``W = Q_r diag(t_r) Q_r^T`` (PSD, rank r), Weyl's
+    - split: ``mu = (t_r + t_{r+1}) / 2``; with ``W = Q_r diag(t_r) Q_r^T`` (rank r), Weyl's
       inequality gives ``lambda_{r+1}(A) <= lambda_max(A - W)``, so a Cholesky factorization of
       ``mu I - A + W`` that succeeds proves ``lambda_{r+1}(A) <= mu`` (``mu`` lowered first by a
       bound on the rounding in forming ``A`` and in the factorization: ``m max(m, n) eps`` of
       ``mu + t_1 + trace(A)``);
-    - the Ritz values ``t_1..t_r`` lie at or above ``t_r > mu``, so by Davis-Kahan the sine of
-      the angle between span(Q_r) and the exact top-r eigenvectors is at most
-      ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``, accepted when at most ``tol``."""
+    - angle: the Ritz values ``t_1..t_r`` lie at or above ``t_r > mu``, so by Davis-Kahan the sine
+      of the angle between span(Q_r) and the exact top-r eigenvectors is at most
+      ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``, accepted when at most ``tol``.
+
+    The split is a fact about ``A`` alone, whatever block proved it. So where it holds everywhere
+    and only the angle is short of ``tol`` (the step moved the subspace more than one filter
+    undoes), the block is filtered once more and the angle bounded again against the same
+    ``mu``, provided the cut keeps the same rank: a few products instead of the full solve."""
     a = x64 @ x64.mT                                         # (B, m, m), m <= n
-    q = torch.linalg.qr(_chebyshev(a, q, WARM_ITERS)).Q
-    aq = a @ q
-    with svd_threads(x64):
-        t, w = torch.linalg.eigh(q.mT @ aq)                  # q^T A q, k x k: small, batched
-    t, w = t.flip(-1).clamp_min(0), w.flip(-1)
-    q, aq = q @ w, aq @ w
+    t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
     trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)
-    tail = (trace - t.sum(-1)).clamp_min(0)
-    keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
+    keep_k1, r, t_r, t_next = _cut(t, trace, rule)
     keep = keep_k1[..., :-1]
     m, k = a.shape[-1], t.shape[-1]
-    r = keep.sum(-1, keepdim=True)                           # (B, 1)
-    t_r = t.gather(-1, (r - 1).clamp_min(0)).squeeze(-1)
-    t_next = t.gather(-1, r.clamp_max(k - 1)).squeeze(-1)
     mu = (t_r + t_next) / 2
     kept_t = t * keep.to(t.dtype)
     cert = (q * kept_t.unsqueeze(-2)) @ q.mT - a             # W - A
     # rounding in A (n terms per entry) and in the factorization (m), both within eps * size * trace
     rounding = m * max(m, x64.shape[-1]) * torch.finfo(a.dtype).eps * (mu + kept_t[..., 0] + trace)
     cert.diagonal(dim1=-2, dim2=-1).add_((mu - rounding).unsqueeze(-1))
-    factored = torch.linalg.cholesky_ex(cert).info == 0
-    residual = ((aq - q * t.unsqueeze(-2)) * keep.unsqueeze(-2)).norm(dim=(-2, -1))
-    ok = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k] & factored
-          & (residual <= tol * (t_r - mu)))
-    r_max = int(torch.where(ok.all(), r.max(), -1))          # the one host sync
+    split = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
+             & (torch.linalg.cholesky_ex(cert).info == 0))
+    ok = split & _within(t, q, aq, keep, t_r, mu, tol)
+    r_max = int(torch.where(ok.all(), r.max(), torch.where(split.all(), 0, -1)))   # the one host sync
+    if r_max == 0:                                           # split proven, angle short: filter again
+        t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
+        keep_k1, r2, t_r, _ = _cut(t, trace, rule)
+        keep = keep_k1[..., :-1]
+        ok = (r2 == r).squeeze(-1) & ~keep_k1[..., k - 1] & ~keep_k1[..., k] & _within(t, q, aq, keep, t_r, mu, tol)
+        r_max = int(torch.where(ok.all(), r.max(), -1))
     return (t.sqrt(), q, keep, r_max) if r_max > 0 else None
 
 

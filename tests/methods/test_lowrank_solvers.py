@@ -10,6 +10,7 @@ import torch
 from bench.models import build_model
 from lowrank_refs import ref_energy_rank, ref_matrix, ref_reconstruct, ref_tiled_reconstruct
 from methods import lowrank as L
+from methods.lowrank import solvers
 
 def _layer_weights() -> list[torch.Tensor]:
     torch.manual_seed(3)
@@ -192,6 +193,29 @@ def test_warm_certifies_ranks_of_sixty_and_more():
         # |P - P_exact|_F = sqrt(2) |sin(angle)|_F, certified at most WARM_TOL
         assert float((p_warm - p_exact).norm()) < 1.5 * L.WARM_TOL
         assert torch.allclose(s[b, :r], ss[b, :r], rtol=1e-8)   # Ritz values: the angle squared
+
+
+def test_warm_filters_again_where_only_the_angle_falls_short(monkeypatch):
+    # a step ten times the usual: one filter leaves the angle above WARM_TOL, but the split at
+    # the cut is proven (it is about A alone), so one more filter pass, not the full solve
+    x = torch.stack([_steady_matrix(96, 20, seed) for seed in (0, 1)])
+    rule = L.Rule("energy", 0.9)
+    _, u = torch.linalg.eigh(x @ x.mT)
+    start = u.flip(-1)[..., : 20 + L.WARM_GUARD]
+    step = x + 1e-2 * x.pow(2).mean().sqrt() * torch.randn(x.shape, generator=torch.Generator().manual_seed(5),
+                                                             dtype=x.dtype)
+    passes = []
+    real = solvers._ritz
+    monkeypatch.setattr(solvers, "_ritz", lambda a, block: passes.append(1) or real(a, block))
+    found = L.warm_eigs(step, start, rule, L.WARM_TOL)
+    assert found is not None and len(passes) == 2
+    s, q, keep, r_max = found
+    us, ss, _ = torch.linalg.svd(step)
+    for b in range(2):
+        r = int(keep[b].sum())
+        assert r == L.rank_from_rule(ss[b], rule)
+        p_warm, p_exact = q[b, :, :r] @ q[b, :, :r].T, us[b, :, :r] @ us[b, :, :r].T
+        assert float((p_warm - p_exact).norm()) < 1.5 * L.WARM_TOL
 
 
 def test_warm_certificate_rejects_a_block_missing_one_top_direction():
