@@ -186,7 +186,7 @@ def _within(t: Tensor, q: Tensor, aq: Tensor, keep: Tensor, t_r: Tensor, mu: Ten
     return (t_r > mu) & (residual <= tol * (t_r - mu))
 
 
-def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
+def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine: bool = True
               ) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
     """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
     start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
@@ -210,8 +210,9 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
 
     The split is a fact about ``A`` alone, whatever block proved it. So where it holds everywhere
     and only the angle is short of ``tol`` (the step moved the subspace more than one filter
-    undoes), the block is filtered once more and the angle bounded again against the same
-    ``mu``, provided the cut keeps the same rank: a few products instead of the full solve."""
+    undoes), the block is filtered once more (where ``refine``) and the angle bounded again
+    against the same ``mu``, provided the cut keeps the same rank: a few products instead of the
+    full solve."""
     a = x64 @ x64.mT                                         # (B, m, m), m <= n
     t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
     trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -228,7 +229,7 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL
              & (torch.linalg.cholesky_ex(cert).info == 0))
     ok = split & _within(t, q, aq, keep, t_r, mu, tol)
     r_max = int(torch.where(ok.all(), r.max(), torch.where(split.all(), 0, -1)))   # the one host sync
-    if r_max == 0:                                           # split proven, angle short: filter again
+    if r_max == 0 and refine:                                # split proven, angle short: filter again
         t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
         keep_k1, r2, t_r, _ = _cut(t, trace, rule)
         keep = keep_k1[..., :-1]
@@ -295,7 +296,10 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
     q0 = state.starts.get(key)
     if rule.kind in WARM_RULES and q0 is not None and q0.shape[:-1] == (*x.shape[:-2], m) and state.may_try(key):
         tol = WARM_TOL_FLOAT64 if batch.dtype == torch.float64 else WARM_TOL
-        found = warm_eigs(x.to(torch.float64), q0, rule, tol)
+        # a second filter pass pays where the full solve is of a square-ish matrix (an m x m
+        # SVD or eigensolve, several passes' cost); on a wide one the Gram eigensolve is cheap
+        square = x.shape[-1] < AUTO_GRAM_ASPECT * m
+        found = warm_eigs(x.to(torch.float64), q0, rule, tol, refine=square)
         if found is not None:
             s, q, keep, r_max = found
             state.warm += 1
