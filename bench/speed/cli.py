@@ -13,7 +13,7 @@ import torch
 from bench.checks import UserError, bad, check, missing
 from bench.inference import layout_menu
 from bench.spec import check_compile
-from bench.speed import core, suite
+from bench.speed import core, ranks, suite
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="TRP's training step starts from: paper (weights at the ranks of the paper's exports, "
                         "constructed spectra; default) or init (He-initialised: the energy rule then cuts "
                         "the ranks at every step)")
+    p.add_argument("--step-size", type=float, default=ranks.STEP_SIZE, metavar="REL",
+                   help=f"how far consecutive steps' paper-rank weights lie apart, relative to their norm "
+                        f"(default {ranks.STEP_SIZE:g}; SGD at lr 0.1 moves ResNet-20's layers 1-2e-2 per step)")
     p.add_argument("--out", type=Path, default=None,
                    help="a JSON file for the results (with --suite: a folder for results.json and summary.md); "
                         "its parent folder must exist")
@@ -83,6 +86,7 @@ def check_args(args: argparse.Namespace) -> torch.device:
         if m not in core.MODELS:
             raise bad("--model", m, ", ".join(core.MODELS))
     check("--weights", args.weights, args.weights in ("paper", "init"), "paper, init")
+    check("--step-size", args.step_size, 0 <= args.step_size < 1, "a number in [0, 1)")
     if args.suite is not None:
         if args.suite not in suite.SUITES:
             raise bad("--suite", args.suite, ", ".join(suite.SUITES))
@@ -115,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compile = False if args.compile is None else check_compile("--compile", args.compile)
     if args.suite is not None:
         return suite.main_suite(args.suite, args.out, device, parts=args.only, steps=args.steps,
-                                warmup=args.warmup, batch=args.batch, compile=compile or None)
+                                warmup=args.warmup, batch=args.batch, compile=compile or None,
+                                step_size=args.step_size)
     models = args.model or (["resnet20", "resnet50"] if device.type == "cuda" else ["resnet20"])
 
     def save(result: dict[str, Any]) -> None:
@@ -124,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = core.run_speed(models, str(device), args.steps, args.batch, args.warmup, args.packed,
                             args.only or core.PARTS, save=save, compile=compile, layout=layout,
-                            weights=args.weights)
+                            weights=args.weights, step_size=args.step_size)
     save(result)
     print(core.format_report(result))
     if args.out:

@@ -104,7 +104,8 @@ def _batch(name: str, batch: int, setup: Setup) -> tuple[torch.Tensor, torch.Ten
 
 
 def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str, dict[str, Any], bool | str]],
-               start: Optional[dict[str, ranks.PaperRanks]] = None) -> list[dict[str, Any]]:
+               start: Optional[dict[str, ranks.PaperRanks]] = None, step_size: float = ranks.STEP_SIZE
+               ) -> list[dict[str, Any]]:
     """Images/s of the training step for each (label, trp params or {} for plain, train.compile);
     a compiled variant compiles during the warm-up steps, which are not timed.
 
@@ -112,7 +113,8 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
     get the next of a few slightly perturbed copies of that scheme's paper-rank weights (plain
     variants: the channel scheme's), so TRP projects at paper-level ranks on every timed step
     (the projection would otherwise cut the ranks further at each step of synthetic training)
-    and the warm solver sees consecutive steps' weights. Every variant pays the same copy."""
+    and the warm solver sees consecutive steps' weights (``step_size``: each copy's distance
+    from the paper-rank weights, relative to their norm). Every variant pays the same copy."""
     x, y = _batch(name, batch, setup)
     shape, classes, _, _ = MODELS[name]
     steps: dict[str, Callable[[], None]] = {}
@@ -131,7 +133,7 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
         forward = compiled(model, compile) if compile else None
         scheme = params.get("scheme", "channel") if params else "channel"
         paper = (start or {}).get(scheme) or (None if params else next(iter((start or {}).values()), None))
-        refresh = _refresher(model, paper, setup.device) if paper else None
+        refresh = _refresher(model, paper, setup.device, step_size) if paper else None
         kinds[label] = paper.describe() if paper else "init"
         steps[label] = _stepper(model, x, y, opt, method, setup.amp, forward, refresh)
         methods[label] = method
@@ -145,14 +147,14 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
     # ms: the median step; ms_min: the fastest (on a shared machine the least disturbed)
     return [{"model": name, "batch": batch, "variant": label, "weights": kinds[label], "ms": sec * 1e3,
              "ms_min": min(runs[label]) * 1e3, "images_per_s": batch / sec, "slowdown_vs_plain": sec / plain(label),
-             "warm_share": _warm_share(methods[label])}
+             "warm_share": _warm_share(methods[label]), "step_size": step_size if kinds[label] != "init" else None}
             for label, sec in secs.items()]
 
 
-def _refresher(model: nn.Module, paper: ranks.PaperRanks, device: torch.device, copies: int = 3
-               ) -> Callable[[], None]:
+def _refresher(model: nn.Module, paper: ranks.PaperRanks, device: torch.device, step_size: float = ranks.STEP_SIZE,
+               copies: int = 3) -> Callable[[], None]:
     """A function that copies the next perturbed set of ``paper``'s weights into ``model``."""
-    sets = ranks.perturbed(paper.weights, copies)
+    sets = ranks.perturbed(paper.weights, copies, step_size)
     sets = [[w.to(device) for w in ws] for ws in sets]
     params = [model.get_submodule(n).weight for n in paper.names]
     turn = [0]
@@ -192,8 +194,8 @@ def solvers(device: torch.device) -> list[str]:
 
 
 def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: float = 0.9,
-                     repeats: int = 5, kinds: Sequence[str] = ("init", "trp-steady", "paper-ranks")
-                     ) -> list[dict[str, Any]]:
+                     repeats: int = 5, kinds: Sequence[str] = ("init", "trp-steady", "paper-ranks"),
+                     step_size: float = ranks.STEP_SIZE) -> list[dict[str, Any]]:
     """One projection of all TRP layers per solver: time, ranks vs exact, relative error, on
     each kind of weights in ``kinds``: He-initialised (``init``), TRP-steady
     (:func:`ranks.trp_steady_weights`: about 10 ranks per layer) and at the ranks of the paper's
@@ -202,8 +204,8 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
     says how many of their shape-group projections took the warm path (the rest ran the full
     solve).
     ``init`` and ``trp-steady`` project the same weights at every call; ``paper-ranks``
-    projects a slightly different copy at each call (consecutive training steps), since
-    repeating one input would flatter the warm start."""
+    projects a slightly different copy at each call (consecutive training steps, ``step_size``
+    apart relative to the weights' norm), since repeating one input would flatter the warm start."""
     torch.manual_seed(0)
     model = _model(name, setup)
     names = [n for n, why in lowrank.layer_choice(model, scheme) if why is None]
@@ -218,8 +220,9 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
         example = torch.zeros(1, *MODELS[name][0], device=setup.device)
         for target in ranks.PAPER_SPEEDUPS.get((name, scheme), ()):
             paper = ranks.paper_rank_weights(model, name, scheme, target, example)
-            facts = {"weights": paper.describe(), "target_speedup": target, "speedup_at_ranks": paper.speedup}
-            cases.append((facts, ranks.perturbed(paper.weights, repeats + 2)))
+            facts = {"weights": paper.describe(), "target_speedup": target, "speedup_at_ranks": paper.speedup,
+                     "step_size": step_size}
+            cases.append((facts, ranks.perturbed(paper.weights, repeats + 2, step_size)))
     rows = []
     for facts, sets in cases:
         rows += _time_solvers(name, scheme, rule, sets, setup, repeats, facts)
@@ -420,12 +423,14 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
               warmup: int | None = None,
               packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
               save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False,
-              layout: str | Sequence[str] = "auto", weights: str = "paper") -> dict[str, Any]:
+              layout: str | Sequence[str] = "auto", weights: str = "paper", step_size: float = ranks.STEP_SIZE
+              ) -> dict[str, Any]:
     """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
     ``compile`` (a ``train.compile`` value) adds compiled plain and TRP steps (TRP's default solver).
     ``layout`` is the latency menu (``bench.inference``; "auto": the device's default menu).
     ``weights``: the training step starts TRP from ``paper`` ranks (:func:`paper_start`) or
     from He-initialised weights (``init``: TRP's energy rule then cuts the ranks at every step).
+    ``step_size``: how far apart consecutive steps' paper-rank weights are (:func:`ranks.perturbed`).
     ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -447,11 +452,11 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
             variants = step_variants(compile=compile, compiled_solvers=(default_solver(),))
             log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
             start = paper_start(name, setup) if weights == "paper" else None
-            out["step"] += bench_step(name, b, setup, variants, start)
+            out["step"] += bench_step(name, b, setup, variants, start, step_size)
         if "projection" in parts:
             log(f"[speed] {name}: projection solvers")
             for scheme in ("channel", "spatial"):
-                out["projection"] += bench_projection(name, setup, scheme, repeats=steps or 5)
+                out["projection"] += bench_projection(name, setup, scheme, repeats=steps or 5, step_size=step_size)
         if "latency" in parts:
             log(f"[speed] {name}: latency")
             runs = [(setup, (1, 256) if cuda else (1,))]

@@ -42,6 +42,10 @@ ENERGY = 0.9          # the rule TRP projects with
 HEAD_DECAY = 1.0      # the head's values fall by exp(-HEAD_DECAY) from first to last
 TAIL_DECAY = 2.0      # and the tail's by exp(-TAIL_DECAY)
 SOURCE = "constructed spectra"
+# how far one training step moves a layer's weights, relative to their norm, between the
+# projections the benchmarks time: 1e-3 is the middle of the CIFAR recipe (lr 0.01); at lr 0.1,
+# its first half, SGD moves ResNet-20's TRP layers by 1-2e-2 per step (BENCHMARKS.md)
+STEP_SIZE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -164,9 +168,10 @@ def paper_rank_weights(model: nn.Module, name: str, scheme: str, target: float, 
     return PaperRanks(name, scheme, target, speedup_at(costs, kept), kept, [c.name for c in costs], weights)
 
 
-def perturbed(weights: Sequence[Tensor], count: int, noise: float = 1e-3, seed: int = 1) -> list[list[Tensor]]:
+def perturbed(weights: Sequence[Tensor], count: int, noise: float = STEP_SIZE, seed: int = 1) -> list[list[Tensor]]:
     """``count`` copies of ``weights``, each plus its own small random step (``noise`` times the
-    weight's RMS per element): consecutive training steps as TRP's projection sees them."""
+    weight's RMS per element, so about ``noise`` of its norm): consecutive training steps as
+    TRP's projection sees them."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from bench.speed import core
+from bench.speed import core, ranks
 from bench.speed.summary import summary_markdown
 from methods import lowrank
 
@@ -80,12 +80,14 @@ class Plan:
     pipeline: Pipeline
     estimate_s: dict[str, float] = field(default_factory=dict)
     budget_s: float = 570.0
+    step_size: float = ranks.STEP_SIZE      # between consecutive steps' paper-rank weights
 
 
 def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, warmup: Optional[int] = None,
-              batch: Optional[int] = None, compile: bool | str | None = None) -> Plan:
+              batch: Optional[int] = None, compile: bool | str | None = None,
+              step_size: float = ranks.STEP_SIZE) -> Plan:
     """The suite's plan on ``device``; ``steps``/``warmup``/``batch``/``compile`` override the
-    training-step parts' defaults."""
+    training-step parts' defaults, ``step_size`` the distance between consecutive steps' weights."""
     solver = core.default_solver()
     if suite == "gpu":
         return Plan(
@@ -105,7 +107,7 @@ def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, war
                               batches=8, workers=min(16, os.cpu_count() or 1)),
             estimate_s={"step": 90, "projection": 120, "latency": 50, "packed": 50, "pipeline": 70,
                         "step-compiled": 150},
-            budget_s=570.0)
+            budget_s=570.0, step_size=step_size)
     return Plan(
         suite, str(device),
         step={"resnet20": batch or 4}, step_schemes={"resnet20": ("channel", "spatial")},
@@ -118,7 +120,7 @@ def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, war
         pipeline=Pipeline(images=16, classes=2, size=(64, 48), image_size=32, resize=36, batch=4, batches=2,
                           workers=0),
         estimate_s={"step": 8, "projection": 5, "latency": 3, "packed": 15, "pipeline": 3, "step-compiled": 10},
-        budget_s=300.0)
+        budget_s=300.0, step_size=step_size)
 
 
 def describe(plan: Plan, parts: Sequence[str]) -> list[str]:
@@ -170,7 +172,7 @@ def part_step(plan: Plan, deadline: Optional[float] = None, compiled: bool = Fal
             variants = core.step_variants(plan.solvers, schemes)
         start = core.paper_start(name, setup, schemes)
         batch = plan.step[name]
-        rows += core.bench_step(name, batch, setup, variants, start)
+        rows += core.bench_step(name, batch, setup, variants, start, plan.step_size)
     return rows
 
 
@@ -182,7 +184,7 @@ def part_projection(plan: Plan, deadline: Optional[float] = None) -> list[dict[s
         if late:
             rows.append({"model": name, "scheme": scheme, **late})
             continue
-        rows += core.bench_projection(name, setup, scheme, repeats=plan.projection_repeats)
+        rows += core.bench_projection(name, setup, scheme, repeats=plan.projection_repeats, step_size=plan.step_size)
     return rows
 
 

@@ -41,6 +41,7 @@ def test_cpu_smoke_suite_writes_json_and_summary_with_rows_from_every_part(tmp_p
     assert all(r["ranks_equal_exact"] for r in proj)
     paper = [r for r in proj if r["weights"].startswith("paper-ranks")]
     assert all(abs(r["speedup_at_ranks"] / r["target_speedup"] - 1) < 0.05 for r in paper)
+    assert all(r["step_size"] == ranks.STEP_SIZE for r in paper)
     (lat,) = parts["latency"]["rows"]
     assert lat["latency_speedup"] > 0 and lat["batch"] == 1
     (packed,) = parts["packed"]["rows"]
@@ -110,6 +111,7 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(monkeypatch):
     (["--suite", "cpu-smoke", "--only", "memory", "--out", "x"],
      "--only: 'memory'; accepted: step, projection, latency, packed, pipeline, step-compiled"),
     (["--weights", "trained"], "--weights: 'trained'; accepted: paper, init"),
+    (["--step-size", "1.5"], "--step-size: 1.5; accepted: a number in [0, 1)"),
     (["--device", "tpu"], "--device: 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
 ])
 def test_bad_arguments_are_refused_with_one_line_and_exit_2(args, message, capsys):
@@ -150,3 +152,15 @@ def test_paper_rank_weights_keep_the_ranks_that_give_the_paper_speedup(target):
     _, sub = lowrank.project([w.double() for w in moved], scheme, "energy:0.9", solver="svd")
     assert ranks.ranks_of(sub, scheme) == pr.ranks
     assert [tuple(w.shape) for w in pr.weights] == [tuple(model.get_submodule(n).weight.shape) for n in pr.names]
+
+
+def test_warm_start_holds_at_paper_ranks_after_steps_of_the_size_lr_0_1_takes():
+    # SGD at lr 0.1 moves ResNet-20's layers by 1-2e-2 per step; one filter pass from the last
+    # step's block then falls short of the tolerance on the square spatial groups, and the
+    # second pass (against the split the first proved) keeps them off the full SVD
+    setup = core.Setup(torch.device("cpu"), False, False, 1, 1)
+    rows = core.bench_projection("resnet20", setup, "spatial", repeats=2, kinds=("paper-ranks",), step_size=1e-2)
+    by = {r["solver"]: r for r in rows}
+    assert all(r["step_size"] == 1e-2 and r["ranks_equal_exact"] for r in rows)
+    assert by["auto"]["warm_share"] == 1.0 and by["warm"]["warm_share"] == 1.0
+    assert by["auto"]["max_rel_err_weight"] < 1e-5 and by["auto"]["max_rel_err_subgrad"] < 1e-5
