@@ -34,9 +34,10 @@ CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 # few products with A, and a k x k eigensolve (k = largest rank + WARM_GUARD) replaces the m x m one.
 # Its answer is certified, not trusted (see warm_eigs): one Cholesky factorization proves that no
 # eigenvalue outside the kept block lies above a split point, and a residual bound then puts the
-# kept subspace within the tolerance of the exact one. Anywhere the certificate fails the group
-# runs the full solve instead, and waits a few calls before trying again (WARM_BACKOFF_MAX).
-WARM_ITERS = 3          # products with A per call (a Chebyshev filter of this degree), then one QR
+# kept subspace within the tolerance of the exact one; where only that bound falls short, a square
+# group filters its block once more. Anywhere the certificate still fails the group runs the full
+# solve instead, and waits a few calls before trying again (WARM_BACKOFF_MAX).
+WARM_ITERS = 3          # products with A per filter pass (a Chebyshev filter of this degree), then one QR
 WARM_TOL = 1e-5         # certified sin(angle) to the exact top-r subspace, float32 weights (the
                         # float32 SVD itself is off by up to 7e-6 on TRP's matrices: BENCHMARKS.md)
 WARM_TOL_FLOAT64 = 1e-10  # float64 weights
@@ -228,7 +229,7 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine:
     split = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
              & (torch.linalg.cholesky_ex(cert).info == 0))
     ok = split & _within(t, q, aq, keep, t_r, mu, tol)
-    r_max = int(torch.where(ok.all(), r.max(), torch.where(split.all(), 0, -1)))   # the one host sync
+    r_max = int(torch.where(ok.all(), r.max(), torch.where(split.all(), 0, -1)))   # the host sync
     if r_max == 0 and refine:                                # split proven, angle short: filter again
         t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
         keep_k1, r2, t_r, _ = _cut(t, trace, rule)

@@ -14,7 +14,7 @@ from bench.store import Store
 from procs import bench_run, epochs_logged, install, kill_driver_when, kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 8
+EPOCHS = 16          # long enough that both trials are mid-run together on a slow or busy machine
 
 COUNTER = '''
 """Test-only rankbench plugin: its state is how many training steps it has seen."""
