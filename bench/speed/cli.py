@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                         "constructed spectra; default) or init (He-initialised: the energy rule then cuts "
                         "the ranks at every step)")
     p.add_argument("--step-size", type=float, default=ranks.STEP_SIZE, metavar="REL",
-                   help=f"how far consecutive steps' paper-rank weights lie apart, relative to their norm "
-                        f"(default {ranks.STEP_SIZE:g}; SGD at lr 0.1 moves ResNet-20's layers 1-2e-2 per step)")
+                   help=f"each timed step's weights are the paper-rank weights plus their own random step of "
+                        f"REL times their norm, so consecutive steps lie about 1.4 REL apart (default "
+                        f"{ranks.STEP_SIZE:g}; SGD at lr 0.1 moves ResNet-20's layers 1-2e-2 per step)")
     p.add_argument("--out", type=Path, default=None,
                    help="a JSON file for the results (with --suite: a folder for results.json and summary.md); "
                         "its parent folder must exist")

@@ -114,7 +114,8 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
     variants: the channel scheme's), so TRP projects at paper-level ranks on every timed step
     (the projection would otherwise cut the ranks further at each step of synthetic training)
     and the warm solver sees consecutive steps' weights (``step_size``: each copy's distance
-    from the paper-rank weights, relative to their norm). Every variant pays the same copy."""
+    from the paper-rank weights, relative to their norm; :func:`ranks.perturbed`). Every variant
+    pays the same copy."""
     x, y = _batch(name, batch, setup)
     shape, classes, _, _ = MODELS[name]
     steps: dict[str, Callable[[], None]] = {}
@@ -204,8 +205,9 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
     says how many of their shape-group projections took the warm path (the rest ran the full
     solve).
     ``init`` and ``trp-steady`` project the same weights at every call; ``paper-ranks``
-    projects a slightly different copy at each call (consecutive training steps, ``step_size``
-    apart relative to the weights' norm), since repeating one input would flatter the warm start."""
+    projects a slightly different copy at each call (consecutive training steps; each copy
+    ``step_size`` of the weights' norm from them, :func:`ranks.perturbed`), since repeating one
+    input would flatter the warm start."""
     torch.manual_seed(0)
     model = _model(name, setup)
     names = [n for n, why in lowrank.layer_choice(model, scheme) if why is None]
@@ -430,7 +432,7 @@ def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = N
     ``layout`` is the latency menu (``bench.inference``; "auto": the device's default menu).
     ``weights``: the training step starts TRP from ``paper`` ranks (:func:`paper_start`) or
     from He-initialised weights (``init``: TRP's energy rule then cuts the ranks at every step).
-    ``step_size``: how far apart consecutive steps' paper-rank weights are (:func:`ranks.perturbed`).
+    ``step_size``: each timed copy's random step from the paper-rank weights (:func:`ranks.perturbed`).
     ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)

@@ -42,9 +42,10 @@ ENERGY = 0.9          # the rule TRP projects with
 HEAD_DECAY = 1.0      # the head's values fall by exp(-HEAD_DECAY) from first to last
 TAIL_DECAY = 2.0      # and the tail's by exp(-TAIL_DECAY)
 SOURCE = "constructed spectra"
-# how far one training step moves a layer's weights, relative to their norm, between the
-# projections the benchmarks time: 1e-3 is the middle of the CIFAR recipe (lr 0.01); at lr 0.1,
-# its first half, SGD moves ResNet-20's TRP layers by 1-2e-2 per step (BENCHMARKS.md)
+# the random step (relative to the weights' norm) each timed copy of the paper-rank weights gets
+# (perturbed), so consecutive copies lie about 1.4x this apart, as consecutive training steps:
+# 1e-3 is the middle of the CIFAR recipe (lr 0.01); at lr 0.1, its first half, SGD moves
+# ResNet-20's TRP layers by 1-2e-2 per step (BENCHMARKS.md)
 STEP_SIZE = 1e-3
 
 

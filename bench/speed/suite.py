@@ -80,14 +80,15 @@ class Plan:
     pipeline: Pipeline
     estimate_s: dict[str, float] = field(default_factory=dict)
     budget_s: float = 570.0
-    step_size: float = ranks.STEP_SIZE      # between consecutive steps' paper-rank weights
+    step_size: float = ranks.STEP_SIZE      # each step's copy of the paper-rank weights: ranks.perturbed
 
 
 def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, warmup: Optional[int] = None,
               batch: Optional[int] = None, compile: bool | str | None = None,
               step_size: float = ranks.STEP_SIZE) -> Plan:
     """The suite's plan on ``device``; ``steps``/``warmup``/``batch``/``compile`` override the
-    training-step parts' defaults, ``step_size`` the distance between consecutive steps' weights."""
+    training-step parts' defaults, ``step_size`` the random step of each copy of the paper-rank
+    weights (:func:`ranks.perturbed`)."""
     solver = core.default_solver()
     if suite == "gpu":
         return Plan(
