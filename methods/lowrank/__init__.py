@@ -31,7 +31,8 @@ from methods.lowrank.macs import Probe, dense_macs, factorized_macs, mac_handles
 from methods.lowrank.layers import (LAYER_CHOICES, default_kinds, layer_choice, layer_reasons, select_layers,
                                     set_module)
 from methods.lowrank.solvers import (AUTO_GRAM_ASPECT, CUDA_SVD_DRIVERS, SOLVERS, WARM_BACKOFF_MAX, WARM_GUARD,
-                                     WARM_ITERS, WARM_MAX_FRACTION, WARM_RULES, WARM_TOL, WARM_TOL_FLOAT64, WarmStart,
+                                     WARM_DEGREES, WARM_ITERS, WARM_MAX_FRACTION, WARM_RULES, WARM_SLACK, WARM_TOL,
+                                     WARM_TOL_FLOAT64, Warm, WarmStart,
                                      check_solver, project, warm_eigs)
 from methods.lowrank.vbmf import VBMFResult, vbmf, vbmf_rank
 from methods.lowrank.decompose import (LayerReport, build_factorized, check_reachable, decompose_model,
@@ -44,8 +45,8 @@ __all__ = [
     "Factorized", "factorize", "numeric_padding", "reconstruct",
     "Probe", "dense_macs", "factorized_macs", "mac_handles", "model_macs", "probe_layers",
     "LAYER_CHOICES", "default_kinds", "layer_choice", "layer_reasons", "select_layers", "set_module",
-    "AUTO_GRAM_ASPECT", "CUDA_SVD_DRIVERS", "SOLVERS", "WARM_BACKOFF_MAX", "WARM_GUARD", "WARM_ITERS",
-    "WARM_MAX_FRACTION", "WARM_RULES", "WARM_TOL", "WARM_TOL_FLOAT64", "WarmStart", "check_solver", "project",
+    "AUTO_GRAM_ASPECT", "CUDA_SVD_DRIVERS", "SOLVERS", "WARM_BACKOFF_MAX", "WARM_DEGREES", "WARM_GUARD", "WARM_ITERS",
+    "WARM_MAX_FRACTION", "WARM_RULES", "WARM_SLACK", "WARM_TOL", "WARM_TOL_FLOAT64", "Warm", "WarmStart", "check_solver", "project",
     "warm_eigs",
     "VBMFResult", "vbmf", "vbmf_rank",
     "LayerReport", "build_factorized", "check_reachable", "decompose_model", "max_speedup",

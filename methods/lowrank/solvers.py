@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -36,8 +36,13 @@ CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 # eigenvalue outside the kept block lies above a split point, and a residual bound then puts the
 # kept subspace within the tolerance of the exact one; where only that bound falls short, a square
 # group filters its block once more. Anywhere the certificate still fails the group runs the full
-# solve instead, and waits a few calls before trying again (WARM_BACKOFF_MAX).
-WARM_ITERS = 3          # products with A per filter pass (a Chebyshev filter of this degree), then one QR
+# solve instead, and waits a few calls before trying again (WARM_BACKOFF_MAX). The filter's degree
+# adapts per group to the size of the steps between calls (WARM_DEGREES).
+WARM_ITERS = 3          # the filter's first degree: products with A per pass (then one QR)
+WARM_DEGREES = (2, 8)   # the range the degree adapts in: one up after a call that needed a second
+                        # pass or failed, one down after one that certified within WARM_SLACK
+WARM_SLACK = 0.05       # of the tolerance: a degree less would still certify where each degree
+                        # shrinks the angle 20x or more (about 10x per degree at the paper's ranks)
 WARM_TOL = 1e-5         # certified sin(angle) to the exact top-r subspace, float32 weights (the
                         # float32 SVD itself is off by up to 7e-6 on TRP's matrices: BENCHMARKS.md)
 WARM_TOL_FLOAT64 = 1e-10  # float64 weights
@@ -179,22 +184,35 @@ def _cut(t: Tensor, trace: Tensor, rule: Rule) -> tuple[Tensor, Tensor, Tensor, 
     return keep_k1, r, t_r, t_next
 
 
-def _within(t: Tensor, q: Tensor, aq: Tensor, keep: Tensor, t_r: Tensor, mu: Tensor, tol: float) -> Tensor:
+def _angle(t: Tensor, q: Tensor, aq: Tensor, keep: Tensor, t_r: Tensor, mu: Tensor, tol: float) -> Tensor:
     """Davis-Kahan, where the spectrum past the r-th value is proven at or below ``mu``: the sine
     of the angle between the kept Ritz vectors and the exact top-r eigenvectors is at most
-    ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``; True where that is at most ``tol``."""
+    ``|A Q_r - Q_r diag(t_r)|_F / (t_r - mu)``; returned as a share of ``tol`` (inf where
+    ``t_r <= mu``), so at most 1 is certified."""
     residual = ((aq - q * t.unsqueeze(-2)) * keep.unsqueeze(-2)).norm(dim=(-2, -1))
-    return (t_r > mu) & (residual <= tol * (t_r - mu))
+    return torch.where(t_r > mu, residual / (tol * (t_r - mu)).clamp_min(torch.finfo(t.dtype).tiny), math.inf)
 
 
-def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine: bool = True
-              ) -> Optional[tuple[Tensor, Tensor, Tensor, int]]:
+class Warm(NamedTuple):
+    """What :func:`warm_eigs` certified: singular values ``s``, left singular vectors ``q`` and
+    the rule's mask ``keep`` of the top k, the largest kept rank, the filter passes it took and
+    the angle bound's largest share of the tolerance (how much room the filter left)."""
+
+    s: Tensor
+    q: Tensor
+    keep: Tensor
+    r_max: int
+    passes: int
+    slack: float
+
+
+def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine: bool = True,
+              degree: int = WARM_ITERS) -> Optional[Warm]:
     """Top-k eigenpairs of the Gram matrices ``A = X X^T`` of ``x64`` (B, m, n; float64) from a
-    start ``q`` (B, m, k), as ``(s, q, keep, largest rank)``: singular values, left singular
-    vectors, the rule's mask; None where any matrix fails the certificate (one host read-back,
-    two where the refinement below runs).
+    start ``q`` (B, m, k) (see :class:`Warm`); None where any matrix fails the certificate (one
+    host read-back, two where the refinement below runs).
 
-    A Chebyshev filter (:func:`_chebyshev`, :data:`WARM_ITERS` products with A), then
+    A Chebyshev filter (:func:`_chebyshev`, ``degree`` products with A), then
     Rayleigh-Ritz: Ritz values ``t`` (descending) and vectors ``q``. The energy outside the block
     is ``tail = trace(A) - sum(t)``; with it as one extra value the rule's mask on the top k is
     the mask on the full spectrum when the cut falls inside the block (checked: the block's last
@@ -215,7 +233,7 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine:
     against the same ``mu``, provided the cut keeps the same rank: a few products instead of the
     full solve."""
     a = x64 @ x64.mT                                         # (B, m, m), m <= n
-    t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
+    t, q, aq = _ritz(a, _chebyshev(a, q, degree))
     trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)
     keep_k1, r, t_r, t_next = _cut(t, trace, rule)
     keep = keep_k1[..., :-1]
@@ -228,39 +246,55 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine:
     cert.diagonal(dim1=-2, dim2=-1).add_((mu - rounding).unsqueeze(-1))
     split = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
              & (torch.linalg.cholesky_ex(cert).info == 0))
-    ok = split & _within(t, q, aq, keep, t_r, mu, tol)
-    r_max = int(torch.where(ok.all(), r.max(), torch.where(split.all(), 0, -1)))   # the host sync
-    if r_max == 0 and refine:                                # split proven, angle short: filter again
+    angle = torch.where(split, _angle(t, q, aq, keep, t_r, mu, tol), math.inf).max()
+    r_max, slack = torch.stack([torch.where(split.all(), r.max(), -1).to(angle.dtype), angle]).tolist()  # host sync
+    passes = 1
+    if r_max > 0 and slack > 1 and refine:                  # split proven, angle short: filter again
         t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
         keep_k1, r2, t_r, _ = _cut(t, trace, rule)
         keep = keep_k1[..., :-1]
-        ok = (r2 == r).squeeze(-1) & ~keep_k1[..., k - 1] & ~keep_k1[..., k] & _within(t, q, aq, keep, t_r, mu, tol)
-        r_max = int(torch.where(ok.all(), r.max(), -1))
-    return (t.sqrt(), q, keep, r_max) if r_max > 0 else None
+        same = (r2 == r).squeeze(-1) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
+        slack = float(torch.where(same, _angle(t, q, aq, keep, t_r, mu, tol), math.inf).max())
+        passes = 2
+    return Warm(t.sqrt(), q, keep, int(r_max), passes, slack) if r_max > 0 and slack <= 1 else None
 
 
 @dataclass
 class WarmStart:
     """What the warm start keeps between calls on the same weights: the top eigenvectors of
     each shape group's Gram matrices, the back-off after failed certificates (calls still to
-    skip, failures in a row), and how many group projections took the warm path or ran the
-    full solve (so a report can say how often the fast path held)."""
+    skip, failures in a row), each group's filter degree, and how many group projections took
+    the warm path or ran the full solve (so a report can say how often the fast path held)."""
 
     starts: dict[tuple, Tensor] = field(default_factory=dict)
     skip: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    degree: dict[tuple, int] = field(default_factory=dict)
     warm: int = 0
     cold: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists, ints and tensors (loadable with ``torch.load(weights_only=True)``)."""
         return {"starts": [[list(k), q] for k, q in self.starts.items()],
-                "skip": [[list(k), list(v)] for k, v in self.skip.items()], "warm": self.warm, "cold": self.cold}
+                "skip": [[list(k), list(v)] for k, v in self.skip.items()],
+                "degree": [[list(k), d] for k, d in self.degree.items()], "warm": self.warm, "cold": self.cold}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (in place: a method's reference stays valid)."""
         self.starts = {tuple(k): q for k, q in state.get("starts", [])}
         self.skip = {tuple(k): (int(v[0]), int(v[1])) for k, v in state.get("skip", [])}
+        self.degree = {tuple(k): int(d) for k, d in state.get("degree", [])}
         self.warm, self.cold = int(state.get("warm", 0)), int(state.get("cold", 0))
+
+    def adapt(self, key: tuple, found: Optional[Warm]) -> None:
+        """The filter degree of the next call on ``key``, within :data:`WARM_DEGREES`: one more
+        after a call that failed or needed a second pass (the steps between calls outgrew the
+        filter), one less after one that certified within :data:`WARM_SLACK` of the tolerance."""
+        d = self.degree.get(key, WARM_ITERS)
+        if found is None or found.passes > 1:
+            d = min(d + 1, WARM_DEGREES[1])
+        elif found.slack < WARM_SLACK:
+            d = max(d - 1, WARM_DEGREES[0])
+        self.degree[key] = d
 
     def may_try(self, key: tuple) -> bool:
         """Whether to attempt the warm path now (counts down a back-off)."""
@@ -300,9 +334,11 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
         # a second filter pass pays where the full solve is of a square-ish matrix (an m x m
         # SVD or eigensolve, several passes' cost); on a wide one the Gram eigensolve is cheap
         square = x.shape[-1] < AUTO_GRAM_ASPECT * m
-        found = warm_eigs(x.to(torch.float64), q0, rule, tol, refine=square)
+        found = warm_eigs(x.to(torch.float64), q0, rule, tol, refine=square,
+                          degree=state.degree.get(key, WARM_ITERS))
+        state.adapt(key, found)
         if found is not None:
-            s, q, keep, r_max = found
+            s, q, keep, r_max = found.s, found.q, found.keep, found.r_max
             state.warm += 1
             state.skip.pop(key, None)
             state.starts[key] = q[..., : min(q.shape[-1], r_max + WARM_GUARD)]

@@ -184,7 +184,7 @@ def test_warm_certifies_ranks_of_sixty_and_more():
                                                              dtype=x.dtype)
     found = L.warm_eigs(step, start, rule, L.WARM_TOL)   # float32's tolerance: four products from a 1e-3 step
     assert found is not None
-    s, q, keep, r_max = found
+    s, q, keep = found.s, found.q, found.keep
     assert keep.sum(-1).tolist() == [L.rank_from_rule(torch.linalg.svdvals(one), rule) for one in step]
     us, ss, _ = torch.linalg.svd(step)
     for b in range(2):
@@ -208,14 +208,47 @@ def test_warm_filters_again_where_only_the_angle_falls_short(monkeypatch):
     real = solvers._ritz
     monkeypatch.setattr(solvers, "_ritz", lambda a, block: passes.append(1) or real(a, block))
     found = L.warm_eigs(step, start, rule, L.WARM_TOL)
-    assert found is not None and len(passes) == 2
-    s, q, keep, r_max = found
+    assert found is not None and len(passes) == 2 and found.passes == 2 and found.slack <= 1
+    s, q, keep = found.s, found.q, found.keep
     us, ss, _ = torch.linalg.svd(step)
     for b in range(2):
         r = int(keep[b].sum())
         assert r == L.rank_from_rule(ss[b], rule)
         p_warm, p_exact = q[b, :, :r] @ q[b, :, :r].T, us[b, :, :r] @ us[b, :, :r].T
         assert float((p_warm - p_exact).norm()) < 1.5 * L.WARM_TOL
+
+
+def test_warm_filter_degree_follows_the_step_size_and_is_checkpointed():
+    # big steps: the group that needed a second pass filters with a higher degree next call and
+    # then certifies in one pass; small steps: the degree comes down while the bound has room
+    x = torch.stack([_steady_matrix(96, 20, seed) for seed in (0, 1)])
+    rule = L.Rule("energy", 0.9)
+    g = torch.Generator().manual_seed(5)
+    # two 96 x 96 channel layers (one group), float32: the tolerance is WARM_TOL
+    weights = [x.float().reshape(2, 96, 96, 1, 1)[i] for i in range(2)]
+
+    def step(ws, size):
+        return [w + size * w.pow(2).mean().sqrt() * torch.randn(w.shape, generator=g, dtype=w.dtype) for w in ws]
+
+    state = L.WarmStart()
+    L.project(weights, "channel", rule, solver="warm", state=state)      # cold: leaves the start
+    (key,) = state.starts
+    degrees = []
+    for _ in range(4):
+        weights = step(weights, 1e-2)
+        L.project(weights, "channel", rule, solver="warm", state=state)
+        degrees.append(state.degree[key])
+    assert degrees[0] == L.WARM_ITERS + 1 and degrees[-1] > L.WARM_ITERS and state.cold == 1
+    for _ in range(8):
+        weights = step(weights, 1e-5)
+        p, gr = L.project(weights, "channel", rule, solver="warm", state=state)
+    assert state.degree[key] == L.WARM_DEGREES[0] and state.cold == 1
+    rp, rg = L.project([w.double() for w in weights], "channel", rule, solver="svd")
+    for a, b in zip(p + gr, rp + rg):
+        assert float((a.double() - b).norm() / b.norm()) < 1e-5
+    again = L.WarmStart()
+    again.load_state_dict(state.state_dict())
+    assert again.degree == state.degree
 
 
 def test_warm_certificate_rejects_a_block_missing_one_top_direction():
