@@ -40,9 +40,9 @@ CUDA_SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 # adapts per group to the size of the steps between calls (WARM_DEGREES).
 WARM_ITERS = 3          # the filter's first degree: products with A per pass (then one QR)
 WARM_DEGREES = (2, 8)   # the range the degree adapts in: one up after a call that needed a second
-                        # pass or failed, one down after one that certified within WARM_SLACK
-WARM_SLACK = 0.05       # of the tolerance: a degree less would still certify where each degree
-                        # shrinks the angle 20x or more (about 10x per degree at the paper's ranks)
+                        # pass or failed, one down where a degree less is predicted to certify
+WARM_SLACK = 0.3        # ... with its angle bound at most this share of the tolerance (room for
+                        # the steps between calls to vary)
 WARM_TOL = 1e-5         # certified sin(angle) to the exact top-r subspace, float32 weights (the
                         # float32 SVD itself is off by up to 7e-6 on TRP's matrices: BENCHMARKS.md)
 WARM_TOL_FLOAT64 = 1e-10  # float64 weights
@@ -149,19 +149,28 @@ def _project_gram(batch: Tensor, rule: Rule, with_subgradient: bool) -> Solved:
     return (*_project_from_eigs(x, tall, s, q, keep, with_subgradient), q, keep)
 
 
-def _chebyshev(a: Tensor, q: Tensor, degree: int) -> Tensor:
+def _chebyshev(a: Tensor, q: Tensor, degree: int) -> tuple[Tensor, Tensor]:
     """``T_d(L) q``: the Chebyshev polynomial of degree ``d`` in ``L = (2A - b) / b``, which stays
     within [-1, 1] on the eigenvalues below ``b`` and grows like ``(x + sqrt(x^2 - 1))^d`` above
     it, far faster than ``A^d`` separates the top of the spectrum from the rest. ``q`` is the
     previous call's block, Ritz vectors in descending order, so ``|A q_k|`` estimates its last
     eigenvalue; ``b`` sits just above it (where the block's guard ends). A poor ``b`` only slows
-    the filter: the certificate in :func:`warm_eigs` decides. ``d`` products with ``A``."""
+    the filter: the certificate in :func:`warm_eigs` decides. ``d`` products with ``A``.
+    Returns the filtered block and ``b`` (B, 1, 1)."""
     aq = a @ q
     b = (1.1 * aq[..., -1].norm(dim=-1)).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
     prev, cur = q, (2 * aq - b * q) / b
     for _ in range(degree - 1):
         prev, cur = cur, 2 * (2 * (a @ cur) - b * cur) / b - prev
-    return cur
+    return cur, b
+
+
+def _degree_gain(t_r: Tensor, b: Tensor, degree: int) -> Tensor:
+    """How much the last degree of :func:`_chebyshev`'s filter shrank the angle at the cut
+    ``t_r``: ``T_d(x) / T_{d-1}(x)`` at ``x = 2 t_r / b - 1`` (the components below ``b`` stay
+    within 1), so a filter one degree lower leaves a bound about this many times larger."""
+    grow = torch.acosh((2 * t_r / b.reshape(t_r.shape) - 1).clamp_min(1))
+    return torch.cosh(degree * grow) / torch.cosh((degree - 1) * grow)
 
 
 def _ritz(a: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -195,8 +204,9 @@ def _angle(t: Tensor, q: Tensor, aq: Tensor, keep: Tensor, t_r: Tensor, mu: Tens
 
 class Warm(NamedTuple):
     """What :func:`warm_eigs` certified: singular values ``s``, left singular vectors ``q`` and
-    the rule's mask ``keep`` of the top k, the largest kept rank, the filter passes it took and
-    the angle bound's largest share of the tolerance (how much room the filter left)."""
+    the rule's mask ``keep`` of the top k, the largest kept rank, the filter passes it took, the
+    angle bound's largest share of the tolerance, and the share predicted for a filter one degree
+    lower (:func:`_degree_gain`; inf after two passes)."""
 
     s: Tensor
     q: Tensor
@@ -204,6 +214,7 @@ class Warm(NamedTuple):
     r_max: int
     passes: int
     slack: float
+    slack_lower: float
 
 
 def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine: bool = True,
@@ -233,7 +244,8 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine:
     against the same ``mu``, provided the cut keeps the same rank: a few products instead of the
     full solve."""
     a = x64 @ x64.mT                                         # (B, m, m), m <= n
-    t, q, aq = _ritz(a, _chebyshev(a, q, degree))
+    block, b = _chebyshev(a, q, degree)
+    t, q, aq = _ritz(a, block)
     trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)
     keep_k1, r, t_r, t_next = _cut(t, trace, rule)
     keep = keep_k1[..., :-1]
@@ -246,17 +258,19 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine:
     cert.diagonal(dim1=-2, dim2=-1).add_((mu - rounding).unsqueeze(-1))
     split = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
              & (torch.linalg.cholesky_ex(cert).info == 0))
-    angle = torch.where(split, _angle(t, q, aq, keep, t_r, mu, tol), math.inf).max()
-    r_max, slack = torch.stack([torch.where(split.all(), r.max(), -1).to(angle.dtype), angle]).tolist()  # host sync
+    angle = torch.where(split, _angle(t, q, aq, keep, t_r, mu, tol), math.inf)
+    lower = (angle * _degree_gain(t_r, b, degree)).max() if degree > 1 else torch.full_like(mu[0], math.inf)
+    r_max, slack, slack_lower = torch.stack([torch.where(split.all(), r.max(), -1).to(angle.dtype), angle.max(),
+                                             lower]).tolist()                         # the host sync
     passes = 1
     if r_max > 0 and slack > 1 and refine:                  # split proven, angle short: filter again
-        t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS))
+        t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS)[0])
         keep_k1, r2, t_r, _ = _cut(t, trace, rule)
         keep = keep_k1[..., :-1]
         same = (r2 == r).squeeze(-1) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
         slack = float(torch.where(same, _angle(t, q, aq, keep, t_r, mu, tol), math.inf).max())
-        passes = 2
-    return Warm(t.sqrt(), q, keep, int(r_max), passes, slack) if r_max > 0 and slack <= 1 else None
+        passes, slack_lower = 2, math.inf
+    return Warm(t.sqrt(), q, keep, int(r_max), passes, slack, slack_lower) if r_max > 0 and slack <= 1 else None
 
 
 @dataclass
@@ -288,11 +302,12 @@ class WarmStart:
     def adapt(self, key: tuple, found: Optional[Warm]) -> None:
         """The filter degree of the next call on ``key``, within :data:`WARM_DEGREES`: one more
         after a call that failed or needed a second pass (the steps between calls outgrew the
-        filter), one less after one that certified within :data:`WARM_SLACK` of the tolerance."""
+        filter), one less where that is predicted to certify within :data:`WARM_SLACK` of the
+        tolerance (the steps shrank)."""
         d = self.degree.get(key, WARM_ITERS)
         if found is None or found.passes > 1:
             d = min(d + 1, WARM_DEGREES[1])
-        elif found.slack < WARM_SLACK:
+        elif found.slack_lower <= WARM_SLACK:
             d = max(d - 1, WARM_DEGREES[0])
         self.degree[key] = d
 
@@ -359,7 +374,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
             tiles: Union[int, Sequence[int]] = 1, solver: str = "svd", state: Optional[WarmStart] = None
             ) -> tuple[list[Tensor], list[Optional[Tensor]]]:
     """Project each weight onto its low-rank set under ``rule``, batched, without host sync but
-    for the warm start's one flag per shape group.
+    for the warm start's read-back per shape group (two where it filters twice).
 
     All matrices of one shape (and dtype/device), whatever layer, filter or tile they come
     from, are stacked and go through one batched solve; the rank is applied as a mask
@@ -368,7 +383,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     sub-gradients ``U_r V_r^T``, both in each weight's own shape and order. (PyTorch documents
     that torch.linalg.svd and eigh synchronize a CUDA device with the CPU, to check for
     convergence errors; grouping keeps that to one per distinct matrix shape, and nothing else
-    here syncs but the warm start's flag.)
+    here syncs but the warm start's read-back.)
 
     ``tiles`` (one int, or one per weight; see :func:`layer_tiles`): project each column tile
     separately (DeepTwist's tiling); tiles of every layer batch together by shape.
@@ -379,7 +394,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     ``"warm"`` (started from the factors the previous call left in ``state``, a
     :class:`WarmStart` the caller keeps between calls on the same weights: a few products and a
     small eigensolve, certified within :data:`WARM_TOL` of the exact subspace, else the full Gram
-    eigensolve; see :func:`warm_eigs`; it reads back one flag per shape group) or ``"auto"``
+    eigensolve; see :func:`warm_eigs`; it reads back its verdict per shape group) or ``"auto"``
     (on the CPU, the warm start where ``state`` is given, with the same read-back; then, and
     on a GPU always, gram for groups whose matrices are at least :data:`AUTO_GRAM_ASPECT` times
     wider than tall or the reverse and the SVD for the others)."""

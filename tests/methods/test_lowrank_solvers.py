@@ -251,6 +251,22 @@ def test_warm_filter_degree_follows_the_step_size_and_is_checkpointed():
     assert again.degree == state.degree
 
 
+@pytest.mark.parametrize("m, rank", [(48, 8), (96, 20), (192, 34)])
+def test_warm_predicts_the_bound_a_lower_filter_degree_leaves(m, rank):
+    # the degree comes down only where the prediction says the lower one certifies with room:
+    # it must match what that degree really leaves (measured: within 10-30%)
+    x = torch.stack([_steady_matrix(m, rank, seed) for seed in (0, 1)])
+    rule = L.Rule("energy", 0.9)
+    _, u = torch.linalg.eigh(x @ x.mT)
+    start = u.flip(-1)[..., : rank + L.WARM_GUARD]
+    step = x + 1e-4 * x.pow(2).mean().sqrt() * torch.randn(x.shape, generator=torch.Generator().manual_seed(5),
+                                                             dtype=x.dtype)
+    found = {d: L.warm_eigs(step, start, rule, L.WARM_TOL, refine=False, degree=d) for d in (2, 3, 4)}
+    assert all(f is not None and f.passes == 1 for f in found.values())
+    for d in (3, 4):
+        assert 0.5 < found[d - 1].slack / found[d].slack_lower < 2, (d, found[d - 1].slack, found[d].slack_lower)
+
+
 def test_warm_certificate_rejects_a_block_missing_one_top_direction():
     # three large eigenvalues; the start holds two of them and the whole rest: subspace
     # iteration cannot bring the third in (its component is exactly zero), and the Ritz values
