@@ -81,6 +81,10 @@ class Plan:
     estimate_s: dict[str, float] = field(default_factory=dict)
     budget_s: float = 570.0
     step_size: float = ranks.STEP_SIZE      # each step's copy of the paper-rank weights: ranks.perturbed
+    # the step part (eager) and the paper-rank projections of these models run again at this
+    # step size: SGD at lr 0.1, half of the CIFAR recipe, moves ResNet-20's layers 1-2e-2 per step
+    large_step: float = 1e-2
+    large_step_models: tuple[str, ...] = ("resnet20",)
 
 
 def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, warmup: Optional[int] = None,
@@ -106,7 +110,7 @@ def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, war
             packed=("resnet20", 128, 4, 50),
             pipeline=Pipeline(images=3072, classes=32, size=(500, 375), image_size=224, resize=256, batch=256,
                               batches=8, workers=min(16, os.cpu_count() or 1)),
-            estimate_s={"step": 90, "projection": 120, "latency": 50, "packed": 50, "pipeline": 70,
+            estimate_s={"step": 100, "projection": 125, "latency": 50, "packed": 50, "pipeline": 70,
                         "step-compiled": 150},
             budget_s=570.0, step_size=step_size)
     return Plan(
@@ -120,7 +124,7 @@ def make_plan(suite: str, device: torch.device, steps: Optional[int] = None, war
         packed=("resnet20", batch or 4, 2, 1),
         pipeline=Pipeline(images=16, classes=2, size=(64, 48), image_size=32, resize=36, batch=4, batches=2,
                           workers=0),
-        estimate_s={"step": 8, "projection": 5, "latency": 3, "packed": 15, "pipeline": 3, "step-compiled": 10},
+        estimate_s={"step": 14, "projection": 7, "latency": 3, "packed": 15, "pipeline": 3, "step-compiled": 10},
         budget_s=300.0, step_size=step_size)
 
 
@@ -128,11 +132,15 @@ def describe(plan: Plan, parts: Sequence[str]) -> list[str]:
     """One line per planned part (printed before anything runs)."""
     lines = [f"[suite {plan.suite}] on {plan.device}, parts in order (estimated seconds; budget "
              f"{plan.budget_s:.0f} s: a part that would overrun it is skipped):"]
+    larger = [m for m in plan.step if len(_step_sizes(plan, m)) > 1]
+    sizes = f"paper-rank steps {plan.step_size:g} apart" + (
+        f", {'/'.join(larger)} also {plan.large_step:g}" if larger else "")
     what = {
         "step": ", ".join(f"{m} batch {b} ({'/'.join(plan.step_schemes[m])})" for m, b in plan.step.items())
-                + f": plain + TRP x {'/'.join(plan.solvers)}, {plan.warmup} warm-up + {plan.steps} timed steps",
+                + f": plain + TRP x {'/'.join(plan.solvers)}, {plan.warmup} warm-up + {plan.steps} timed steps, "
+                + sizes,
         "projection": ", ".join(f"{m} {s}" for m, s in plan.projection)
-                      + f": init, trp-steady, paper-ranks weights, {plan.projection_repeats} timed calls",
+                      + f": init, trp-steady, paper-ranks weights, {plan.projection_repeats} timed calls, {sizes}",
         "latency": f"{', '.join(plan.latency)}: dense vs decomposed, batch "
                    f"{' and '.join(map(str, plan.latency_batches))}",
         "packed": f"{plan.packed[2]} x {plan.packed[0]} (batch {plan.packed[1]}) vs one",
@@ -173,8 +181,15 @@ def part_step(plan: Plan, deadline: Optional[float] = None, compiled: bool = Fal
             variants = core.step_variants(plan.solvers, schemes)
         start = core.paper_start(name, setup, schemes)
         batch = plan.step[name]
-        rows += core.bench_step(name, batch, setup, variants, start, plan.step_size)
+        for size in _step_sizes(plan, name) if not compiled else (plan.step_size,):
+            rows += core.bench_step(name, batch, setup, variants, start, size)
     return rows
+
+
+def _step_sizes(plan: Plan, name: str) -> tuple[float, ...]:
+    """The step sizes ``name``'s paper-rank rows run at: the plan's, and its large step where it differs."""
+    large = name in plan.large_step_models and plan.large_step != plan.step_size
+    return (plan.step_size, plan.large_step) if large else (plan.step_size,)
 
 
 def part_projection(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, Any]]:
@@ -186,6 +201,9 @@ def part_projection(plan: Plan, deadline: Optional[float] = None) -> list[dict[s
             rows.append({"model": name, "scheme": scheme, **late})
             continue
         rows += core.bench_projection(name, setup, scheme, repeats=plan.projection_repeats, step_size=plan.step_size)
+        for size in _step_sizes(plan, name)[1:]:
+            rows += core.bench_projection(name, setup, scheme, repeats=plan.projection_repeats,
+                                          kinds=("paper-ranks",), step_size=size)
     return rows
 
 

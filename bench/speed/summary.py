@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-STEP_COLS = ("model", "batch", "variant", "weights", "ms", "ms_min", "images_per_s", "slowdown_vs_plain", "warm_share",
-             "skipped")
-PROJ_COLS = ("model", "scheme", "weights", "solver", "layers", "ms", "ms_min", "rank_sum", "ranks_equal_exact",
-             "max_rel_err_weight", "max_rel_err_subgrad", "warm_share", "skipped")
+STEP_COLS = ("model", "batch", "variant", "weights", "step_size", "ms", "ms_min", "images_per_s", "slowdown_vs_plain",
+             "warm_share", "skipped")
+PROJ_COLS = ("model", "scheme", "weights", "step_size", "solver", "layers", "ms", "ms_min", "rank_sum",
+             "ranks_equal_exact", "max_rel_err_weight", "max_rel_err_subgrad", "warm_share", "skipped")
 LATENCY_COLS = ("model", "device", "dtype", "batch", "dense_ms", "ms", "latency_speedup", "macs_speedup",
                 "dense_layout", "layout")
 PACKED_COLS = ("model", "n", "batch", "peak_gib_per_trial", "single_images_per_s", "aggregate_images_per_s",
@@ -46,23 +46,23 @@ def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
 
 
 def projection_pivot(rows: Sequence[dict[str, Any]]) -> str:
-    """ms per solver side by side for each (model, scheme, weights), the warm share, and the
-    exact SVD's and the default solver's time over warm's."""
+    """ms per solver side by side for each (model, scheme, weights, step size), the warm share,
+    and the exact SVD's and the default solver's time over warm's."""
     rows = [r for r in rows if "solver" in r]     # not the rows of skipped models
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["scheme"], r["weights"]), {})[r["solver"]] = r
+        groups.setdefault((r["model"], r["scheme"], r["weights"], r.get("step_size")), {})[r["solver"]] = r
     solvers = list(dict.fromkeys(r["solver"] for r in rows))
-    head = ["model", "scheme", "weights", "rank sum", *(f"{s} ms" for s in solvers), "warm share",
+    head = ["model", "scheme", "weights", "step", "rank sum", *(f"{s} ms" for s in solvers), "warm share",
             "svd / warm", "auto / warm"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (model, scheme, weights), by in groups.items():
+    for (model, scheme, weights, size), by in groups.items():
         warm = by.get("warm", {}).get("ms")
 
         def over(name: str) -> str:
             return f"{by[name]['ms'] / warm:.2f}x" if warm and name in by else ""
         any_row = next(iter(by.values()))
-        cells = [model, scheme, weights, fmt(any_row.get("exact_rank_sum")),
+        cells = [model, scheme, weights, fmt(size), fmt(any_row.get("exact_rank_sum")),
                  *(fmt(by[s]["ms"]) if s in by else "" for s in solvers),
                  fmt(by.get("warm", {}).get("warm_share")), over("svd"), over("auto")]
         lines.append("| " + " | ".join(cells) + " |")

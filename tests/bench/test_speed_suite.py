@@ -41,7 +41,10 @@ def test_cpu_smoke_suite_writes_json_and_summary_with_rows_from_every_part(tmp_p
     assert all(r["ranks_equal_exact"] for r in proj)
     paper = [r for r in proj if r["weights"].startswith("paper-ranks")]
     assert all(abs(r["speedup_at_ranks"] / r["target_speedup"] - 1) < 0.05 for r in paper)
-    assert all(r["step_size"] == ranks.STEP_SIZE for r in paper)
+    # the paper-rank rows of resnet20 run again at lr 0.1's step size, in both step and projection
+    assert {r["step_size"] for r in paper} == {ranks.STEP_SIZE, 1e-2}
+    assert {r["step_size"] for r in parts["step"]["rows"]} == {ranks.STEP_SIZE, 1e-2}
+    assert {r["step_size"] for r in parts["step-compiled"]["rows"]} == {ranks.STEP_SIZE}
     (lat,) = parts["latency"]["rows"]
     assert lat["latency_speedup"] > 0 and lat["batch"] == 1
     (packed,) = parts["packed"]["rows"]
@@ -54,6 +57,7 @@ def test_cpu_smoke_suite_writes_json_and_summary_with_rows_from_every_part(tmp_p
     for title in suite.summary_markdown.__globals__["TITLES"].values():
         assert f"## {title}" in summary
     assert "| svd ms | gram ms | auto ms | warm ms |" in summary   # the solvers side by side
+    assert "| resnet20 | spatial | paper-ranks 2.84x (constructed spectra) | 0.01 |" in summary
 
 
 def test_only_runs_the_named_parts_and_a_part_over_budget_is_skipped_not_run(tmp_path, monkeypatch):
