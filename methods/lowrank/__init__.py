@@ -32,8 +32,7 @@ from methods.lowrank.layers import (LAYER_CHOICES, default_kinds, layer_choice, 
                                     set_module)
 from methods.lowrank.solvers import (AUTO_GRAM_ASPECT, CUDA_SVD_DRIVERS, SOLVERS, WARM_BACKOFF_MAX, WARM_GUARD,
                                      WARM_DEGREES, WARM_ITERS, WARM_MAX_FRACTION, WARM_RULES, WARM_SLACK, WARM_TOL,
-                                     WARM_TOL_FLOAT64, Warm, WarmStart,
-                                     check_solver, project, warm_eigs)
+                                     WARM_TOL_FLOAT64, Warm, WarmStart, check_solver, project, warm_eigs)
 from methods.lowrank.vbmf import VBMFResult, vbmf, vbmf_rank
 from methods.lowrank.decompose import (LayerReport, build_factorized, check_reachable, decompose_model,
                                        max_speedup)
@@ -45,9 +44,9 @@ __all__ = [
     "Factorized", "factorize", "numeric_padding", "reconstruct",
     "Probe", "dense_macs", "factorized_macs", "mac_handles", "model_macs", "probe_layers",
     "LAYER_CHOICES", "default_kinds", "layer_choice", "layer_reasons", "select_layers", "set_module",
-    "AUTO_GRAM_ASPECT", "CUDA_SVD_DRIVERS", "SOLVERS", "WARM_BACKOFF_MAX", "WARM_DEGREES", "WARM_GUARD", "WARM_ITERS",
-    "WARM_MAX_FRACTION", "WARM_RULES", "WARM_SLACK", "WARM_TOL", "WARM_TOL_FLOAT64", "Warm", "WarmStart", "check_solver", "project",
-    "warm_eigs",
+    "AUTO_GRAM_ASPECT", "CUDA_SVD_DRIVERS", "SOLVERS", "WARM_BACKOFF_MAX", "WARM_DEGREES", "WARM_GUARD",
+    "WARM_ITERS", "WARM_MAX_FRACTION", "WARM_RULES", "WARM_SLACK", "WARM_TOL", "WARM_TOL_FLOAT64", "Warm", "WarmStart",
+    "check_solver", "project", "warm_eigs",
     "VBMFResult", "vbmf", "vbmf_rank",
     "LayerReport", "build_factorized", "check_reachable", "decompose_model", "max_speedup",
 ]

@@ -244,9 +244,8 @@ def _ranks_for_product(plan: _Plan, spectra: list[Tensor], speedup: float) -> li
         at most ``room``; None when none fits."""
         best: Optional[tuple[float, int, int]] = None
         for layer, (t, r) in enumerate(zip(tables, ranks)):
-            if r >= len(t) or t[r] - t[r - 1] > room:
+            if r >= len(t) or (cost := t[r] - t[r - 1]) > room:
                 continue
-            cost = t[r] - t[r - 1]
             gained = log_e[layer][r] - log_e[layer][r - 1]
             gain = math.inf if cost <= 0 else (0.0 if math.isnan(gained) else gained) / cost
             if best is None or gain > best[0]:

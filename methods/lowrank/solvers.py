@@ -76,6 +76,13 @@ def _project_svd(batch: Tensor, rule: Rule, with_subgradient: bool, driver: Opti
     return proj, sub, (vh.mT if batch.shape[-2] > batch.shape[-1] else u), keep
 
 
+def _gram_is_small(rows: int, cols: int) -> bool:
+    """Whether one side is at least :data:`AUTO_GRAM_ASPECT` times the other: the Gram matrix is
+    then small and its full eigensolve cheap (``auto`` takes it; the warm start's second pass
+    does not pay there)."""
+    return max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)
+
+
 def _wide(batch: Tensor) -> tuple[Tensor, bool]:
     """``(X, tall)``: the batch, transposed where tall, so that X X^T is the smaller Gram matrix."""
     tall = batch.shape[-2] > batch.shape[-1]
@@ -182,15 +189,18 @@ def _ritz(a: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return t.flip(-1).clamp_min(0), q @ w.flip(-1), aq @ w.flip(-1)
 
 
-def _cut(t: Tensor, trace: Tensor, rule: Rule) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _cut(t: Tensor, trace: Tensor, rule: Rule) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The rule's cut on the Ritz values ``t`` with the energy outside the block (``trace -
-    sum(t)``) as one more value: ``(mask on t and that value, kept rank r (B, 1), t_r, t_{r+1})``."""
+    sum(t)``) as one more value: ``(mask on t, kept rank r (B, 1), t_r, t_{r+1}, inside)``,
+    ``inside`` where the cut falls inside the block (neither its last vector nor the outside is
+    kept), so the mask on the top k is the mask on the full spectrum."""
     tail = (trace - t.sum(-1)).clamp_min(0)
     keep_k1 = rank_mask(torch.cat([t, tail[..., None]], -1).sqrt(), rule)
-    r = keep_k1[..., :-1].sum(-1, keepdim=True)              # (B, 1)
+    keep = keep_k1[..., :-1]
+    r = keep.sum(-1, keepdim=True)                           # (B, 1)
     t_r = t.gather(-1, (r - 1).clamp_min(0)).squeeze(-1)
     t_next = t.gather(-1, r.clamp_max(t.shape[-1] - 1)).squeeze(-1)
-    return keep_k1, r, t_r, t_next
+    return keep, r, t_r, t_next, ~keep_k1[..., -2] & ~keep_k1[..., -1]
 
 
 def _angle(t: Tensor, q: Tensor, aq: Tensor, keep: Tensor, t_r: Tensor, mu: Tensor, tol: float) -> Tensor:
@@ -243,31 +253,28 @@ def warm_eigs(x64: Tensor, q: Tensor, rule: Rule, tol: float = WARM_TOL, refine:
     undoes), the block is filtered once more (where ``refine``) and the angle bounded again
     against the same ``mu``, provided the cut keeps the same rank: a few products instead of the
     full solve."""
-    a = x64 @ x64.mT                                         # (B, m, m), m <= n
+    a = _gram(x64)                                           # (B, m, m), m <= n
     block, b = _chebyshev(a, q, degree)
     t, q, aq = _ritz(a, block)
     trace = a.diagonal(dim1=-2, dim2=-1).sum(-1)
-    keep_k1, r, t_r, t_next = _cut(t, trace, rule)
-    keep = keep_k1[..., :-1]
-    m, k = a.shape[-1], t.shape[-1]
+    keep, r, t_r, t_next, inside = _cut(t, trace, rule)
+    m = a.shape[-1]
     mu = (t_r + t_next) / 2
     kept_t = t * keep.to(t.dtype)
     cert = (q * kept_t.unsqueeze(-2)) @ q.mT - a             # W - A
     # rounding in A (n terms per entry) and in the factorization (m), both within eps * size * trace
     rounding = m * max(m, x64.shape[-1]) * torch.finfo(a.dtype).eps * (mu + kept_t[..., 0] + trace)
     cert.diagonal(dim1=-2, dim2=-1).add_((mu - rounding).unsqueeze(-1))
-    split = ((r.squeeze(-1) > 0) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
-             & (torch.linalg.cholesky_ex(cert).info == 0))
+    split = (r.squeeze(-1) > 0) & inside & (torch.linalg.cholesky_ex(cert).info == 0)
     angle = torch.where(split, _angle(t, q, aq, keep, t_r, mu, tol), math.inf)
-    lower = (angle * _degree_gain(t_r, b, degree)).max() if degree > 1 else torch.full_like(mu[0], math.inf)
+    lower = (angle * _degree_gain(t_r, b, degree)).max()
     r_max, slack, slack_lower = torch.stack([torch.where(split.all(), r.max(), -1).to(angle.dtype), angle.max(),
                                              lower]).tolist()                         # the host sync
     passes = 1
     if r_max > 0 and slack > 1 and refine:                  # split proven, angle short: filter again
         t, q, aq = _ritz(a, _chebyshev(a, q, WARM_ITERS)[0])
-        keep_k1, r2, t_r, _ = _cut(t, trace, rule)
-        keep = keep_k1[..., :-1]
-        same = (r2 == r).squeeze(-1) & ~keep_k1[..., k - 1] & ~keep_k1[..., k]
+        keep, r2, t_r, _, inside = _cut(t, trace, rule)
+        same = (r2 == r).squeeze(-1) & inside
         slack = float(torch.where(same, _angle(t, q, aq, keep, t_r, mu, tol), math.inf).max())
         passes, slack_lower = 2, math.inf
     return Warm(t.sqrt(), q, keep, int(r_max), passes, slack, slack_lower) if r_max > 0 and slack <= 1 else None
@@ -348,8 +355,7 @@ def _project_warm(batch: Tensor, rule: Rule, with_subgradient: bool, state: Opti
         tol = WARM_TOL_FLOAT64 if batch.dtype == torch.float64 else WARM_TOL
         # a second filter pass pays where the full solve is of a square-ish matrix (an m x m
         # SVD or eigensolve, several passes' cost); on a wide one the Gram eigensolve is cheap
-        square = x.shape[-1] < AUTO_GRAM_ASPECT * m
-        found = warm_eigs(x.to(torch.float64), q0, rule, tol, refine=square,
+        found = warm_eigs(x.to(torch.float64), q0, rule, tol, refine=not _gram_is_small(m, x.shape[-1]),
                           degree=state.degree.get(key, WARM_ITERS))
         state.adapt(key, found)
         if found is not None:
@@ -410,7 +416,7 @@ def project(weights: Sequence[Tensor], scheme: str, rule: Union[str, Rule], with
     for (rows, cols, _, _), idx in groups.items():
         flats = [mats[i].reshape(-1, rows, cols) for i in idx]
         batch = torch.cat(flats) if len(flats) > 1 else flats[0]  # (B, rows, cols)
-        wide = max(rows, cols) >= AUTO_GRAM_ASPECT * min(rows, cols)
+        wide = _gram_is_small(rows, cols)
         # auto starts warm on the CPU, where it is measured faster (BENCHMARKS.md); on a GPU it
         # stays sync-free until the GPU suite has measured the warm path there
         if solver == "warm" or (solver == "auto" and state is not None and batch.device.type == "cpu"):
