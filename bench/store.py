@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -114,9 +115,22 @@ def previous(checkpoint: Location) -> Location:
 def rotate_and_save(obj: Any, checkpoint: Location) -> None:
     """Save ``obj`` to ``checkpoint``, keeping the one it replaces as ``previous(checkpoint)``: a
     checkpoint found unreadable later (a damaged disk, a hand edit) still leaves the state one
-    epoch before it. A rename on a local folder; on other storage the old one is simply replaced."""
+    epoch before it. On a local folder ``checkpoint`` exists at every moment, so a run killed
+    half-way through this call (Ctrl-C, SIGKILL) resumes from its last epoch, not the one before:
+    the old file is hard-linked (copied where links are not supported) to its new name and the new
+    one replaces it by rename. On other storage the old one is simply replaced."""
     if isinstance(checkpoint, Path) and checkpoint.exists():
-        os.replace(checkpoint, previous(checkpoint))
+        prev = previous(checkpoint)
+        tmp = prev.with_name(f".{prev.name}.tmp")   # one writer per trial folder at a time
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)                           # left by a run killed right here
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:                              # a file system without hard links
+            shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, prev)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)   # still there when prev already was this file (rename(2) then does nothing)
     atomic_torch_save(obj, checkpoint)
 
 

@@ -21,7 +21,7 @@ from bench.data import build_data
 from bench.models import build_model
 from bench.run import run_trial
 from bench.spec import parse_spec
-from bench.store import Store, StoreError, atomic_write_json, previous
+from bench.store import Store, StoreError, atomic_write_json, previous, rotate_and_save
 from bench.sweep import run_sweep
 from bench.train import train
 from procs import bench_run, kill_session, session_pids
@@ -59,6 +59,32 @@ def test_a_damaged_epoch_checkpoint_is_set_aside_and_training_resumes_from_the_o
     assert "resumed from epoch 1/3" in text, text        # the state before it: epoch 1
     assert (tmp_path / "epoch.pt.bad").exists()
     assert [h["epoch"] for h in prog.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-hard-links"])
+def test_a_save_killed_half_way_leaves_the_last_checkpoint_where_resume_looks(tmp_path, monkeypatch, links):
+    """Ctrl-C lands while epoch 3 is written: epoch.pt still holds epoch 2 (not only epoch.prev.pt)."""
+    import bench.store as store_mod
+
+    ck = tmp_path / "epoch.pt"
+    rotate_and_save({"epoch": 1}, ck)
+    rotate_and_save({"epoch": 2}, ck)
+    if not links:
+        def no_link(*a):
+            raise OSError(1, "Operation not permitted")
+        monkeypatch.setattr(store_mod.os, "link", no_link)
+
+    def interrupted(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "atomic_write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rotate_and_save({"epoch": 3}, ck)
+    assert torch.load(ck)["epoch"] == 2 and torch.load(previous(ck))["epoch"] == 2
+    monkeypatch.undo()
+    rotate_and_save({"epoch": 3}, ck)
+    assert torch.load(ck)["epoch"] == 3 and torch.load(previous(ck))["epoch"] == 2
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch.prev.pt", "epoch.pt"]   # no temp file
 
 
 def test_random_bytes_as_the_only_checkpoint_train_from_the_start(tmp_path):
