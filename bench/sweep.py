@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from bench.checks import bad
 from bench.fs import ray_storage
 from bench.row import failed_row
 from bench.store import Store, set_aside
@@ -180,8 +181,6 @@ def _importable(module: str) -> bool:
 def check_address(address: str) -> None:
     """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray Client); else one line, before
     Ray prints a screen of warnings and a traceback for it."""
-    from bench.checks import bad
-
     accepted = "auto, local, HOST:PORT (a cluster's GCS) or ray://HOST:PORT (Ray Client, needs ray[client])"
     if address in ("auto", "local"):
         return
@@ -195,6 +194,8 @@ def check_address(address: str) -> None:
                       f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]'")
 
 
+# what --address accepts once its form is right
+RUNNING_CLUSTER = "the address of a running Ray cluster (ray status there prints it)"
 ADDRESS_TIMEOUT_S = 5.0   # a cluster's head answers a TCP connection within this, or is not there
 # Ray's GCS and its Ray Client server are both gRPC servers: to a client's HTTP/2 connection
 # preface (here with an empty SETTINGS frame) they answer with their own SETTINGS frame first
@@ -235,21 +236,18 @@ def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     and answer an HTTP/2 preface as a gRPC server does (Ray's GCS and Ray Client both are; with
     ``RAY_USE_TLS`` set only the connection is tried). ``auto``/``local`` name no port to try
     (``auto`` finds the local cluster itself)."""
-    from bench.checks import bad
-
     m = ADDRESS.match(address)     # checked by check_address: auto, local or this form
     if m is None:
         return
-    accepted = "the address of a running Ray cluster (ray status there prints it)"
     try:
         with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout) as sock:
             tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
             why = None if tls else _not_grpc(sock, timeout)
     except OSError as e:
         why = e.strerror or str(e) or type(e).__name__
-        raise bad("--address", address, accepted, f"nothing answers there within {timeout:g} s ({why})") from None
+        raise bad("--address", address, RUNNING_CLUSTER, f"nothing answers there within {timeout:g} s ({why})") from None
     if why is not None:
-        raise bad("--address", address, accepted, why)
+        raise bad("--address", address, RUNNING_CLUSTER, why)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -279,10 +277,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
-            from bench.checks import bad
-
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise bad("--address", address, "the address of a running Ray cluster (ray status there prints it)",
+            raise bad("--address", address, RUNNING_CLUSTER,
                       f"cannot connect ({type(e).__name__}: {detail})") from None
     else:
         # "local" always starts a fresh instance: without it ray.init() silently joins any Ray

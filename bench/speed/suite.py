@@ -181,7 +181,8 @@ def part_step(plan: Plan, deadline: Optional[float] = None, compiled: bool = Fal
             variants = core.step_variants(plan.solvers, schemes)
         start = core.paper_start(name, setup, schemes)
         batch = plan.step[name]
-        for size in _step_sizes(plan, name) if not compiled else (plan.step_size,):
+        sizes = (plan.step_size,) if compiled else _step_sizes(plan, name)
+        for size in sizes:
             rows += core.bench_step(name, batch, setup, variants, start, size)
     return rows
 
