@@ -1,6 +1,6 @@
-"""``python -m bench`` is the same as the ``rankbench`` command."""
+"""``python -m rankbench.bench`` is the same as the ``rankbench`` command."""
 import sys
 
-from bench.cli import main
+from rankbench.bench.cli import main
 
 sys.exit(main())

@@ -76,3 +76,50 @@ def check(field: str, value: Any, ok: bool, accepted: str, problem: str | None =
     """Raise ``bad(field, value, accepted, problem)`` unless ``ok``."""
     if not ok:
         raise bad(field, value, accepted, problem)
+
+
+# --- the spec's value checks: each returns the value as the spec keeps it, or raises bad() ---
+
+def check_keys(where: str, d: dict, accepted: Iterable[str]) -> None:
+    accepted = list(accepted)
+    for key in d:
+        if key not in accepted:
+            raise bad(f"{where}.{key}", d[key], ", ".join(accepted), "unknown key" + did_you_mean(key, accepted))
+
+
+def need_mapping(where: str, v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise bad(where, v, "a mapping (key: value)")
+    return v
+
+
+def need_int(where: str, v: Any, lo: int) -> int:
+    if not is_int(v) or v < lo:
+        raise bad(where, v, f"an integer >= {lo}")
+    return int(v)
+
+
+def need_float(where: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = False,
+               hi_open: bool = False) -> float:
+    ok = is_number(v)
+    if ok:
+        ok = (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        lb = "(" if lo_open else "["
+        hb = ")" if hi_open else "]"
+        rng = f"{lb}{lo}, {'inf)' if hi is None else str(hi) + hb}"
+        raise bad(where, v, f"a number in {rng}")
+    return float(v)  # 1 and 1.0 must hash alike
+
+
+def need_bool(where: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise bad(where, v, "true or false")
+    return v
+
+
+def need_choice(where: str, v: Any, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if v not in choices:
+        raise unknown(where, v, choices)
+    return v

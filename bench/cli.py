@@ -1,23 +1,23 @@
-"""The ``rankbench`` command (also ``python -m bench``).
+"""The ``rankbench`` command (also ``python -m rankbench.bench``).
 
     rankbench run [SPEC] [KEY=VALUE ...] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
                   [--mlflow URI]
     rankbench methods
-    rankbench check-method NAME [--check CHECK ...]   (methods.conformance)
+    rankbench check-method NAME [--check CHECK ...]   (rankbench.methods.api.conformance)
     rankbench specs
     rankbench show [SPEC] [KEY=VALUE ...]
     rankbench export TRIAL_OR_PATH [--format torch|onnx] [--out FILE] [--results DIR]
-    rankbench report ...        (reports.cli)
-    rankbench speed ...         (bench.speed)
+    rankbench report ...        (rankbench.reports.cli)
+    rankbench speed ...         (rankbench.bench.speed)
 
 User errors (bad spec, locked or incompatible results folder, resources no node can hold) print
-one line ``error: <field>: <value>: <problem>; accepted: <...>`` (``bench.checks``) and exit 2,
+one line ``error: <field>: <value>: <problem>; accepted: <...>`` (``rankbench.bench.checks``) and exit 2,
 with no traceback. ``run`` exits 0 (all ok), 1 (some trial failed), 3 (Ray raised in the driver),
 130 (Ctrl-C) or 143 (SIGTERM); on 3, 130 and 143 it first prints what finished and the command
 that resumes (README, "Failure modes").
 
 This is the package's top module: the only one in ``bench`` that imports ``reports`` (which
-itself imports ``bench.fs`` and ``bench.row``).
+itself imports ``rankbench.bench.results.filesystem`` and ``rankbench.bench.results.row``).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import __version__
-from bench.checks import PATH_QUOTE, UserError, bad
+from rankbench.bench import __version__
+from rankbench.bench.checks import PATH_QUOTE, UserError, bad
 
 # exit statuses (README, "Failure modes")
 EXIT_TRIALS_FAILED = 1     # the sweep finished; some trials failed (their rows say why)
@@ -49,7 +49,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bench.fs import StorageURIError
+    from rankbench.bench.results.filesystem import StorageURIError
 
     # SpecError and StoreError are UserErrors
     return (UserError, StorageURIError)
@@ -98,9 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(needs pip install 'rankbench[onnx]')")
     e.add_argument("--out", default=None, help="output file (default: beside the model file)")
     e.add_argument("--results", default="results", help="where a trial id is looked up (default ./results)")
-    sub.add_parser("report", help="tables / paper comparison / plots from results (reports.cli)",
+    sub.add_parser("report", help="tables / paper comparison / plots from results (rankbench.reports.cli)",
                    add_help=False)
-    sub.add_parser("speed", help="training-step, projection and latency micro-benchmarks (bench.speed)",
+    sub.add_parser("speed", help="training-step, projection and latency micro-benchmarks (rankbench.bench.speed)",
                    add_help=False)
     return p
 
@@ -172,7 +172,7 @@ def _supervise(argv: list[str]) -> int:
     still prints what finished and the resume command (exit 3). Ctrl-C reaches the child through
     the process group (ignored here); SIGTERM sent here is passed on; the child dies with this
     process (PR_SET_PDEATHSIG), so killing the command kills the sweep."""
-    from bench.store import DRIVER_PID_ENV
+    from rankbench.bench.results.store import DRIVER_PID_ENV
 
     parent = os.getpid()
     r, w = os.pipe()
@@ -212,7 +212,7 @@ def _supervise(argv: list[str]) -> int:
     how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}")
     try:
         args = _parser().parse_args(argv)
-        from bench.spec import load_spec
+        from rankbench.bench.spec.parse import load_spec
 
         sweep = load_spec(_spec_path(args.spec), check=False)
         resume = "rankbench " + " ".join(shlex.quote(a) for a in argv)
@@ -237,14 +237,14 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _spec_path(spec: str | None) -> Path:
-    from bench.spec import resolve_spec
+    from rankbench.bench.spec.parse import resolve_spec
 
     return resolve_spec(spec)
 
 
 def _spec_and_overrides(spec: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
     """``rankbench run train.epochs=1``: a first word that is an override means the default spec."""
-    from bench.overrides import is_override
+    from rankbench.bench.spec.overrides import is_override
 
     if spec is not None and is_override(spec):
         return None, [spec, *overrides]
@@ -252,7 +252,7 @@ def _spec_and_overrides(spec: str | None, overrides: list[str]) -> tuple[str | N
 
 
 def cmd_specs() -> int:
-    from bench.shipped import shipped_specs, summary
+    from rankbench.bench.spec.shipped import shipped_specs, summary
 
     specs = shipped_specs()
     width = max(map(len, specs))
@@ -265,7 +265,7 @@ def cmd_specs() -> int:
 def cmd_methods() -> int:
     """Every registered method (plugins whose import failed are skipped with a warning on stderr),
     its one-line description and its parameters; a choice parameter shows its accepted values."""
-    from methods.registry import available, choices, get_method, parameters
+    from rankbench.methods.api.registry import available, choices, get_method, parameters
 
     for name in available():
         cls = get_method(name)
@@ -287,11 +287,11 @@ def cmd_methods() -> int:
 
 
 def cmd_check_method(name: str, only: list[str] | None = None) -> int:
-    """The conformance suite (``methods.conformance``) against one method: a line per check;
+    """The conformance suite (``rankbench.methods.api.conformance``) against one method: a line per check;
     exit 0 if all pass, 1 if any fails, 2 for an unknown method or check."""
-    from bench.checks import unknown
-    from methods.conformance import CHECKS, run
-    from methods.registry import available
+    from rankbench.bench.checks import unknown
+    from rankbench.methods.api.conformance import CHECKS, run
+    from rankbench.methods.api.registry import available
 
     names = available()
     if name not in names:
@@ -325,8 +325,8 @@ def failed_line(tid: str, row: dict | None, trial: Any, logs: Path) -> str:
 
 
 def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | None = None) -> int:
-    from bench.spec import file_problems, load_spec
-    from bench.store import Store
+    from rankbench.bench.spec.parse import file_problems, load_spec
+    from rankbench.bench.results.store import Store
 
     # a preview: data or weights not there yet are a warning here (run refuses them)
     sweep = load_spec(_spec_path(spec), overrides=overrides or (), check_files=False)
@@ -350,7 +350,7 @@ def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | 
 
 
 def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
-    from bench.export import export_compressed
+    from rankbench.bench.results.export import export_compressed
 
     done = export_compressed(model, fmt, out, results)
     print(f"{done.path} ({done.format}): checked against the eager model on random batches, "
@@ -361,21 +361,21 @@ def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
 def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
             overrides: list[str] | None = None, wait_for_nodes: float | None = None,
             mlflow: str | None = None) -> int:
-    from bench.spec import load_spec
-    from bench.sweep import run_sweep, set_ray_env
+    from rankbench.bench.spec.parse import load_spec
+    from rankbench.bench.running.sweep import run_sweep, set_ray_env
 
     set_ray_env()
     if max_concurrent is not None and max_concurrent < 1:
         raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
     if wait_for_nodes is not None and not wait_for_nodes >= 0:
         raise bad("--wait-for-nodes", wait_for_nodes, "a number of seconds >= 0")
-    from bench.tracking import check_mlflow
+    from rankbench.bench.running.tracking import check_mlflow
 
     check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
     # every input error (overrides included) surfaces here, before Ray
     sweep = load_spec(_spec_path(spec), overrides=overrides or ())
-    from bench.store import Store
+    from rankbench.bench.results.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI
     resume = "rankbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["run"] \
@@ -406,7 +406,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, old)
     print()
-    from reports.tables import quick_table
+    from rankbench.reports.tables import quick_table
 
     print(quick_table(store_dir, [t.id for t in sweep.trials]))   # this spec's trials, not every row there
     print()
@@ -422,7 +422,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
 
 def _stopped_summary(sweep: object, results: str, e: BaseException, resume: str) -> None:
     """What finished before the sweep stopped, and the command that resumes it (stderr)."""
-    from bench.store import Store
+    from rankbench.bench.results.store import Store
 
     store = Store(results, sweep.name)
     ok = failed = 0
@@ -450,9 +450,9 @@ def _stopped_summary(sweep: object, results: str, e: BaseException, resume: str)
 
 def _report(argv: list[str]) -> int:
     try:
-        from reports.cli import main_report
+        from rankbench.reports.cli import main_report
     except ImportError as e:
-        print(f"error: {bad('report', 'reports.cli', 'an install with reports/', f'not available ({e})')}",
+        print(f"error: {bad('report', 'rankbench.reports.cli', 'an install with reports/', f'not available ({e})')}",
               file=sys.stderr)
         return EXIT_USER_ERROR
     try:
@@ -468,7 +468,7 @@ def _report(argv: list[str]) -> int:
 
 
 def _speed(argv: list[str]) -> int:
-    from bench.speed import main as main_speed  # imported here: `rankbench run` does not need it
+    from rankbench.bench.speed import main as main_speed  # imported here: `rankbench run` does not need it
 
     try:
         return int(main_speed(argv) or 0)

@@ -3,8 +3,8 @@
 A Trial is frozen and hashable (every dict of the spec is stored as sorted ``(key, value)``
 pairs, every list as a tuple), and ``trial.id`` is the first 12 hex digits of the sha256 of its
 canonical JSON: the same trial has the same id on every machine and Python, so a finished trial
-is found again and never re-run. ``bench.spec`` builds Trials from YAML; ``bench.run``,
-``bench.sweep`` and ``bench.distributed`` use them without importing the YAML parser.
+is found again and never re-run. ``rankbench.bench.spec.parse`` builds Trials from YAML; ``rankbench.bench.running.run``,
+``rankbench.bench.running.sweep`` and ``rankbench.bench.running.distributed`` use them without importing the YAML parser.
 
 A Trial crosses process boundaries (Ray Tune, Ray Train) as ``trial.to_dict()`` and comes back
 with ``Trial.from_dict``.
@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Pairs = tuple[tuple[str, Any], ...]
+# the registry key of the baseline method (the one whose ``Method.is_baseline`` is true: a test
+# checks they agree); written here once, for the modules that must not import the methods
+BASELINE = "dense"
 
 
 def freeze(v: Any) -> Any:
@@ -134,10 +137,37 @@ class Trial:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def baseline(self) -> "Trial":
-        """The dense Trial with the same data, model, seed and train (its weights are reused)."""
-        return dataclasses.replace(self, method="dense", params=())
+        """The baseline Trial with the same data, model, seed and train (its weights are reused)."""
+        return dataclasses.replace(self, method=BASELINE, params=())
+
+    @property
+    def is_baseline(self) -> bool:
+        """A trial of the baseline method: what other trials start from and are measured against."""
+        return self.method == BASELINE
 
     @property
     def label(self) -> str:
         v = f"[{self.variant}]" if self.params else ""
         return f"{self.method}{v} {self.model}/{self.data_cfg.get('name')} seed={self.seed}"
+
+
+# --- resources: where a trial runs, how many processes train it ---------------------------
+
+def workers_for(resources: dict[str, Any]) -> int:
+    """Processes a trial trains with: ``workers`` if given, else one per GPU when it asks for
+    more than one, else 1."""
+    w = resources.get("workers")
+    if w:
+        return int(w)
+    gpus = float(resources.get("gpus", 0) or 0)
+    return int(gpus) if gpus > 1 else 1
+
+
+def is_distributed(resources: dict[str, Any]) -> bool:
+    return workers_for(resources) > 1
+
+
+def per_worker(resources: dict[str, Any]) -> dict[str, float]:
+    """A trial's ``cpus`` and ``gpus`` are for the whole trial; each worker gets an equal share."""
+    n = workers_for(resources)
+    return {"CPU": float(resources.get("cpus", 1)) / n, "GPU": float(resources.get("gpus", 0) or 0) / n}

@@ -9,17 +9,16 @@ from typing import Optional
 
 from torch import nn
 
-from bench.checks import is_int
-from methods import lowrank
-from methods.base import Method, MethodReport, check_param
-from methods.registry import register
+from rankbench.bench.checks import is_int
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import Method, MethodReport, check_param
+from rankbench.methods.api.registry import register
 
 
 @register("arsvd")
 class ARSVD(Method):
     """Adaptive-rank SVD of a trained network: per-layer rank by energy (v1) or spectral entropy (v2)."""
 
-    name = "arsvd"
     choices = {"scheme": lowrank.SCHEMES}
     starts_from_baseline = True
 

@@ -13,7 +13,7 @@ H' W' its output; the vertical conv leaves the width at W). Fine-tuning the whol
 afterwards is part of the method (``finetune_epochs``, default 2).
 
 The decomposition is tensorly's ``parafac`` (CP-ALS), numpy backend in float64 (see
-``methods.tensordec``). CP-ALS can be unstable (diverging, mutually cancelling components;
+``rankbench.methods.lowrank.tensordec``). CP-ALS can be unstable (diverging, mutually cancelling components;
 slow swamps), so: SVD initialisation with a fixed seed (``random_state=0``; an SVD start is
 deterministic, and the seed fixes the columns it fills when R exceeds a mode's size); factors
 normalised at every iteration (``normalize_factors``), the scale kept in the weights and spread
@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods import lowrank, tensordec
-from bench.checks import bad, check, is_int
-from methods.base import Context, Method, MethodReport
-from methods.registry import register
-from methods.tensordec import Ranks
+from rankbench.methods import lowrank
+from rankbench.methods.lowrank import tensordec
+from rankbench.bench.checks import bad, check, is_int
+from rankbench.methods.api.base import Context, Method, MethodReport
+from rankbench.methods.api.registry import register
+from rankbench.methods.lowrank.tensordec import Ranks
 
 RULE_KINDS: tuple[str, ...] = ("rank", "ratio", "speedup")
 ACCEPTED_RULES = '"rank:R" (int R>=1), "ratio:Q" (0<Q<=1, R = ceil(Q*max(S,T))), "speedup:S" (S>1)'
@@ -196,8 +197,7 @@ def plan_ranks(plan: tensordec.LayerPlan, rule: lowrank.Rule) -> list[Ranks]:
 class CP(Method):
     """CP decomposition (Lebedev et al., ICLR 2015) of the trained baseline into four convs, then fine-tuning."""
 
-    name = "cp"
-    exact_full_rank = False   # no R reproduces every kernel (methods.conformance skips that check)
+    exact_full_rank = False   # no R reproduces every kernel (rankbench.methods.api.conformance skips that check)
     starts_from_baseline = True
 
     def __init__(self, rule: str = "ratio:0.5", finetune_epochs: int = 2, iters: int = 300,

@@ -17,17 +17,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from bench.checks import is_int
-from methods import lowrank
-from methods.base import Context, Method, MethodReport, check_param
-from methods.registry import register
+from rankbench.bench.checks import is_int
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import Context, Method, MethodReport, check_param
+from rankbench.methods.api.registry import register
 
 
 @register("deeptwist")
 class DeepTwist(Method):
     """Dense training with low-rank replacement every `period` steps (optionally tiled), decomposed at the end."""
 
-    name = "deeptwist"
     choices = {"scheme": lowrank.SCHEMES}
 
     def __init__(self, period: int = 200, scheme: str = "channel", rule: str = "energy:0.9", tiles: int = 1,

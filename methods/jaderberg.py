@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.checks import is_int
-from methods import lowrank
-from methods.base import check_param
-from methods.calibration import Collector, DataDriven
-from methods.registry import register
+from rankbench.bench.checks import is_int
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import check_param
+from rankbench.methods.api.calibration import Collector
+from rankbench.methods.svd import DataDriven
+from rankbench.methods.api.registry import register
 
 CG_STEPS = 50   # conjugate-gradient steps per A-step (an exact solve for small layers)
 
@@ -156,7 +157,6 @@ def fit_spatial(conv: nn.Conv2d, fact: lowrank.Factorized, s: Tensor, iterations
 class Jaderberg(DataDriven):
     """Spatial (kh x 1, 1 x kw) decomposition fitted to each conv's responses on calibration data (Jaderberg et al. 2014)."""
 
-    name = "jaderberg"
     scheme = "spatial"
 
     def __init__(self, rule: str = "speedup:2.0", calibration: int = 8, iterations: int = 5,

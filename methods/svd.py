@@ -1,23 +1,35 @@
 """``svd``: pretrain-then-decompose. The harness hands over the trained dense baseline; every
 chosen layer is decomposed under ``scheme`` at the rank ``rule`` gives; then ``finetune_epochs``
-epochs of fine-tuning (0 = "decompose, no fine-tuning", k = "decompose + fine-tune")."""
+epochs of fine-tuning (0 = "decompose, no fine-tuning", k = "decompose + fine-tune").
+
+Also here: ``DataDriven``, the skeleton of the data-driven decompositions (``zhang``,
+``jaderberg``): decompose as ``svd`` does, then refit every factorized layer to statistics of the
+dense model's responses on calibration batches (``rankbench.methods.api.calibration``). The ranks
+come from ``lowrank.decompose_model`` under the method's scheme and rule (so every rule,
+``speedup:S`` included, means what it means for ``svd``, on the MAC count the result row
+reports), read from the spectra :meth:`DataDriven.rank_spectra` gives (``zhang``: its responses'
+PCA energies, as the papers choose ranks) or else from the weights'; the data then sets the
+factors' weights, never the structure, so the MAC count is the plan's. Statistics are
+accumulated in float64.
+"""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
+import torch
 from torch import Tensor, nn
 
-from bench.checks import is_int
-from methods import lowrank
-from methods.base import Context, Method, MethodReport, check_param
-from methods.registry import register
+from rankbench.bench.checks import is_int
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import Context, Method, MethodReport, check_param
+from rankbench.methods.api.calibration import Collector, collect
+from rankbench.methods.api.registry import register
 
 
 @register("svd")
 class SVD(Method):
     """Decompose the trained baseline at a rank rule (speedup:S to match cost), then optionally fine-tune."""
 
-    name = "svd"
     choices = {"scheme": lowrank.SCHEMES}
     starts_from_baseline = True
 
@@ -57,3 +69,54 @@ class SVD(Method):
     def report(self) -> MethodReport:
         return MethodReport(layers=list(self._reports), scheme=self.scheme, rule=self.rule)
 
+
+class DataDriven(SVD):
+    """Base of the data-driven decompositions: decompose like ``svd`` (scheme :attr:`scheme`,
+    same layers, ranks and reachability check), then gather statistics on ``calibration``
+    training batches and refit every factorized layer.
+
+    A subclass sets :attr:`scheme` and implements :meth:`collector` and :meth:`refit`."""
+
+    scheme: str = "channel"
+    allocation: str = "threshold"              # how a speedup: rule shares the MACs (lowrank.decompose_model)
+    choices: dict[str, tuple[str, ...]] = {}   # the scheme is the method's, not a parameter
+
+    def __init__(self, rule: str = "speedup:2.0", calibration: int = 8, finetune_epochs: int = 0,
+                 layers: str = "official", include_stride2: bool = True) -> None:
+        super().__init__(self.scheme, rule, finetune_epochs, layers, include_stride2)
+        check_param("calibration", calibration, is_int(calibration) and calibration >= 1,
+                    "an int >= 1 (training batches whose responses the fit uses)")
+        self.calibration, self.finetune_epochs = int(calibration), int(finetune_epochs)
+        self._fit: dict[str, dict[str, float]] = {}
+
+    def compress(self, model: nn.Module) -> nn.Module:
+        chosen = [n for n, why in self.choose_layers(model) if why is None]
+        stats: dict[str, Any] = {}
+        if chosen:
+            collect(model, chosen, self.calibration_batches(self.calibration), self.collector(stats))
+        small = self.decompose(model, self.rank_spectra(model, stats), self.allocation)
+        self._fit = {}
+        for rep in self._reports:
+            if rep["skipped"] is None and rep["rank"] is not None:
+                with torch.no_grad():
+                    self._fit[rep["name"]] = self.refit(model.get_submodule(rep["name"]),
+                                                        small.get_submodule(rep["name"]), stats[rep["name"]])
+        return small
+
+    def collector(self, stats: dict[str, Any]) -> Collector:
+        """A :data:`Collector` that accumulates per-layer statistics into ``stats[name]``."""
+        raise NotImplementedError
+
+    def rank_spectra(self, model: nn.Module, stats: dict[str, Any]) -> Optional[dict[str, Tensor]]:
+        """Per layer, the spectrum the rank rule reads (``lowrank.decompose_model``'s ``spectra``);
+        None: the weights' singular values, as ``svd``."""
+        return None
+
+    def refit(self, dense: nn.Module, fact: lowrank.Factorized, stats: Any) -> dict[str, float]:
+        """Set ``fact``'s weights (in place) from the layer's statistics; return facts for the report."""
+        raise NotImplementedError
+
+    def report(self) -> MethodReport:
+        report = super().report()
+        report.info = {"calibration_batches": self.calibration, "fit": dict(self._fit)}
+        return report

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.checks import is_int, is_number
-from methods import lowrank
-from methods.base import Context, Method, MethodReport, check_param
-from methods.registry import register
+from rankbench.bench.checks import is_int, is_number
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import Context, Method, MethodReport, check_param
+from rankbench.methods.api.registry import register
 
 SVD_SCHEMES = ("channel", "spatial", "linear")
 SPARSITY = ("l1", "hoyer")
@@ -101,7 +101,6 @@ class SVDLayer(nn.Module):
 class SVDTraining(Method):
     """Layers trained as U diag(s) V with orthogonality and sparsity terms, pruned by rank rule (Yang et al. 2020)."""
 
-    name = "svd-training"
 
     def __init__(self, scheme: Literal["channel", "spatial", "linear"] = "channel", rule: str = "energy:0.9",
                  orthogonality: float = 1.0, sparsity: Literal["l1", "hoyer"] = "hoyer",

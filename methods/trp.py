@@ -26,7 +26,7 @@ convs included. ``stride2`` says what happens to the stride-2 ones:
   stride-2 convs always do; a ``speedup:`` export, which the official code does not have, keeps
   such a layer dense, as its search assumes). The official MAC formula counts stride-2 layers as dense in every
   scheme: the layers it counts dense but the deployed model factorizes are listed in the
-  report's ``info["counted_dense"]``, and the row shows both counts (``bench.run``).
+  report's ``info["counted_dense"]``, and the row shows both counts (``rankbench.bench.running.run``).
 - ``include``: projected in training and factorized at export wherever that lowers MACs
   (a layer whose factorized form would cost more stays dense).
 - ``exclude``: neither projected nor factorized.
@@ -46,10 +46,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from bench.checks import is_int, is_number
-from methods import lowrank
-from methods.base import Context, Method, MethodReport, check_param
-from methods.registry import register
+from rankbench.bench.checks import is_int, is_number
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import Context, Method, MethodReport, check_param
+from rankbench.methods.api.registry import register
 
 TRP_SCHEMES = ("channel", "spatial", "decoupling")
 STRIDE2 = ("official", "include", "exclude")
@@ -60,7 +60,6 @@ PERIOD_BASES = ("global", "epoch")
 class TRP(Method):
     """Trained Rank Pruning: low-rank projection during training (+ nuclear norm), decomposed at export."""
 
-    name = "trp"
     # svd-<driver>: torch's CUDA SVD drivers (lowrank.check_solver)
     choices = {"scheme": TRP_SCHEMES, "stride2": STRIDE2, "period_basis": PERIOD_BASES,
                "solver": lowrank.SOLVERS + tuple(f"svd-{d}" for d in lowrank.CUDA_SVD_DRIVERS)}
@@ -173,7 +172,7 @@ class TRP(Method):
     def report(self) -> MethodReport:
         info: dict[str, Any] = {}
         if self._counted_dense:
-            # bench.run: the row's claimed_conv_macs counts these at their dense MACs
+            # rankbench.bench.running.run: the row's claimed_conv_macs counts these at their dense MACs
             info["counted_dense"] = list(self._counted_dense)
         if self._warm.warm + self._warm.cold:  # how often the warm start held, in shape-group projections
             info["warm_start"] = {"warm": self._warm.warm, "cold": self._warm.cold}

@@ -10,20 +10,20 @@ approximated along its two channel modes only, ``K ~ C x_0 U_out x_1 U_in`` with
 
 MACs per image: ``H W S R_in + H' W' R_in R_out kh kw + H' W' R_out T`` (H W the layer's
 input, H' W' its output). The decomposition is tensorly's ``partial_tucker`` (HOOI, SVD
-initialisation) on modes [0, 1], numpy backend in float64 (see ``methods.tensordec``); at
+initialisation) on modes [0, 1], numpy backend in float64 (see ``rankbench.methods.lowrank.tensordec``); at
 ``R_out = T``, ``R_in = S`` it is exact.
 
 Ranks (``rule``):
 
-- ``vbmf`` (default, as Kim et al.): analytic empirical VBMF (``methods.lowrank.vbmf``, Nakajima et al.,
+- ``vbmf`` (default, as Kim et al.): analytic empirical VBMF (``rankbench.methods.lowrank.vbmf``, Nakajima et al.,
   JMLR 2013) on the mode-0 unfolding (T x S kh kw) gives R_out, on the mode-1 unfolding
   (S x T kh kw) R_in; at least 1 each. VBMF keeps only components above the noise level it
   estimates from the same matrix, so weights still close to their random initialisation (a
   briefly trained network) get ranks near 1: the rule is meant for converged networks.
-- any rank rule of ``methods.lowrank`` (``energy:E``, ``value:T``, ``ratio:Q``, ``rank:R``,
+- any rank rule of ``rankbench.methods.lowrank`` (``energy:E``, ``value:T``, ``ratio:Q``, ``rank:R``,
   ``entropy:TAU``) on each unfolding's singular values;
 - ``speedup:S``: one global energy threshold for both modes of every chosen layer, found by
-  bisection so that the whole model's MACs come to ``dense / S`` (``methods.tensordec.fit_speedup``).
+  bisection so that the whole model's MACs come to ``dense / S`` (``rankbench.methods.lowrank.tensordec.fit_speedup``).
 
 A layer whose factorized MACs would not be lower than its dense MACs stays dense, with the
 reason in its report. A layer report's ``rank`` is ``[R_out, R_in]``, ``full_rank`` the largest
@@ -38,12 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods import lowrank, tensordec
-from bench.checks import bad, check, is_int
-from methods.base import Context, Method, MethodReport
-from methods.lowrank.vbmf import vbmf_rank
-from methods.registry import register
-from methods.tensordec import Ranks
+from rankbench.methods import lowrank
+from rankbench.methods.lowrank import tensordec
+from rankbench.bench.checks import bad, check, is_int
+from rankbench.methods.api.base import Context, Method, MethodReport
+from rankbench.methods.lowrank.vbmf import vbmf_rank
+from rankbench.methods.api.registry import register
+from rankbench.methods.lowrank.tensordec import Ranks
 
 VBMF = "vbmf"
 ACCEPTED_RULES = f'"{VBMF}", {lowrank.ACCEPTED_RULES}'
@@ -126,7 +127,7 @@ def unfoldings(conv: nn.Conv2d) -> tuple[np.ndarray, np.ndarray]:
 
 def spectra(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Singular values (descending, float64) of the two unfoldings."""
-    with tensordec.tensorly_numpy():  # one BLAS thread: see methods.tensordec
+    with tensordec.tensorly_numpy():  # one BLAS thread: see rankbench.methods.lowrank.tensordec
         return tuple(torch.from_numpy(np.linalg.svd(m, compute_uv=False)) for m in unfoldings(conv))  # type: ignore[return-value]
 
 
@@ -135,7 +136,7 @@ DECOMPOSITION = tensordec.Decomposition(scheme="tucker2", reason=lambda conv: No
 
 
 def check_rule(rule: Any, field: str = "rule") -> str:
-    """``vbmf`` or a ``methods.lowrank`` rank rule, else the one-line error."""
+    """``vbmf`` or a ``rankbench.methods.lowrank`` rank rule, else the one-line error."""
     if rule == VBMF:
         return rule
     try:
@@ -173,7 +174,6 @@ def plan_ranks(plan: tensordec.LayerPlan, rule: str) -> list[Ranks]:
 class Tucker2(Method):
     """Tucker-2 decomposition (Kim et al., ICLR 2016) of the trained baseline, ranks by VBMF or a rule."""
 
-    name = "tucker2"
     starts_from_baseline = True
 
     def __init__(self, rule: str = VBMF, finetune_epochs: int = 0, layers: str = "official",

@@ -29,16 +29,16 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from methods import lowrank
-from methods.calibration import Collector, DataDriven
-from methods.registry import register
+from rankbench.methods import lowrank
+from rankbench.methods.api.calibration import Collector
+from rankbench.methods.svd import DataDriven
+from rankbench.methods.api.registry import register
 
 
 @register("zhang")
 class Zhang(DataDriven):
     """Channel decomposition fitted to each conv's output responses on calibration data (Zhang et al. 2015)."""
 
-    name = "zhang"
     scheme = "channel"
     allocation = "product"
 

@@ -14,9 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.checks import PATH_QUOTE, bad
-from reports import paper, plots, tables
-from reports.collate import load_results, summarize
+import pandas as pd
+
+from rankbench.bench.checks import PATH_QUOTE, bad
+from rankbench.reports import paper, plots, tables
+from rankbench.reports.collate import load_results, summarize
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,31 +42,92 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> int:
+    """Say on stderr what is wrong with the input; returns the exit status for bad input."""
+    print(message, file=sys.stderr)
+    return 2
+
+
+def _out_dir(args: argparse.Namespace) -> Path | None:
+    """Where the tables go: ``--out``, else the one results folder (here for a storage URI);
+    None when several results folders are given without ``--out``."""
+    if args.out:
+        return Path(args.out)
+    if len(args.results) == 1 and "://" in args.results[0]:
+        return Path(".")         # results on a storage URI: the tables are written here, locally
+    if len(args.results) == 1:
+        return Path(args.results[0])
+    return None
+
+
+def _print_tables(df: pd.DataFrame, out: Path, fmt: str, columns: tuple[str, ...] | None) -> pd.DataFrame:
+    """Write the tables, print the one in ``fmt`` and list the failed trials; returns the summary."""
+    summary = summarize(df)
+    if not summary.empty:
+        written = tables.write_tables(summary, out, columns=columns)
+        print(tables.render(summary, fmt, columns))
+        print("tables written: " + ", ".join(str(p) for p in written.values()))
+    else:
+        print("(no successful trials)")
+    failed = tables.failed_list(df)
+    if failed:
+        print("\n" + failed)
+    return summary
+
+
+def _paper_comparison(name: str, results: list[str], fmt: str, out: Path) -> pd.DataFrame:
+    """Print the published table beside ours and write it as paper-<NAME>.{md,tex,csv}; returns it."""
+    dirs = [r for r in results if Path(r).exists()]
+    diff = paper.paper_diff(name, dirs)
+    print("\n" + paper.format_paper_diff(diff, fmt))
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tables.FORMATS:
+        (out / f"paper-{name}.{tables.SUFFIX[f]}").write_text(paper.format_paper_diff(diff, f))
+    print(f"paper comparison written: {out}/paper-{name}.{{md,tex,csv}}")
+    return diff
+
+
+def _pareto_plot(args: argparse.Namespace, summary: pd.DataFrame | None, diff: pd.DataFrame | None) -> int:
+    """Draw ``--plot`` (with the paper's published points under ``--paper``); returns the exit status."""
+    if summary is None or summary.empty:
+        return _fail(f"error: {bad('--plot', args.plot, 'results with at least one successful trial', 'nothing to plot', PATH_QUOTE)}")
+    pub = paper.published_points(args.paper) if args.paper else None
+    title = paper.load_published(args.paper)["title"] if args.paper else None
+    if diff is not None and diff["status"].astype(str).str.startswith("recipe differs").any():
+        # the hollow published points sit beside trials of another recipe: say so on the figure
+        title += ": ours ran another recipe than the paper spec (see the table), not comparable"
+    paths = plots.pareto_plot(summary, args.plot, pub, title)
+    print("plot written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _ranks_plot(df: pd.DataFrame | None, file: str) -> int:
+    """Draw ``--ranks``, the per-layer kept / full rank of every variant; returns the exit status."""
+    if df is None or df.empty or not (df["status"] == "ok").any():
+        return _fail("report: --ranks needs at least one successful trial")
+    try:
+        paths = plots.ranks_plot(df, file)
+    except ValueError as e:
+        return _fail(f"report: {e}")
+    print("ranks plot written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def main_report(argv: list[str]) -> int:
     """Run ``rankbench report``; returns the exit status (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
         columns = tables.parse_columns(args.columns)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.out:
-        out = Path(args.out)
-    elif len(args.results) == 1 and "://" in args.results[0]:
-        out = Path(".")         # results on a storage URI: the tables are written here, locally
-    elif len(args.results) == 1:
-        out = Path(args.results[0])
-    else:
-        print(f"error: {bad('--out', None, 'a folder for the tables', 'needed when several results folders are given')}",
-              file=sys.stderr)
-        return 2
+        return _fail(f"error: {e}")
+    out = _out_dir(args)
+    if out is None:
+        return _fail(f"error: {bad('--out', None, 'a folder for the tables', 'needed when several results folders are given')}")
     try:
         df = load_results(args.results)
     except FileNotFoundError as e:
         if not args.paper:
-            print(f"error: {bad('results', ' '.join(args.results), 'a results folder, a sweep folder or a storage URI', str(e).removeprefix('results: '), PATH_QUOTE)}",
-                  file=sys.stderr)
-            return 2
+            return _fail(f"error: {bad('results', ' '.join(args.results), 'a results folder, a sweep folder or a storage URI', str(e).removeprefix('results: '), PATH_QUOTE)}")
         df = None  # a paper table without results still shows what to run
 
     if args.paper and df is not None:
@@ -72,59 +135,17 @@ def main_report(argv: list[str]) -> int:
         # say so, rather than print a table of "not run" rows and a figure titled with the paper
         problem = paper.coverage_problem(args.paper, df)
         if problem:
-            print(problem, file=sys.stderr)
-            return 2
+            return _fail(problem)
 
-    if df is not None and not df.empty:
-        summary = summarize(df)
-        if not summary.empty:
-            written = tables.write_tables(summary, out, columns=columns)
-            print(tables.render(summary, args.format, columns))
-            print("tables written: " + ", ".join(str(p) for p in written.values()))
-        else:
-            print("(no successful trials)")
-        failed = tables.failed_list(df)
-        if failed:
-            print("\n" + failed)
-    elif not args.paper:
-        print(f"error: {bad('results', ' '.join(args.results), 'a folder holding trials/<id>.json rows', 'no result rows', PATH_QUOTE)}",
-              file=sys.stderr)
-        return 2
-    else:
-        summary = None
-
-    diff = None
-    if args.paper:
-        dirs = [r for r in args.results if Path(r).exists()]
-        diff = paper.paper_diff(args.paper, dirs)
-        print("\n" + paper.format_paper_diff(diff, args.format))
-        out.mkdir(parents=True, exist_ok=True)
-        for fmt in tables.FORMATS:
-            (out / f"paper-{args.paper}.{tables.SUFFIX[fmt]}").write_text(paper.format_paper_diff(diff, fmt))
-        print(f"paper comparison written: {out}/paper-{args.paper}.{{md,tex,csv}}")
-
-    if args.plot:
-        if summary is None or summary.empty:
-            print(f"error: {bad('--plot', args.plot, 'results with at least one successful trial', 'nothing to plot', PATH_QUOTE)}",
-                  file=sys.stderr)
-            return 2
-        pub = paper.published_points(args.paper) if args.paper else None
-        title = paper.load_published(args.paper)["title"] if args.paper else None
-        if diff is not None and diff["status"].astype(str).str.startswith("recipe differs").any():
-            # the hollow published points sit beside trials of another recipe: say so on the figure
-            title += ": ours ran another recipe than the paper spec (see the table), not comparable"
-        paths = plots.pareto_plot(summary, args.plot, pub, title)
-        print("plot written: " + ", ".join(str(p) for p in paths))
-    if args.ranks:
-        if df is None or df.empty or not (df["status"] == "ok").any():
-            print("report: --ranks needs at least one successful trial", file=sys.stderr)
-            return 2
-        try:
-            paths = plots.ranks_plot(df, args.ranks)
-        except ValueError as e:
-            print(f"report: {e}", file=sys.stderr)
-            return 2
-        print("ranks plot written: " + ", ".join(str(p) for p in paths))
+    has_rows = df is not None and not df.empty
+    if not has_rows and not args.paper:
+        return _fail(f"error: {bad('results', ' '.join(args.results), 'a folder holding trials/<id>.json rows', 'no result rows', PATH_QUOTE)}")
+    summary = _print_tables(df, out, args.format, columns) if has_rows else None
+    diff = _paper_comparison(args.paper, args.results, args.format, out) if args.paper else None
+    if args.plot and (status := _pareto_plot(args, summary, diff)):
+        return status
+    if args.ranks and (status := _ranks_plot(df, args.ranks)):
+        return status
     return 0
 
 

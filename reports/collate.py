@@ -13,13 +13,14 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from bench import row as result_row
-from reports.format import clip_interval
+from rankbench.bench.results import row as result_row
+from rankbench.bench.trial import BASELINE
+from rankbench.reports.format import clip_interval
 
-# The keys of the Result row, as bench.row defines them. Missing keys become None so that a row
+# The keys of the Result row, as rankbench.bench.results.row defines them. Missing keys become None so that a row
 # written by an older or partial harness still lines up with the rest.
 ROW_KEYS: tuple[str, ...] = result_row.KEYS
-# Row keys read when present even if ``bench.row`` does not list them (rows of a newer harness):
+# Row keys read when present even if ``rankbench.bench.results.row`` does not list them (rows of a newer harness):
 # the conv-only MAC count, the basis the TRP paper reports its speed-ups on, and the count as the
 # method's paper formula makes it (layers it factorizes but counts dense).
 OPTIONAL_KEYS: tuple[str, ...] = tuple(
@@ -113,7 +114,7 @@ def trial_files(path: str | Path) -> list[Path]:
     Accepts a sweep folder (``results/quick``, holding ``trials/``), a results root holding
     several sweeps (``results``), a ``trials`` folder, or one JSON file.
     """
-    from bench.fs import location
+    from rankbench.bench.results.filesystem import location
 
     p = location(path)          # a folder, or a storage URI (s3://, gs://, file://) read through pyarrow
     if not p.exists():
@@ -165,13 +166,13 @@ def _layer_counts(layers: object) -> tuple[float, float]:
 def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """One row per trial from one or more results folders, failed trials included.
 
-    Columns: the Result row keys (``bench.row.KEYS``), plus ``source`` (the file), ``params.<k>``
-    for each method parameter and ``env.<k>`` for each environment field (``bench.row.spread``,
+    Columns: the Result row keys (``rankbench.bench.results.row.KEYS``), plus ``source`` (the file), ``params.<k>``
+    for each method parameter and ``env.<k>`` for each environment field (``rankbench.bench.results.row.spread``,
     the names results.csv uses), ``n_factorized`` / ``n_skipped`` layer counts. ``params``,
     ``layers``, ``env``, ``spec`` and the other dict/list fields stay as dict/list columns.
     A trial found twice (the same sweep reached through two paths) appears once.
     """
-    from bench.fs import RemotePath
+    from rankbench.bench.results.filesystem import RemotePath
 
     if isinstance(paths, (str, Path, RemotePath)):
         paths = [paths]
@@ -312,7 +313,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             rec["latency_layout_setting"] = _joined(g["spec"].map(_layout_setting))
             rec["n_uncompressed"] = int(sum(
                 1 for m, d in zip(g["macs"], g["dense_macs"])
-                if key[2] != "dense" and not _isnan(m) and not _isnan(d) and m >= d))
+                if key[2] != BASELINE and not _isnan(m) and not _isnan(d) and m >= d))
             # the dataset sizes the group's trials loaded (a paper diff needs the full dataset)
             for k in ("train_images", "val_images"):
                 rec[k] = sorted({int(v) for v in g[k] if v is not None and not _isnan(v)}) if k in g else []

@@ -12,6 +12,8 @@ import re
 
 import pandas as pd
 
+from rankbench.bench.trial import BASELINE
+
 DASH = "-"
 # Parameters that have their own column (or are the rank rule under another name), so they are
 # left out of a method's label and of a plot's series name.
@@ -138,7 +140,7 @@ def sort_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """``collate.summarize`` rows in reading order: per dataset and model, the dense baseline
     first, then by method, scheme and MAC speed-up (ascending; rows without one last)."""
     s = summary.copy()
-    s["_dense_first"] = (s["method"] != "dense").astype(int)
+    s["_dense_first"] = (s["method"] != BASELINE).astype(int)
     s["_scheme"] = s["scheme"].fillna("").astype(str) if "scheme" in s else ""
     by = ["dataset", "model", "_dense_first", "method", "_scheme", "macs_speedup_mean"]
     s = s.sort_values(by, kind="stable", na_position="last")

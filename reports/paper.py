@@ -6,7 +6,7 @@ each row (for a repository: the commit the numbers were read at), which numbers 
 every layer fvcore counts) and a trial selector (method, model, dataset, a subset of the
 method's params). A published row is matched to every group of our trials
 (``collate.summarize``) that fits its selector, and diffed only when the group ran the recipe of
-the table's spec (``reports.recipe``) and deployed a compressed model; otherwise the row says
+the table's spec (``rankbench.reports.recipe``) and deployed a compressed model; otherwise the row says
 what differs and shows no delta. Rows without results say "not run" and give the command that
 produces them, rows of methods rankbench does not implement say "published only".
 """
@@ -19,10 +19,11 @@ from typing import Any, Sequence
 import pandas as pd
 import yaml
 
-from bench.checks import bad, check, is_int, is_number, missing, unknown
-from reports.collate import BOUNDS, load_results, summarize
-from reports.format import CLIPPED, DASH, display_name, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
-from reports.recipe import paper_trials, recipe_differences, same_value
+from rankbench.bench.checks import bad, check, is_int, is_number, missing, unknown
+from rankbench.bench.trial import BASELINE
+from rankbench.reports.collate import BOUNDS, load_results, summarize
+from rankbench.reports.format import CLIPPED, DASH, display_name, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
+from rankbench.reports.recipe import paper_trials, recipe_differences, same_value
 
 __all__ = ["available_papers", "command_for", "coverage_problem", "diff_cells", "format_paper_diff",
            "load_published", "matches", "paper_diff", "published_points", "same_value", "source_text"]
@@ -265,7 +266,7 @@ def _ours(g: pd.Series, basis: str) -> dict[str, Any]:
     key = BASIS_KEY[basis]
     # rows without conv-only counts fall back on the whole-model figure; the dense model's
     # speed-up is 1 on every basis
-    if is_missing(g.get(f"{key}_mean")) and g["method"] != "dense":
+    if is_missing(g.get(f"{key}_mean")) and g["method"] != BASELINE:
         basis, key = "model", BASIS_KEY["model"]
     built = math.nan
     if basis == "conv" and not is_missing(g.get("claimed_conv_speedup_mean")):

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports.format import COLUMN_PARAMS, display_name, is_missing, sort_rows
+from rankbench.reports.format import COLUMN_PARAMS, display_name, is_missing, sort_rows
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 # sideways spacing of points that would hide each other, as a fraction of the panel's x span

@@ -12,7 +12,7 @@ name) is not part of the recipe.
 
 ``recipe_differences(ours, paper_trials, selector)`` returns the differences as short phrases,
 ``"epochs 1 vs 164"`` (ours first); an empty list means the recipe matches. How many images
-the dataset held is checked beside it, by ``reports.paper`` (the rows' ``train_images`` and
+the dataset held is checked beside it, by ``rankbench.reports.paper`` (the rows' ``train_images`` and
 ``val_images`` against the table's ``data_size``).
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def show(v: Any) -> str:
 def _model_defaults(model: str) -> dict[str, Any]:
     import inspect
 
-    from bench.models import MODELS
+    from rankbench.bench.models.builtin import MODELS
 
     builder = MODELS.get(model)
     if builder is None:
@@ -92,7 +92,7 @@ def _model_defaults(model: str) -> dict[str, Any]:
 def _method_defaults(method: str) -> dict[str, Any]:
     import inspect
 
-    from methods.registry import available, parameters
+    from rankbench.methods.api.registry import available, parameters
 
     if method not in available():
         return {}
@@ -103,11 +103,11 @@ def recipe(spec: dict[str, Any]) -> dict[str, Any]:
     """A trial spec (``Trial.to_dict()``, the row's ``spec``) as ``{field: value}`` with every
     default filled: training fields by their name, ``data.<option>``, ``model`` and
     ``model.<option>``, ``method`` and the method's parameters by their name."""
-    from bench.data.options import OPTIONS
-    from bench.spec import TRAIN_DEFAULTS
+    from rankbench.bench.data.options import OPTIONS
+    from rankbench.bench.train.config import defaults
 
     out: dict[str, Any] = {}
-    train = {**TRAIN_DEFAULTS, **(spec.get("train") or {})}
+    train = {**defaults(), **(spec.get("train") or {})}
     for k in list(TRAIN_ORDER) + sorted(set(train) - set(TRAIN_ORDER)):
         if k in train and k not in IGNORED_TRAIN:
             out[k] = train[k]
@@ -138,7 +138,7 @@ def differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
 def paper_trials(spec_path: str | Path) -> list[dict[str, Any]]:
     """The trials of a paper spec (relative paths from the repository root), as ``to_dict()``
     without resources; the spec's structure is checked, its dataset root is not."""
-    from bench.spec import load_spec
+    from rankbench.bench.spec.parse import load_spec
 
     p = Path(spec_path)
     if not p.is_absolute():

@@ -6,14 +6,15 @@ raw numbers (mean, std, CI half-width, n) in separate columns.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from bench.checks import unknown
-from reports.collate import BOUNDS, failed_trials, load_results, summarize
-from reports.format import (CLIPPED, COLUMN_PARAMS, DASH, display_name, fix_counts, fmt_ci, fmt_duration, fmt_si,
+from rankbench.bench.checks import unknown
+from rankbench.reports.collate import BOUNDS, failed_trials, load_results, summarize
+from rankbench.reports.format import (CLIPPED, COLUMN_PARAMS, DASH, display_name, fix_counts, fmt_ci, fmt_duration, fmt_si,
                             fmt_x, is_missing, latex_cell, latex_escape, markdown_cell, sort_rows)
 
 # Appended to the method of a row whose deployed model is the dense one (MACs = dense MACs):
@@ -125,81 +126,108 @@ def _cost_mode(summary: pd.DataFrame) -> str:
     return "mixed"
 
 
-def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows of display strings and notes for the people-facing formats."""
-    s = sort_rows(summary)
-    varying, constant = _varying_params(s)
-    multi = s[["dataset", "model"]].drop_duplicates().shape[0] > 1
-    has_top5 = "top5_mean" in s and s["top5_mean"].notna().any()
-    lat_setting = {_latency_setting(r) for _, r in s.iterrows()} - {""}
-    lat_uniform = len(lat_setting) <= 1
-    cost = _cost_mode(s)
+@dataclass(frozen=True)
+class _Shape:
+    """What the rows decide about the table's columns, shared by its header, cells and notes."""
+    multi: bool                 # several (dataset, model) pairs: Dataset and Model columns
+    has_top5: bool
+    lat_setting: set[str]       # the rows' latency settings (device, dtype, batch), "" left out
+    lat_uniform: bool           # one setting at most: in the header, not in each cell
+    cost: str                   # see _cost_mode
+    with_base: bool             # see _reuses_baseline: an own and an incl. baseline cost column
 
-    header = (["Dataset", "Model"] if multi else []) + ["Method", "Scheme", "Rank rule", "Top-1 (%)"]
-    if has_top5:
+
+def _shape(s: pd.DataFrame) -> _Shape:
+    """The table's columns and their units, decided once from all of its rows."""
+    lat_setting = {_latency_setting(r) for _, r in s.iterrows()} - {""}
+    return _Shape(
+        multi=s[["dataset", "model"]].drop_duplicates().shape[0] > 1,
+        has_top5="top5_mean" in s and s["top5_mean"].notna().any(),
+        lat_setting=lat_setting,
+        lat_uniform=len(lat_setting) <= 1,
+        cost=_cost_mode(s),
+        # a method that starts from the trained dense baseline (svd) does not pay for that training
+        # in its own cost: show the cost with the baseline's training beside it, so rows compare
+        with_base=_reuses_baseline(s),
+    )
+
+
+def _header(shape: _Shape) -> list[str]:
+    """The column headers, one per cell of :func:`_row_cells`."""
+    header = (["Dataset", "Model"] if shape.multi else []) + ["Method", "Scheme", "Rank rule", "Top-1 (%)"]
+    if shape.has_top5:
         header.append("Top-5 (%)")
     lat_head = "Measured speed-up"
-    if lat_uniform and lat_setting:
-        lat_head += f" ({next(iter(lat_setting))})"
-    cost_head = {"gpu": "GPU-hours", "cpu": "Wall time (CPU)", "mixed": "Compression cost"}[cost]
-    # a method that starts from the trained dense baseline (svd) does not pay for that training
-    # in its own cost: show the cost with the baseline's training beside it, so rows compare
-    with_base = _reuses_baseline(s)
-    header += ["MACs", "MAC speed-up", lat_head, "Params", cost_head + (", own" if with_base else "")]
-    if with_base:
+    if shape.lat_uniform and shape.lat_setting:
+        lat_head += f" ({next(iter(shape.lat_setting))})"
+    cost_head = {"gpu": "GPU-hours", "cpu": "Wall time (CPU)", "mixed": "Compression cost"}[shape.cost]
+    header += ["MACs", "MAC speed-up", lat_head, "Params", cost_head + (", own" if shape.with_base else "")]
+    if shape.with_base:
         header.append(cost_head + ", incl. baseline")
     header.append("Seeds")
+    return header
 
-    rows = []
-    for _, r in s.iterrows():
-        row = ([str(r["dataset"]), str(r["model"])] if multi else [])
-        row += [
-            _method_label(r, varying),
-            DASH if is_missing(r.get("scheme")) else str(r["scheme"]),
-            DASH if is_missing(r.get("rule")) else str(r["rule"]),
-            fmt_ci(r["top1_mean"], r["top1_ci95"], BOUNDS["top1"]),
-        ]
-        if has_top5:
-            row.append(fmt_ci(r["top5_mean"], r["top5_ci95"], BOUNDS["top5"]))
-        lat = fmt_x(r["latency_speedup_mean"], r["latency_speedup_ci95"])
-        if not lat_uniform and lat != DASH:
-            lat += f" ({_latency_setting(r)})"
-        cost_cells = [_cost_cell(cost, r["gpu_hours_mean"], r["wall_s_mean"])]
-        if with_base:
-            cost_cells.append(_cost_cell(cost, r.get("gpu_hours_total_mean"), r.get("wall_s_total_mean")))
-        seeds = str(int(r["n"]))
-        if r.get("n_failed", 0):
-            seeds += f" (+{int(r['n_failed'])} failed)"
-        row += [
-            fmt_si(r["macs_mean"]),
-            fmt_x(r["macs_speedup_mean"], r["macs_speedup_ci95"]),
-            lat,
-            fmt_si(r["params_count_mean"]),
-            *cost_cells,
-            seeds,
-        ]
-        rows.append(row)
 
+def _row_cells(r: pd.Series, varying: dict[str, list[str]], shape: _Shape) -> list[str]:
+    """One summary row as display strings, in the order of :func:`_header`."""
+    row = ([str(r["dataset"]), str(r["model"])] if shape.multi else [])
+    row += [
+        _method_label(r, varying),
+        DASH if is_missing(r.get("scheme")) else str(r["scheme"]),
+        DASH if is_missing(r.get("rule")) else str(r["rule"]),
+        fmt_ci(r["top1_mean"], r["top1_ci95"], BOUNDS["top1"]),
+    ]
+    if shape.has_top5:
+        row.append(fmt_ci(r["top5_mean"], r["top5_ci95"], BOUNDS["top5"]))
+    lat = fmt_x(r["latency_speedup_mean"], r["latency_speedup_ci95"])
+    if not shape.lat_uniform and lat != DASH:
+        lat += f" ({_latency_setting(r)})"
+    cost_cells = [_cost_cell(shape.cost, r["gpu_hours_mean"], r["wall_s_mean"])]
+    if shape.with_base:
+        cost_cells.append(_cost_cell(shape.cost, r.get("gpu_hours_total_mean"), r.get("wall_s_total_mean")))
+    seeds = str(int(r["n"]))
+    if r.get("n_failed", 0):
+        seeds += f" (+{int(r['n_failed'])} failed)"
+    row += [
+        fmt_si(r["macs_mean"]),
+        fmt_x(r["macs_speedup_mean"], r["macs_speedup_ci95"]),
+        lat,
+        fmt_si(r["params_count_mean"]),
+        *cost_cells,
+        seeds,
+    ]
+    return row
+
+
+def _convention_notes(s: pd.DataFrame, shape: _Shape) -> list[str]:
+    """Notes that say what each number of the table means: its interval, MAC count, latency, cost."""
     notes = [
         "Top-1/Top-5: mean ± 95% CI half-width (t distribution) over the n seeds in the Seeds column; "
         "no ± with one seed.",
         "MACs per image (one multiply-add = one MAC, fvcore count of the model actually run); "
         "MAC speed-up = dense MACs / MACs.",
     ]
-    if lat_setting:
+    if shape.lat_setting:
         notes.append("Measured speed-up = dense median latency / median latency"
-                     + (f" on {next(iter(lat_setting))}." if lat_uniform else ", setting per cell."))
+                     + (f" on {next(iter(shape.lat_setting))}." if shape.lat_uniform else ", setting per cell."))
         if "latency_layout" in s and s["latency_layout"].notna().any():
             notes.append(_layout_note(s))
     what = {"cpu": "Compression cost is wall time on CPU (no GPU was used)",
             "gpu": "Compression cost in GPU-hours",
-            "mixed": "Compression cost: GPU-hours where a GPU was used, else CPU wall time"}[cost]
-    if with_base:
+            "mixed": "Compression cost: GPU-hours where a GPU was used, else CPU wall time"}[shape.cost]
+    if shape.with_base:
         notes.append(what + "; own: the trial's training + compression + fine-tuning (a method that "
                      "starts from the trained dense baseline does not train it); incl. baseline: "
                      "own plus that baseline's training (- when its row is not in the results).")
     else:
         notes.append(what + ": training + compression + fine-tuning.")
+    return notes
+
+
+def _caveat_notes(s: pd.DataFrame, rows: list[list[str]], constant: dict[str, dict]) -> list[str]:
+    """Notes that only some tables need: clipped or wide intervals, uncompressed models, the
+    parameters a method kept constant, and rows that merge different specs."""
+    notes = []
     if any(c.endswith(CLIPPED) or f"{CLIPPED} " in c for row in rows for c in row):
         notes.append(f"{CLIPPED} The 95% interval reaches past what the metric can take; shown as "
                      "[low, high], clipped to it (0-100 for accuracies, > 0 for speed-ups).")
@@ -215,7 +243,17 @@ def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list
     if "mixed_recipes" in s and s["mixed_recipes"].any():
         notes.append("Warning: some rows merge seeds trained with different specs "
                      "(results from several sweeps); compare them with care.")
-    return header, rows, notes
+    return notes
+
+
+def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows of display strings and notes for the people-facing formats."""
+    s = sort_rows(summary)
+    varying, constant = _varying_params(s)
+    shape = _shape(s)
+    rows = [_row_cells(r, varying, shape) for _, r in s.iterrows()]
+    notes = _convention_notes(s, shape) + _caveat_notes(s, rows, constant)
+    return _header(shape), rows, notes
 
 
 # ---------------------------------------------------------------------------- column sets

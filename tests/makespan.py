@@ -24,7 +24,7 @@ def one(code: str) -> tuple[float, float]:
         env = dict(os.environ, PYTHONPATH=code)
         env.pop("RAY_ADDRESS", None)
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "bench", "run", str(SPEC), "--results", res], cwd=code,
+        p = subprocess.run([sys.executable, "-m", "rankbench.bench", "run", str(SPEC), "--results", res], cwd=code,
                            env=env, capture_output=True, text=True)
         wall = time.monotonic() - t0
         m = re.search(r"(\d+) trials: (\d+) ok, (\d+) failed .* in (\d+)s", p.stdout)

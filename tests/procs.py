@@ -14,15 +14,15 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench_run(args: list[str], cwd: Path, pythonpath: str = str(ROOT)) -> subprocess.Popen:
-    """``python -m bench run ARGS`` with a new local Ray (no RAY_ADDRESS), output captured."""
+def bench_run(args: list[str], cwd: Path, pythonpath: str = "") -> subprocess.Popen:
+    """``python -m rankbench.bench run ARGS`` with a new local Ray (no RAY_ADDRESS), output captured."""
     env = dict(os.environ, PYTHONPATH=pythonpath)
     env.pop("RAY_ADDRESS", None)
     # its own session and process group: Ctrl-C goes to the group, and cleanup can find everything.
     # SIGINT back to its default, as for a command typed in a terminal: a test run started in
     # the background of a script inherits SIGINT ignored, and Python then never raises
     # KeyboardInterrupt, so a Ctrl-C test would pass or fail by how pytest was launched
-    return subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "rankbench.bench", "run", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

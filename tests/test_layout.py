@@ -1,18 +1,27 @@
 """The layout rules of bench/, methods/ and reports/, read from the source (nothing is imported).
 
+The three folders are installed as one namespace: ``bench/`` is ``rankbench.bench``, ``methods/``
+``rankbench.methods``, ``reports/`` ``rankbench.reports`` (docs/CONTRACTS.md, "Packaging").
+
+- Rooms: every module belongs to a room of docs/CONTRACTS.md's map, and imports only from its own
+  room and from rooms below it (:data:`ROOMS`, lowest first). Every module is named in the map.
 - Imports run downwards only: the import graph has no cycle. Every import counts, wherever it is
   written (module level, inside a function or class, under ``if TYPE_CHECKING:``) and however
   (``import a.b``, ``from a import b`` where ``b`` is a submodule, relative imports, a constant
   ``importlib.import_module("a.b")``): a function-level import defers a cycle, it does not remove
   it. A package's ``__init__`` is the node of the package itself.
+- No import of the bare names ``bench``, ``methods``, ``reports``: installed, they do not exist.
 - No private (``_underscore``) name crosses modules: neither ``from m import _x`` nor ``m._x``.
-- ``methods`` is the bottom layer: from ``bench`` it may import ``bench.checks`` only.
-- Only the command line (``bench.cli``, ``bench.__main__``) imports ``reports``.
+- ``methods`` is the bottom layer: from the harness it may import ``rankbench.bench.checks`` only.
+- Only the command line (``rankbench.bench.cli``, ``rankbench.bench.__main__``) imports ``reports``.
+- Functions are short enough to read at once: at most 80 lines and 10 parameters.
+- At most 12 modules directly in ``bench/``; every room's ``__init__`` says what it may import.
 - No source file over 500 lines unless its module docstring says it holds one concern (and which).
 """
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +29,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "methods", "reports")
+NAMESPACE = "rankbench"
 MAX_LINES = 500
-MAY_IMPORT_REPORTS = {"bench.cli", "bench.__main__"}
-METHODS_MAY_IMPORT_FROM_BENCH = {"bench.checks"}
+MAX_FUNCTION_LINES = 80
+MAX_PARAMETERS = 10
+MAX_BENCH_MODULES = 12
+MAY_IMPORT_REPORTS = {"rankbench.bench.cli", "rankbench.bench.__main__"}
+METHODS_MAY_IMPORT_FROM_BENCH = {"rankbench.bench.checks"}
+# the rooms, lowest first (docs/CONTRACTS.md's map): a module imports from its own room and the
+# rooms before it. A module's room is the longest prefix of its name listed here.
+ROOMS = (
+    "rankbench.bench.checks", "rankbench.bench.version", "rankbench.bench.trial",
+    "rankbench.methods.lowrank", "rankbench.methods.api", "rankbench.methods",
+    "rankbench.bench.measure", "rankbench.bench.data", "rankbench.bench.models",
+    "rankbench.bench.results", "rankbench.bench.train", "rankbench.bench.preflight",
+    "rankbench.bench.spec", "rankbench.bench.running", "rankbench.bench.speed",
+    "rankbench.reports", "rankbench.bench",
+)
 
 
 @dataclass
@@ -41,8 +64,9 @@ class Module:
         return self.name if self.is_package else self.name.rpartition(".")[0]
 
 
-def discover(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Module]:
-    """Every ``.py`` file under ``root/<package>``, by dotted module name."""
+def discover(root: Path, packages: tuple[str, ...] = PACKAGES, namespace: str = NAMESPACE) -> dict[str, Module]:
+    """Every ``.py`` file under ``root/<package>``, by its installed dotted name (``namespace.``
+    before the folder's path)."""
     mods = {}
     for pkg in packages:
         for path in sorted((root / pkg).rglob("*.py")):
@@ -52,7 +76,7 @@ def discover(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Modu
             is_package = parts[-1] == "__init__"
             if is_package:
                 parts = parts[:-1]
-            name = ".".join(parts)
+            name = ".".join(([namespace] if namespace else []) + parts)
             mods[name] = Module(name, path, str(path.relative_to(root)), is_package,
                                 ast.parse(path.read_text(), str(path)))
     return mods
@@ -107,8 +131,8 @@ def scan(mods: dict[str, Module]) -> dict[str, Module]:
                     edge(_known(a.name, mods), node.lineno)
                     if a.asname and a.name in mods:
                         aliases[a.asname] = a.name
-                    elif not a.asname and a.name.split(".")[0] in mods:
-                        aliases[a.name.split(".")[0]] = a.name.split(".")[0]
+                    elif not a.asname:
+                        aliases[a.name.split(".")[0]] = a.name.split(".")[0]   # import a.b.c binds a
             elif isinstance(node, ast.ImportFrom):
                 src = _absolute(mod, node)
                 for a in node.names:
@@ -174,6 +198,11 @@ def project() -> dict[str, Module]:
     return scan(discover(ROOT))
 
 
+def _package(name: str) -> str:
+    """``bench``, ``methods`` or ``reports``: the folder a namespaced module name comes from."""
+    return name.split(".")[1]
+
+
 def _where(mod: Module, line: int) -> str:
     return f"{mod.rel}:{line}"
 
@@ -193,17 +222,17 @@ def test_no_private_name_is_imported_across_modules(project):
 
 def test_methods_import_nothing_from_bench_but_bench_checks(project):
     bad = [f"{_where(m, line)}: {m.name} imports {t}"
-           for m in project.values() if m.name.split(".")[0] == "methods"
+           for m in project.values() if _package(m.name) == "methods"
            for t, line in m.imports.items()
-           if t.split(".")[0] == "bench" and t not in METHODS_MAY_IMPORT_FROM_BENCH]
-    assert not bad, "methods is the bottom layer; from bench it may use bench.checks only:\n  " + "\n  ".join(bad)
+           if _package(t) == "bench" and t not in METHODS_MAY_IMPORT_FROM_BENCH]
+    assert not bad, "methods is the bottom layer; from bench it may use rankbench.bench.checks only:\n  " + "\n  ".join(bad)
 
 
 def test_only_the_command_line_imports_reports(project):
     bad = [f"{_where(m, line)}: {m.name} imports {t}"
-           for m in project.values() if m.name.split(".")[0] != "reports" and m.name not in MAY_IMPORT_REPORTS
-           for t, line in m.imports.items() if t.split(".")[0] == "reports"]
-    assert not bad, "only bench.cli (and bench.__main__) may import reports:\n  " + "\n  ".join(bad)
+           for m in project.values() if _package(m.name) != "reports" and m.name not in MAY_IMPORT_REPORTS
+           for t, line in m.imports.items() if _package(t) == "reports"]
+    assert not bad, "only rankbench.bench.cli (and rankbench.bench.__main__) may import reports:\n  " + "\n  ".join(bad)
 
 
 def test_no_source_file_over_500_lines_unless_it_holds_one_concern(project):
@@ -217,6 +246,102 @@ def test_no_source_file_over_500_lines_unless_it_holds_one_concern(project):
                      "(split them, or say which concern in the docstring):\n  " + "\n  ".join(bad))
 
 
+def room_of(name: str) -> str:
+    """The room of a module: the longest prefix of its name in :data:`ROOMS`."""
+    parts = name.split(".")
+    while parts:
+        if ".".join(parts) in ROOMS:
+            return ".".join(parts)
+        parts.pop()
+    raise AssertionError(f"{name} belongs to no room of ROOMS")
+
+
+def test_rooms_import_only_from_their_own_room_and_the_rooms_below(project):
+    bad = []
+    for m in project.values():
+        mine = ROOMS.index(room_of(m.name))
+        for t, line in m.imports.items():
+            theirs = room_of(t)
+            if ROOMS.index(theirs) > mine:
+                bad.append(f"{_where(m, line)}: {m.name} ({room_of(m.name)}) imports {t} ({theirs}), a room above it")
+    assert not bad, "imports run downwards between rooms (docs/CONTRACTS.md's map):\n  " + "\n  ".join(bad)
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for d in (*PACKAGES, "tests") for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_nothing_imports_the_bare_folder_names_which_do_not_exist_once_installed():
+    bad = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bad, "import rankbench.bench / rankbench.methods / rankbench.reports instead:\n  " + "\n  ".join(bad)
+
+
+def _parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = fn.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)] + [x.arg for x in (a.vararg, a.kwarg) if x]
+    return len([n for n in names if n not in ("self", "cls")])
+
+
+def test_no_function_is_longer_than_80_lines_or_takes_more_than_10_parameters(project):
+    bad = []
+    for m in project.values():
+        for node in ast.walk(m.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n_lines, n_params = node.end_lineno - node.lineno + 1, _parameters(node)
+                if n_lines > MAX_FUNCTION_LINES or n_params > MAX_PARAMETERS:
+                    bad.append(f"{_where(m, node.lineno)}: {node.name}: {n_lines} lines, {n_params} parameters")
+    assert not bad, (f"functions over {MAX_FUNCTION_LINES} lines or {MAX_PARAMETERS} parameters (split them into "
+                     "phases; group parameters in a config object):\n  " + "\n  ".join(bad))
+
+
+def test_bench_keeps_at_most_12_modules_beside_its_rooms():
+    direct = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
+    assert len(direct) <= MAX_BENCH_MODULES, f"{len(direct)} modules directly in bench/: {direct}"
+
+
+def test_every_room_says_what_it_owns_and_what_it_may_import(project):
+    rooms = [m for m in project.values() if m.is_package and m.name in ROOMS]
+    assert len(rooms) >= 8
+    bad = [m.rel for m in rooms if "may import" not in (ast.get_docstring(m.tree) or "").lower()
+           and "imports nothing" not in (ast.get_docstring(m.tree) or "").lower()
+           and "imports run downwards" not in (ast.get_docstring(m.tree) or "").lower()]
+    assert not bad, "room docstrings that do not say what the room may import:\n  " + "\n  ".join(bad)
+
+
+def _named_in_map(text: str) -> set[str]:
+    """Module paths named in CONTRACTS.md's layout block: ``folder/name.py`` in full, or a bare
+    ``name.py`` listed after the last ``folder/`` named before it."""
+    block = text.split("## Layout", 1)[1].split("```")[1]
+    named, folder = set(), ""
+    for token in re.findall(r"[\w/<>]+/|[\w/]+\.py", block):
+        if "/" in token:
+            folder = token.rsplit("/", 1)[0] + "/"
+            if token.endswith(".py"):
+                named.add(token)
+        else:
+            named.add(folder + token)
+    return named
+
+
+def test_every_module_is_named_in_the_contracts_map(project):
+    named = _named_in_map((ROOT / "docs" / "CONTRACTS.md").read_text())
+    missing = sorted(m.rel for m in project.values() if m.path.name != "__init__.py" and m.rel not in named)
+    assert not missing, "modules missing from docs/CONTRACTS.md's map:\n  " + "\n  ".join(missing)
+
+
+def test_pyproject_installs_every_package_folder_under_the_namespace(project):
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"] == {f"{NAMESPACE}.{p}": p for p in PACKAGES}
+    assert sorted(cfg["packages"]) == sorted(m.name for m in project.values() if m.is_package)
+
+
 # ---------------------------------------------------------------------------- the scanner itself
 
 def _tree(root: Path, files: dict[str, str]) -> dict[str, Module]:
@@ -224,7 +349,7 @@ def _tree(root: Path, files: dict[str, str]) -> dict[str, Module]:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
-    return scan(discover(root, ("pa", "pb")))
+    return scan(discover(root, ("pa", "pb"), namespace=""))
 
 
 def test_the_scanner_sees_every_kind_of_import_and_names_the_cycles(tmp_path):

@@ -25,7 +25,10 @@ Modules, each importing only those above it in this list::
     options      dataset names, options, defaults and their validation
     build        build_data, check_data, describe
     fake         synthetic JPEG ImageFolders and shards
-    probe        ``python -m bench.data``: input-pipeline images/s, shard writing
+    probe        ``python -m rankbench.bench.data``: input-pipeline images/s, shard writing
+
+May import: ``rankbench.bench.checks``, ``rankbench.bench.measure`` (the probe times a
+training step).
 """
 from .base import Data
 from .build import build_data, check_data, describe

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 
 import torch
 
-from bench import checks
-from bench.checks import UserError
+from rankbench.bench import checks
+from rankbench.bench.checks import UserError
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.checks import bad, is_int
+from rankbench.bench.checks import bad, is_int
 
 from .base import Data
 from .cifar import CIFAR_LAYOUT, cifar_classes, check_cifar, load_cifar
@@ -18,7 +18,7 @@ from .synthetic import load_synthetic
 def check_data(cfg: dict) -> None:
     """Validate a data config and the files it points at, without loading any data.
 
-    Raises ``bench.checks.UserError`` (a ValueError) with one line naming the field, the bad
+    Raises ``rankbench.bench.checks.UserError`` (a ValueError) with one line naming the field, the bad
     value and what is accepted (or the missing file and the expected layout)."""
     name, opts = options(cfg)
     if name in CIFAR_LAYOUT:

@@ -11,13 +11,13 @@ from typing import Callable
 
 import torch
 
-from bench.checks import bad
+from rankbench.bench.checks import bad
 
 from . import shards
 from .base import Data, usable_cpus
 from .decode import TensorDecoder
 from .imagefolder import ImageFolderSamples, check_decodable, class_dirs, imagefolder_classes, scan
-from .stream import StreamLoader
+from .stream import Sampling, StreamLoader
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_LAYOUTS = ("auto", "imagefolder", "tar")
@@ -82,12 +82,14 @@ def imagenet_data(opts: dict, seed: int, batch_size: int, augment: bool, device:
         dtr, dva = samples(train_s, raw_bytes=True), samples(val_s, raw_bytes=True)
         dec_tr = TensorDecoder(device, train=augment, size=size, resize=resize, seed=seed)
         dec_va = TensorDecoder(device, train=False, size=size, resize=resize, seed=seed)
-    common = dict(seed=seed, workers=workers, device=device, rank=rank, world_size=world_size,
-                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    train = StreamLoader(dtr, batch_size, shuffle=True, drop_last=True, decoder=dec_tr, **common)
+    common = dict(workers=workers, device=device, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    shard = dict(seed=seed, rank=rank, world_size=world_size)
+    train = StreamLoader(dtr, batch_size, sampling=Sampling(shuffle=True, **shard), drop_last=True,
+                         decoder=dec_tr, **common)
     # val shards are disjoint and unpadded (evaluation runs outside DDP, so ranks need not take
     # equal steps): metrics summed over ranks count every val image exactly once
-    val = StreamLoader(dva, batch_size, shuffle=False, drop_last=False, decoder=dec_va, pad=False, **common)
+    val = StreamLoader(dva, batch_size, sampling=Sampling(shuffle=False, pad=False, **shard),
+                       drop_last=False, decoder=dec_va, **common)
     return Data(train=train, val=val, input_shape=(3, size, size), num_classes=len(classes),
                 steps_per_epoch=len(train), name="imagenet", train_size=len(train_s), val_size=len(val_s),
                 class_names=classes, info={"decode": decode, "workers": workers, "layout": layout})

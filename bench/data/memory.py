@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.checks import bad
+from rankbench.bench.checks import bad
 
 from .base import Data
 
@@ -50,13 +50,23 @@ class CropFlip:
         return x
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """How a loader turns raw values into model inputs: ``x * scale``, then ``(x - mean) / std``
+    per channel (no ``mean``: the scaling alone)."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float = 1.0
+
+
 class TensorLoader:
     """Re-iterable batches over tensors that already live on the training device.
 
     Each ``iter()`` is one epoch; the order and augmentation of epoch ``e`` depend only on
     ``(seed, e)`` (see ``set_epoch``), so a resumed trial replays the same epochs.
     ``x`` is stored raw (uint8 or float in [0, 1]); augmentation runs on the raw values (so
-    crop padding is black, as in torchvision's pipeline) and normalization last.
+    crop padding is black, as in torchvision's pipeline) and ``normalize`` last.
     ``rank``/``world_size`` shard each global batch of ``batch_size * world_size`` samples."""
 
     def __init__(
@@ -69,9 +79,7 @@ class TensorLoader:
         drop_last: bool,
         seed: int = 0,
         augment: CropFlip | None = None,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        scale: float = 1.0,
+        normalize: Normalization = Normalization(),
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -82,13 +90,14 @@ class TensorLoader:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
         self.augment, self.rank, self.world_size = augment, rank, world_size
-        self.scale = scale
+        self.scale = normalize.scale
         n, gb = len(x), self.batch_size * world_size
         # drop the ragged last batch when training (a batch of 1 breaks batch norm), unless
         # the dataset is smaller than one batch
         self.drop_last = drop_last and n >= gb
         self.steps = n // gb if self.drop_last else math.ceil(n / gb)
         shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean, std = normalize.mean, normalize.std
         self.mean = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape) if mean else None
         self.std = torch.tensor(std, dtype=torch.float32, device=x.device).view(shape) if std else None
         self.epoch = 0
@@ -166,11 +175,11 @@ def memory_data(name: str, s: Splits, seed: int, batch_size: int, augment: bool,
     in-order val loader; each rank gets its share of every global batch."""
     xtr, ytr, xva, yva = (t.to(device) for t in (s.xtr, s.ytr, s.xva, s.yva))
     shard = dict(rank=rank, world_size=world_size)
-    norm = dict(mean=s.mean, std=s.std, scale=s.scale)
+    norm = Normalization(mean=s.mean, std=s.std, scale=s.scale)
     train = TensorLoader(xtr, ytr, batch_size, shuffle=True, drop_last=True, seed=seed,
-                         augment=s.augment if augment else None, **norm, **shard)
+                         augment=s.augment if augment else None, normalize=norm, **shard)
     # val shards are contiguous slices without padding: gathered metrics count each image once
-    val = TensorLoader(xva, yva, batch_size, shuffle=False, drop_last=False, seed=seed, **norm, **shard)
+    val = TensorLoader(xva, yva, batch_size, shuffle=False, drop_last=False, seed=seed, normalize=norm, **shard)
     return Data(train=train, val=val, input_shape=tuple(xtr.shape[1:]), num_classes=s.num_classes,
                 steps_per_epoch=len(train), name=name, train_size=len(xtr), val_size=len(xva),
                 class_names=s.class_names)

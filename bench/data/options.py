@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.checks import bad, check, did_you_mean, is_int, is_number, missing, unknown
+from rankbench.bench.checks import bad, check, did_you_mean, is_int, is_number, missing, unknown
 
 from .cifar import CIFAR_LAYOUT, NORMALIZE
 from .imagefolder import IMAGEFOLDER
@@ -18,7 +18,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
 OPTIONS: dict[str, dict[str, Any]] = {
     "digits": {"root": None, "val_fraction": 0.2, "split_seed": None},
     # normalize: "dataset" (the training set's per-channel statistics) or "official" (the
-    # constants of the official TRP code, bench.data.cifar.OFFICIAL_STD)
+    # constants of the official TRP code, rankbench.bench.data.cifar.OFFICIAL_STD)
     "cifar10": {"root": None, "normalize": "dataset"},
     "cifar100": {"root": None, "labels": "fine", "normalize": "dataset"},
     "imagenet": {

@@ -1,4 +1,4 @@
-"""``python -m bench.data``: the ImageNet input pipeline's images/s per decode path and layout
+"""``python -m rankbench.bench.data``: the ImageNet input pipeline's images/s per decode path and layout
 (on a given root or on synthetic JPEGs), and the ImageFolder -> WebDataset shards conversion."""
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     import json
     import tempfile
 
-    p = argparse.ArgumentParser(prog="python -m bench.data",
+    p = argparse.ArgumentParser(prog="python -m rankbench.bench.data",
                                 description="Measure ImageNet input-pipeline throughput (images/s): one JSON "
                                             "line per decode path (and per --step-model).")
     p.add_argument("--root", help="an existing ImageFolder root (train/<class>/*); default: a synthetic one "
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.step_model:
         import torchvision
 
-        from bench.measure import train_step_throughput
+        from rankbench.bench.measure.metrics import train_step_throughput
 
         model = getattr(torchvision.models, a.step_model)(num_classes=1000)
         r = train_step_throughput(model, (3, 224, 224), batch=a.batch_size, device=a.device,

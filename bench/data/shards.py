@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.checks import bad, is_int
+from rankbench.bench.checks import bad, is_int
 
 from .base import bad_path, usable_cpus
 from .decode import load_sample

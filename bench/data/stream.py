@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -64,6 +65,18 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(order.tolist())
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Which images each epoch gives this rank, in what order: the :class:`EpochSampler`'s options.
+    ``seed`` also seeds the workers' augmentation RNG; ``pad`` is for training (see EpochSampler)."""
+
+    shuffle: bool
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    pad: bool = True
+
+
 class StreamLoader:
     """Re-iterable ImageNet batches on ``device``: a DataLoader with persistent workers that
     read (and, on the PIL path, decode and crop) files, an optional batched ``TensorDecoder``
@@ -77,27 +90,24 @@ class StreamLoader:
         dataset: torch.utils.data.Dataset,     # ImageFolderSamples or TarSamples
         batch_size: int,
         *,
-        shuffle: bool,
+        sampling: Sampling,
         drop_last: bool,
-        seed: int,
         workers: int,
         device: torch.device,
         mean: tuple[float, ...],
         std: tuple[float, ...],
         decoder: TensorDecoder | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        pad: bool = True,
     ):
         self.device, self.decoder = torch.device(device), decoder
-        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad=pad)
+        self.sampler = EpochSampler(len(dataset), sampling.shuffle, sampling.seed, sampling.rank,
+                                    sampling.world_size, pad=sampling.pad)
         drop_last = drop_last and len(self.sampler) >= batch_size
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
             collate_fn=collate_samples, drop_last=drop_last,
             pin_memory=self.device.type == "cuda" and decoder is None,
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),     # seeds the workers' augmentation RNG
+            generator=torch.Generator().manual_seed(sampling.seed),   # seeds the workers' augmentation RNG
         )
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)

@@ -1,7 +1,7 @@
 """The ``rankbench speed`` command line: one benchmark run (``--only``, ``--model``) or a whole
 suite (``--suite gpu``: every GPU measurement in one command; ``--suite cpu-smoke``: the same,
 shrunk). Every argument is checked before anything is measured; a bad one is a
-:class:`bench.checks.UserError` (one line; the ``rankbench`` CLI prints it and exits 2)."""
+:class:`rankbench.bench.checks.UserError` (one line; the ``rankbench`` CLI prints it and exits 2)."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,10 @@ from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 
-from bench.checks import UserError, bad, check, missing
-from bench.inference import layout_menu
-from bench.spec import check_compile
-from bench.speed import core, ranks, suite
+from rankbench.bench.checks import UserError, bad, check, missing
+from rankbench.bench.measure.inference import layout_menu
+from rankbench.bench.train.config import check_compile
+from rankbench.bench.speed import core, ranks, suite
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                         f"cpu-smoke: the same parts, shrunk to seconds on a CPU)")
     p.add_argument("--model", nargs="+", default=None,
                    help=f"models to run (default: resnet20 resnet50 on CUDA, resnet20 on CPU); "
-                        f"any of {', '.join(core.MODELS)}")
+                        f"any of {', '.join(core.SPEED_MODELS)}")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per variant (default 50 CUDA, 3 CPU); timed calls per projection solver "
@@ -84,8 +84,8 @@ def check_args(args: argparse.Namespace) -> torch.device:
     _count("--warmup", args.warmup, 0)
     _count("--packed", args.packed, 0)
     for m in args.model or ():
-        if m not in core.MODELS:
-            raise bad("--model", m, ", ".join(core.MODELS))
+        if m not in core.SPEED_MODELS:
+            raise bad("--model", m, ", ".join(core.SPEED_MODELS))
     check("--weights", args.weights, args.weights in ("paper", "init"), "paper, init")
     check("--step-size", args.step_size, 0 <= args.step_size < 1, "a number in [0, 1)")
     if args.suite is not None:
@@ -128,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out:
             core.write_json(args.out, result)
 
-    result = core.run_speed(models, str(device), args.steps, args.batch, args.warmup, args.packed,
-                            args.only or core.PARTS, save=save, compile=compile, layout=layout,
-                            weights=args.weights, step_size=args.step_size)
+    options = core.SpeedOptions(device=str(device), steps=args.steps, batch=args.batch, warmup=args.warmup,
+                                packed=args.packed, parts=args.only or core.PARTS, compile=compile, layout=layout,
+                                weights=args.weights, step_size=args.step_size)
+    result = core.run_speed(models, options, save=save)
     save(result)
     print(core.format_report(result))
     if args.out:

@@ -3,12 +3,12 @@
 Four benchmarks, each reported as a ratio measured in one process on one machine (timings are
 noisy and machines differ, so absolute numbers from different runs do not compare):
 
-1. step       images/s of the harness's own training step (``bench.train.train_step``): plain
+1. step       images/s of the harness's own training step (``rankbench.bench.train.loop.train_step``): plain
               vs TRP (projection every step, +Nu) for each scheme and projection solver.
 2. projection one ``lowrank.project`` over all TRP layers, per solver, with the ranks and the
               relative error against an exact float64 SVD (the accuracy a fast solver must keep).
 3. latency    measured inference speed-up of the decomposed model beside its MAC speed-up, each
-              model on its fastest layout (``bench.inference``: memory format, BN folding, jit).
+              model on its fastest layout (``rankbench.bench.measure.inference``: memory format, BN folding, jit).
 4. packed     aggregate throughput of N concurrent training processes sharing one GPU vs one
               alone, after checking that N copies fit in the GPU's memory (CUDA only).
 
@@ -29,18 +29,18 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from bench.checks import bad, check
-from bench.measure import compare_latency, count_macs
-from bench.packing import peak_step_memory, share_fits
-from bench.models import build_model
-from bench.speed import ranks
-from bench.train import compiled, make_optimizer, train_step
-from methods import lowrank
-from methods.base import Context
-from methods.registry import build as build_method
+from rankbench.bench.checks import bad, check
+from rankbench.bench.measure.metrics import compare_latency, count_macs
+from rankbench.bench.preflight.memory import peak_step_memory, share_fits
+from rankbench.bench.models.builtin import build_model
+from rankbench.bench.speed import ranks
+from rankbench.bench.train.loop import compiled, make_optimizer, train_step
+from rankbench.methods import lowrank
+from rankbench.methods.api.base import Context
+from rankbench.methods.api.registry import build as build_method
 
-# (model, input shape, classes, batch on CUDA, batch on CPU)
-MODELS: dict[str, tuple[tuple[int, int, int], int, int, int]] = {
+# the networks the speed benchmarks time: name -> (input shape, classes, batch on CUDA, batch on CPU)
+SPEED_MODELS: dict[str, tuple[tuple[int, int, int], int, int, int]] = {
     "resnet20": ((3, 32, 32), 10, 128, 32),
     "resnet56": ((3, 32, 32), 10, 128, 16),
     "resnet18": ((3, 224, 224), 1000, 256, 4),
@@ -86,7 +86,7 @@ def _median(v: list[float]) -> float:
 
 
 def _model(name: str, setup: Setup) -> nn.Module:
-    shape, classes, _, _ = MODELS[name]
+    shape, classes, _, _ = SPEED_MODELS[name]
     model = build_model(name, classes, shape).to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -94,7 +94,7 @@ def _model(name: str, setup: Setup) -> nn.Module:
 
 
 def _batch(name: str, batch: int, setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
-    shape, classes, _, _ = MODELS[name]
+    shape, classes, _, _ = SPEED_MODELS[name]
     g = torch.Generator().manual_seed(0)
     x = torch.randn((batch, *shape), generator=g).to(setup.device)
     if setup.channels_last:
@@ -117,7 +117,7 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
     from the paper-rank weights, relative to their norm; :func:`ranks.perturbed`). Every variant
     pays the same copy."""
     x, y = _batch(name, batch, setup)
-    shape, classes, _, _ = MODELS[name]
+    shape, classes, _, _ = SPEED_MODELS[name]
     steps: dict[str, Callable[[], None]] = {}
     methods: dict[str, Any] = {}
     kinds: dict[str, str] = {}
@@ -219,7 +219,7 @@ def bench_projection(name: str, setup: Setup, scheme: str = "channel", energy: f
     if "trp-steady" in kinds:
         cases.append(({"weights": "trp-steady"}, [ranks.trp_steady_weights(init, scheme, rule)]))
     if "paper-ranks" in kinds:
-        example = torch.zeros(1, *MODELS[name][0], device=setup.device)
+        example = torch.zeros(1, *SPEED_MODELS[name][0], device=setup.device)
         for target in ranks.PAPER_SPEEDUPS.get((name, scheme), ()):
             paper = ranks.paper_rank_weights(model, name, scheme, target, example)
             facts = {"weights": paper.describe(), "target_speedup": target, "speedup_at_ranks": paper.speedup,
@@ -281,9 +281,9 @@ def bench_latency(name: str, setup: Setup, speedup: float = 2.0, scheme: str = "
     fastest ``layout``; ``eager_speedup`` is the same pair both in plain eager PyTorch as rankbench
     timed them before layouts were chosen (contiguous on CPU, channels_last on CUDA), from the
     same run. Returns the rows and every layout's time (the second list)."""
-    shape = MODELS[name][0]
+    shape = SPEED_MODELS[name][0]
     torch.manual_seed(0)
-    dense = build_model(name, MODELS[name][1], shape).eval()
+    dense = build_model(name, SPEED_MODELS[name][1], shape).eval()
     example = torch.zeros(1, *shape)
     speedup = min(speedup, 1 + 0.75 * (lowrank.max_speedup(dense, scheme, example) - 1))
     small, _ = lowrank.decompose_model(dense, scheme, f"speedup:{speedup}", example_input=example)
@@ -322,13 +322,13 @@ def _packed_worker(name: str, batch: int, steps: int, device: str, queue: Any) -
 def bench_packed(name: str, batch: int, n: int, steps: int, setup: Setup) -> dict[str, Any]:
     """Aggregate images/s of ``n`` processes training at once on one device vs one alone (on
     CUDA after checking, as the sweep does, that ``n`` copies fit in the GPU's free memory)."""
-    shape, classes, _, _ = MODELS[name]
+    shape, classes, _, _ = SPEED_MODELS[name]
     peak = None
     if setup.device.type == "cuda":
         peak, _ = peak_step_memory(name, {}, {"name": "synthetic", "shape": list(shape), "num_classes": classes},
                                    batch, setup.amp, setup.channels_last)
         free, _ = torch.cuda.mem_get_info(setup.device)
-        if not share_fits(peak, 1 / n, free):       # the sweep's own check (bench.packing), on free memory
+        if not share_fits(peak, 1 / n, free):       # the sweep's own check (rankbench.bench.preflight.memory), on free memory
             return {"model": name, "n": n, "skipped": f"{n} x {peak / 2**30:.1f} GiB does not fit in "
                                                       f"{free / 2**30:.1f} GiB free"}
     ctx = mp.get_context("spawn")
@@ -416,65 +416,72 @@ def paper_start(name: str, setup: Setup, schemes: Sequence[str] = ("channel", "s
     from He-initialised weights, and their rows say so)."""
     torch.manual_seed(0)
     model = _model(name, setup)
-    example = torch.zeros(1, *MODELS[name][0], device=setup.device)
+    example = torch.zeros(1, *SPEED_MODELS[name][0], device=setup.device)
     return {sc: ranks.paper_rank_weights(model, name, sc, ranks.PAPER_SPEEDUPS[(name, sc)][0], example)
             for sc in schemes if (name, sc) in ranks.PAPER_SPEEDUPS}
 
 
-def run_speed(models: Sequence[str], device: str = "auto", steps: int | None = None, batch: int | None = None,
-              warmup: int | None = None,
-              packed: int = 4, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print,
-              save: Callable[[dict[str, Any]], None] | None = None, compile: bool | str = False,
-              layout: str | Sequence[str] = "auto", weights: str = "paper", step_size: float = ranks.STEP_SIZE
-              ) -> dict[str, Any]:
-    """Run the benchmarks in ``parts`` for each model; rows per benchmark, plus the environment.
-    ``compile`` (a ``train.compile`` value) adds compiled plain and TRP steps (TRP's default solver).
-    ``layout`` is the latency menu (``bench.inference``; "auto": the device's default menu).
-    ``weights``: the training step starts TRP from ``paper`` ranks (:func:`paper_start`) or
-    from He-initialised weights (``init``: TRP's energy rule then cuts the ranks at every step).
-    ``step_size``: each timed copy's random step from the paper-rank weights (:func:`ranks.perturbed`).
+@dataclass(frozen=True)
+class SpeedOptions:
+    """What :func:`run_speed` measures and how; each default is the command's without that option."""
+    device: str = "auto"                      # auto (CUDA when present), cpu, cuda or cuda:N
+    steps: int | None = None                  # timed steps per variant (None: 50 CUDA, 3 CPU) and solver (5)
+    batch: int | None = None                  # training batch (None: the paper's on CUDA, small on CPU)
+    warmup: int | None = None                 # untimed steps per variant first (None: 10 CUDA, 1 CPU)
+    packed: int = 4                           # trials packed on one GPU (CUDA only; 0 or 1: skip)
+    parts: Sequence[str] = PARTS              # the benchmarks to run
+    compile: bool | str = False               # a ``train.compile`` value: adds compiled plain and TRP steps
+    layout: str | Sequence[str] = "auto"      # the latency menu (``measure.inference``; "auto": the device's)
+    weights: str = "paper"                    # TRP starts from: paper (:func:`paper_start`) or init (He)
+    step_size: float = ranks.STEP_SIZE        # each timed copy's random step off the paper ranks (ranks.perturbed)
+
+
+def run_speed(models: Sequence[str], options: SpeedOptions = SpeedOptions(), log: Callable[[str], None] = print,
+              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the benchmarks in ``options.parts`` for each model; rows per benchmark, plus the environment.
     ``save`` gets the results so far after each model, so a crash or Ctrl-C keeps what was measured."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
+                       "cpu" if options.device == "auto" else options.device)
     cuda = dev.type == "cuda"
-    for part in parts:
+    for part in options.parts:
         if part not in PARTS:
             raise bad("--only", part, ", ".join(PARTS))
     for name in models:
-        if name not in MODELS:
-            raise bad("--model", name, ", ".join(MODELS))
-    check("--weights", weights, weights in ("paper", "init"), "paper, init")
-    setup = Setup(dev, amp=cuda, channels_last=cuda, steps=steps or (50 if cuda else 3),
-                  warmup=(10 if cuda else 1) if warmup is None else warmup)
+        if name not in SPEED_MODELS:
+            raise bad("--model", name, ", ".join(SPEED_MODELS))
+    check("--weights", options.weights, options.weights in ("paper", "init"), "paper, init")
+    setup = Setup(dev, amp=cuda, channels_last=cuda, steps=options.steps or (50 if cuda else 3),
+                  warmup=(10 if cuda else 1) if options.warmup is None else options.warmup)
     out: dict[str, Any] = {"environment": environment(), "device": str(dev), "step": [], "projection": [],
                            "latency": [], "latency_layouts": [], "packed": []}
     for name in models:
-        b = batch or (MODELS[name][2] if cuda else MODELS[name][3])
-        if "step" in parts:
-            variants = step_variants(compile=compile, compiled_solvers=(default_solver(),))
+        b = options.batch or (SPEED_MODELS[name][2] if cuda else SPEED_MODELS[name][3])
+        if "step" in options.parts:
+            variants = step_variants(compile=options.compile, compiled_solvers=(default_solver(),))
             log(f"[speed] {name}: training step, batch {b}, {len(variants)} variants")
-            start = paper_start(name, setup) if weights == "paper" else None
-            out["step"] += bench_step(name, b, setup, variants, start, step_size)
-        if "projection" in parts:
+            start = paper_start(name, setup) if options.weights == "paper" else None
+            out["step"] += bench_step(name, b, setup, variants, start, options.step_size)
+        if "projection" in options.parts:
             log(f"[speed] {name}: projection solvers")
             for scheme in ("channel", "spatial"):
-                out["projection"] += bench_projection(name, setup, scheme, repeats=steps or 5, step_size=step_size)
-        if "latency" in parts:
+                out["projection"] += bench_projection(name, setup, scheme, repeats=options.steps or 5,
+                                                      step_size=options.step_size)
+        if "latency" in options.parts:
             log(f"[speed] {name}: latency")
             runs = [(setup, (1, 256) if cuda else (1,))]
             if cuda:   # deployment on a CPU too: float32, batch 1
                 runs.append((Setup(torch.device("cpu"), amp=False, channels_last=False, steps=setup.steps,
                                    warmup=1), (1,)))
             for where, batches in runs:
-                rows, layouts = bench_latency(name, where, batches=batches, layout=layout)
+                rows, layouts = bench_latency(name, where, batches=batches, layout=options.layout)
                 out["latency"] += rows
                 out["latency_layouts"] += layouts
-        if "packed" in parts and cuda and packed > 1:
-            log(f"[speed] {name}: {packed} packed trials vs one")
-            out["packed"].append(bench_packed(name, b, packed, setup.steps, setup))
+        if "packed" in options.parts and cuda and options.packed > 1:
+            log(f"[speed] {name}: {options.packed} packed trials vs one")
+            out["packed"].append(bench_packed(name, b, options.packed, setup.steps, setup))
         if save:
             save(out)
-    if "packed" in parts and not cuda:
+    if "packed" in options.parts and not cuda:
         out["packed"].append({"skipped": "packing several trials on one GPU needs CUDA"})
     return out
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from methods import lowrank
+from rankbench.methods import lowrank
 
 # MAC speed-ups TRP+Nu exports in the official TRP repository's README (ResNet-20 CIFAR-10:
 # channel 2.17x, spatial 2.84x; ResNet-50 ImageNet: channel 1.80x and 2.23x)

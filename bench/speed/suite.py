@@ -5,12 +5,12 @@ Parts (:data:`SUITE_PARTS`, run in this order, the JSON rewritten after each so 
 keeps what it measured):
 
 - ``step``           plain vs TRP training step per scheme and solver (eager), TRP started from
-                     paper-level ranks (``bench.speed.ranks``);
+                     paper-level ranks (``rankbench.bench.speed.ranks``);
 - ``projection``     one projection of all TRP layers per solver, on He-initialised, TRP-steady
                      and paper-rank weights, checked against an exact float64 SVD;
 - ``latency``        dense vs decomposed inference, bf16, batch 1 and 256, each on its fastest layout;
 - ``packed``         N training processes on one GPU vs one alone;
-- ``pipeline``       the ImageNet input pipeline per decode path and layout (``bench.data``'s
+- ``pipeline``       the ImageNet input pipeline per decode path and layout (``rankbench.bench.data``'s
                      probe functions on synthetic JPEGs);
 - ``step-compiled``  the plain and TRP steps under ``torch.compile`` (last: compiling costs the most).
 
@@ -31,9 +31,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from bench.speed import core, ranks
-from bench.speed.summary import summary_markdown
-from methods import lowrank
+from rankbench.bench.speed import core, ranks
+from rankbench.bench.speed.summary import summary_markdown
+from rankbench.methods import lowrank
 
 SUITES: tuple[str, ...] = ("gpu", "cpu-smoke")
 SUITE_PARTS: tuple[str, ...] = ("step", "projection", "latency", "packed", "pipeline", "step-compiled")
@@ -225,10 +225,10 @@ def part_packed(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, 
 
 def part_pipeline(plan: Plan, deadline: Optional[float] = None) -> list[dict[str, Any]]:
     """Images/s of the training input pipeline for every (layout, decode) pair, on one set of
-    synthetic JPEGs written as an ImageFolder and converted to shards (``bench.data``'s probe
+    synthetic JPEGs written as an ImageFolder and converted to shards (``rankbench.bench.data``'s probe
     functions)."""
-    from bench.data import fake_imagefolder, imagefolder_to_shards
-    from bench.data.probe import input_throughput
+    from rankbench.bench.data import fake_imagefolder, imagefolder_to_shards
+    from rankbench.bench.data.probe import input_throughput
 
     pl = plan.pipeline
     rows = []

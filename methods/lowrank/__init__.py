@@ -23,18 +23,18 @@ Modules, bottom up (each imports only those above it):
 Everything listed is re-exported here, so ``from methods import lowrank; lowrank.project(...)``
 works; this package imports nothing else from ``methods``.
 """
-from methods.lowrank.rules import ACCEPTED_RULES, RULE_KINDS, Rule, parse_rule, rank_from_rule, rank_mask
-from methods.lowrank.schemes import (CONV_SCHEMES, SCHEMES, Scheme, check_scheme, check_tiles, from_matrix,
+from rankbench.methods.lowrank.rules import ACCEPTED_RULES, RULE_KINDS, Rule, parse_rule, rank_from_rule, rank_mask
+from rankbench.methods.lowrank.schemes import (CONV_SCHEMES, SCHEMES, Scheme, check_scheme, check_tiles, from_matrix,
                                      full_rank, layer_tiles, scheme_for, to_matrix)
-from methods.lowrank.factorized import Factorized, factorize, numeric_padding, reconstruct
-from methods.lowrank.macs import Probe, dense_macs, factorized_macs, mac_handles, model_macs, probe_layers
-from methods.lowrank.layers import (LAYER_CHOICES, default_kinds, layer_choice, layer_reasons, select_layers,
+from rankbench.methods.lowrank.factorized import Factorized, factorize, numeric_padding, reconstruct
+from rankbench.methods.lowrank.macs import Probe, dense_macs, factorized_macs, mac_handles, model_macs, probe_layers
+from rankbench.methods.lowrank.layers import (LAYER_CHOICES, default_kinds, layer_choice, layer_reasons, select_layers,
                                     set_module)
-from methods.lowrank.solvers import (AUTO_GRAM_ASPECT, CUDA_SVD_DRIVERS, SOLVERS, WARM_BACKOFF_MAX, WARM_GUARD,
+from rankbench.methods.lowrank.solvers import (AUTO_GRAM_ASPECT, CUDA_SVD_DRIVERS, SOLVERS, WARM_BACKOFF_MAX, WARM_GUARD,
                                      WARM_DEGREES, WARM_ITERS, WARM_MAX_FRACTION, WARM_RULES, WARM_SLACK, WARM_TOL,
                                      WARM_TOL_FLOAT64, Warm, WarmStart, check_solver, project, warm_eigs)
-from methods.lowrank.vbmf import VBMFResult, vbmf, vbmf_rank
-from methods.lowrank.decompose import (LayerReport, build_factorized, check_reachable, decompose_model,
+from rankbench.methods.lowrank.vbmf import VBMFResult, vbmf, vbmf_rank
+from rankbench.methods.lowrank.decompose import (LayerReport, build_factorized, check_reachable, decompose_model,
                                        max_speedup)
 
 __all__ = [

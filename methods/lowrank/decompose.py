@@ -15,13 +15,13 @@ from typing import Mapping, Optional, Sequence, TypedDict, Union
 import torch
 from torch import Tensor, nn
 
-from bench.checks import bad, missing
+from rankbench.bench.checks import bad, missing
 
-from methods.lowrank.factorized import factorize
-from methods.lowrank.layers import layer_choice, set_module
-from methods.lowrank.macs import Probe, dense_macs, factorized_macs, probe_layers
-from methods.lowrank.rules import Rule, parse_rule, rank_mask
-from methods.lowrank.schemes import check_scheme, check_tiles, full_rank, layer_tiles, svd_threads, to_matrix
+from rankbench.methods.lowrank.factorized import factorize
+from rankbench.methods.lowrank.layers import layer_choice, set_module
+from rankbench.methods.lowrank.macs import Probe, dense_macs, factorized_macs, probe_layers
+from rankbench.methods.lowrank.rules import Rule, parse_rule, rank_mask
+from rankbench.methods.lowrank.schemes import check_scheme, check_tiles, full_rank, layer_tiles, svd_threads, to_matrix
 
 
 class LayerReport(TypedDict):

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.checks import bad
+from rankbench.bench.checks import bad
 
-from methods.lowrank.schemes import from_matrix, full_rank, scheme_for, svd_threads, to_matrix
+from rankbench.methods.lowrank.schemes import from_matrix, full_rank, scheme_for, svd_threads, to_matrix
 
 
 class Factorized(nn.Sequential):

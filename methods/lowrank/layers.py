@@ -3,7 +3,7 @@
 ``layers="official"`` is the official TRP choice (convs larger than 1x1 except the network's
 first; every Linear for the linear scheme), ``"all"`` every layer the scheme can take, or an
 explicit list of names. ``include_stride2=False`` leaves strided convs out of the choice (the
-official TRP export factorizes stride-1 convs only; ``methods.trp`` applies it at export, after
+official TRP export factorizes stride-1 convs only; ``rankbench.methods.trp`` applies it at export, after
 training them). :func:`set_module` swaps a layer for its replacement.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Optional, Sequence, Union
 
 from torch import nn
 
-from bench.checks import bad
+from rankbench.bench.checks import bad
 
-from methods.lowrank.schemes import check_scheme, pair, scheme_for
+from rankbench.methods.lowrank.schemes import check_scheme, pair, scheme_for
 
 
 def layer_reasons(model: nn.Module, kinds: Sequence[str] = ("conv",), min_kernel: int = 2,

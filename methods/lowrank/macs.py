@@ -1,11 +1,11 @@
 """MACs: one fused multiply-add is one MAC, per image, on conv, linear and matmul-type ops.
 
 The one counter is fvcore's (:func:`model_macs`: its jit tracer with the op handles of
-:func:`mac_handles`). The result row's count (``bench.measure.count_macs``) and every target set
+:func:`mac_handles`). The result row's count (``rankbench.bench.measure.metrics.count_macs``) and every target set
 here (a ``speedup:`` rule, :func:`probe_layers`' cost of the layers a decomposition leaves alone)
 come from it, so a target is hit on the number the row reports. :func:`dense_macs` and
 :func:`factorized_macs` are the closed formulas for one layer (the layer shapes of
-``methods.lowrank.schemes``); the tests hold them to the counter.
+``rankbench.methods.lowrank.schemes``); the tests hold them to the counter.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from methods.lowrank.schemes import check_scheme, pair
+from rankbench.methods.lowrank.schemes import check_scheme, pair
 
 
 def attention_macs(inputs: list, outputs: list) -> int:
@@ -111,7 +111,7 @@ def dense_macs(module: nn.Module, out_hw: Sequence[int], out_rows: int = 1) -> i
 
 def factorized_macs(module: nn.Module, scheme: str, rank: int, out_hw: Sequence[int] = (1, 1),
                     in_hw: Optional[Sequence[int]] = None, out_rows: int = 1, tiles: int = 1) -> int:
-    """MACs per image of ``factorize(module, scheme, rank)`` (the layer shapes of ``methods.lowrank.schemes``).
+    """MACs per image of ``factorize(module, scheme, rank)`` (the layer shapes of ``rankbench.methods.lowrank.schemes``).
 
     ``spatial``: the kh x 1 conv runs at (H_out, W_in); ``decoupling``: the 1x1 conv runs at the
     input resolution. ``in_hw`` defaults to the smallest input giving ``out_hw`` (exact for

@@ -3,7 +3,7 @@
 Rules are strings so a spec can grid-expand and hash them:
 ``energy:0.9`` ``value:0.05`` ``ratio:0.5`` ``rank:8`` ``entropy:0.9`` ``speedup:2.0``.
 ``speedup`` is a whole-model rule: one global energy threshold, found by bisection, so the
-model's MACs hit ``dense / speedup`` (see :func:`methods.lowrank.decompose.decompose_model`).
+model's MACs hit ``dense / speedup`` (see :func:`rankbench.methods.lowrank.decompose.decompose_model`).
 Every per-layer rule is applied as a mask on the spectrum, so it stays on the device.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from bench.checks import bad
+from rankbench.bench.checks import bad
 
 RULE_KINDS: tuple[str, ...] = ("energy", "value", "ratio", "rank", "entropy", "speedup")
 ACCEPTED_RULES = ('"energy:E" (0<E<=1), "value:T" (T>=0), "ratio:Q" (0<Q<=1), "rank:R" (int R>=1), '
@@ -40,7 +40,7 @@ class Rule:
 
 
 def parse_rule(text: Union[str, Rule], field: str = "rule") -> Rule:
-    """Parse ``"kind:value"``; bad input -> ``bench.checks.UserError`` naming ``field``, the value and what is accepted."""
+    """Parse ``"kind:value"``; bad input -> ``rankbench.bench.checks.UserError`` naming ``field``, the value and what is accepted."""
     if isinstance(text, Rule):
         return text
     if not isinstance(text, str) or ":" not in text:

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from bench.checks import bad, is_int
+from rankbench.bench.checks import bad, is_int
 
 Scheme = Literal["channel", "spatial", "linear", "decoupling"]
 SCHEMES: tuple[str, ...] = ("channel", "spatial", "linear", "decoupling")

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from bench.checks import bad
+from rankbench.bench.checks import bad
 
-from methods.lowrank.rules import Rule, parse_rule, rank_mask
-from methods.lowrank.schemes import from_matrix, svd_threads, to_matrix
+from rankbench.methods.lowrank.rules import Rule, parse_rule, rank_mask
+from rankbench.methods.lowrank.schemes import from_matrix, svd_threads, to_matrix
 
 
 SOLVERS: tuple[str, ...] = ("svd", "gram", "auto", "warm")

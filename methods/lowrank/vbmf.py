@@ -20,7 +20,7 @@ variance ``|V|_F^2 / (L M)`` (every component noise), and the best grid point is
 bounded scalar search between its neighbours.
 
 The estimated rank is the number of kept components. Kim et al. (ICLR 2016) take it on the
-mode-0 and mode-1 unfoldings of a conv kernel as the Tucker-2 ranks (``methods.tucker2``).
+mode-0 and mode-1 unfoldings of a conv kernel as the Tucker-2 ranks (``rankbench.methods.tucker2``).
 
 Public API: :func:`vbmf`, :class:`VBMFResult`, :func:`vbmf_rank`.
 """

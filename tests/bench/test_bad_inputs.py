@@ -1,7 +1,7 @@
 """Bad input of every kind, table-driven: each case exits 2 with exactly one ``error:`` line, no
 traceback, no result folder, and nothing reaching Ray or a trial.
 
-Every case runs in-process through ``bench.cli.main`` (fast). A case is (argv or spec, the
+Every case runs in-process through ``rankbench.bench.cli.main`` (fast). A case is (argv or spec, the
 words its one line must hold). ``BASE`` is the spec every spec case edits: ``sweep: x, seeds:
 [0], data: {name: digits}, model: mlp, train: {epochs: 1}, methods: [{name: dense}]``.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.cli import main
+from rankbench.bench.cli import main
 
 BASE: dict[str, Any] = {"sweep": "x", "seeds": [0], "data": {"name": "digits"}, "model": "mlp",
                         "train": {"epochs": 1}, "methods": [{"name": "dense"}]}
@@ -352,8 +352,8 @@ def no_run(monkeypatch):
     def started(*a, **kw):
         raise AssertionError("bad input reached Ray / a trial")
 
-    monkeypatch.setattr("bench.sweep.init_ray", started)
-    monkeypatch.setattr("bench.run.run_trial", started)
+    monkeypatch.setattr("rankbench.bench.running.sweep.init_ray", started)
+    monkeypatch.setattr("rankbench.bench.running.run.run_trial", started)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
@@ -435,7 +435,7 @@ def test_ray_client_address_without_ray_client_installed_says_how_to_get_it(tmp_
         "            raise ModuleNotFoundError(name)\n"
         "        return None\n"
         "sys.meta_path.insert(0, NoGrpc())\n"
-        "from bench.cli import main\n"
+        "from rankbench.bench.cli import main\n"
         f"sys.exit(main(['run', {str(good)!r}, '--results', {str(tmp_path / 'res')!r}, "
         "'--address', 'ray://head:10001']))\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -487,8 +487,8 @@ def test_address_of_a_web_port_is_refused_at_once_and_named(tmp_path, capsys, no
     (lambda conn: (conn.recv(64), conn.sendall(b"-ERR unknown command\r\n")), "not as a Ray cluster"),  # redis
 ])
 def test_address_that_accepts_but_is_not_ray_is_refused(reply, needle):
-    from bench.checks import UserError
-    from bench.sweep import check_listening
+    from rankbench.bench.checks import UserError
+    from rankbench.bench.running.sweep import check_listening
 
     conns: list[Any] = []                     # keep the silent server's sockets open
     port = _serve(lambda conn: (conns.append(conn), reply(conn)))
@@ -498,14 +498,14 @@ def test_address_that_accepts_but_is_not_ray_is_refused(reply, needle):
 
 
 def test_address_of_a_running_ray_cluster_passes_the_check(ray_session):
-    from bench.sweep import check_listening
+    from rankbench.bench.running.sweep import check_listening
 
     check_listening(ray_session.get_runtime_context().gcs_address)   # raises if refused
 
 
 def test_address_check_with_tls_only_tries_the_connection(monkeypatch):
     # a TLS cluster expects a ClientHello, not a plaintext preface: the probe would refuse it
-    from bench.sweep import check_listening
+    from rankbench.bench.running.sweep import check_listening
 
     monkeypatch.setenv("RAY_USE_TLS", "1")
     conns: list[Any] = []

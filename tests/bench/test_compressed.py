@@ -7,15 +7,15 @@ import importlib.util
 import pytest
 import torch
 
-import bench
-import bench.measure
-from bench.checks import UserError
-from bench.cli import main
-from bench.compressed import SUFFIX, compressed_path, read_payload
-from bench.export import export_compressed
-from bench.run import run_trial
-from bench.spec import parse_spec
-from bench.store import Store
+import rankbench.bench
+import rankbench.bench.running.run
+from rankbench.bench.checks import UserError
+from rankbench.bench.cli import main
+from rankbench.bench.results.compressed import SUFFIX, compressed_path, read_payload
+from rankbench.bench.results.export import export_compressed
+from rankbench.bench.running.run import run_trial
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store
 
 SPEC = """
 sweep: c
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     trial = parse_spec(SPEC).trials[0]
     seen = {}
-    evaluate = bench.measure.evaluate
+    evaluate = rankbench.bench.running.run.evaluate
 
     def spy(model, *a, **kw):
         out = evaluate(model, *a, **kw)
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
         return out
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench.measure, "evaluate", spy)
+    mp.setattr(rankbench.bench.running.run, "evaluate", spy)
     try:
         row = run_trial(trial, root)
     finally:
@@ -66,11 +66,11 @@ def test_a_trial_saves_its_compressed_model_beside_its_row_and_it_loads_to_the_s
     assert [L["rank"] for L in payload["layers"]] == [L["rank"] for L in row["layers"]]
     assert any(L["rank"] for L in row["layers"])        # something was factorized
     for ref in (path, store.trial_path(trial.id)):       # the model file or the row
-        model = bench.load_compressed(ref)
+        model = rankbench.bench.load_compressed(ref)
         assert not model.training
         with torch.no_grad():
             assert torch.allclose(model(X), want, rtol=0, atol=1e-6)
-    by_id = bench.load_compressed(trial.id, results=root)   # a trial id, looked up under results
+    by_id = rankbench.bench.load_compressed(trial.id, results=root)   # a trial id, looked up under results
     with torch.no_grad():
         assert torch.allclose(by_id(X), want, rtol=0, atol=1e-6)
 
@@ -79,11 +79,11 @@ def test_load_and_export_from_a_storage_uri(trained, tmp_path, capsys):
     # file:// goes through pyarrow's file system, the code path s3:// and gs:// take
     root, trial, _, want = trained
     uri = f"file://{root}"
-    model = bench.load_compressed(trial.id, results=uri)            # a trial id under a URI
+    model = rankbench.bench.load_compressed(trial.id, results=uri)            # a trial id under a URI
     with torch.no_grad():
         assert torch.allclose(model(X), want, rtol=0, atol=1e-6)
     row_uri = f"{uri}/c/trials/{trial.id}.json"                     # the row, by URI
-    assert torch.allclose(bench.load_compressed(row_uri)(X), want, rtol=0, atol=1e-6)
+    assert torch.allclose(rankbench.bench.load_compressed(row_uri)(X), want, rtol=0, atol=1e-6)
     out = export_compressed(trial.id, "torch", f"{uri}/exported/m.pt2", results=uri)
     assert str(out.path).startswith("file://") and (root / "exported" / "m.pt2").is_file()
     assert main(["export", trial.id, "--results", uri]) == 0        # default: beside the model
@@ -95,11 +95,11 @@ def test_load_and_export_from_a_storage_uri(trained, tmp_path, capsys):
 
 def test_a_missing_or_foreign_model_gets_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^model: 'nope': not found; accepted: "):
-        bench.load_compressed("nope", results=tmp_path)
+        rankbench.bench.load_compressed("nope", results=tmp_path)
     other = tmp_path / "x.pt"
     torch.save({"a": torch.zeros(1)}, other)
     with pytest.raises(UserError, match=r"another kind of file"):
-        bench.load_compressed(other)
+        rankbench.bench.load_compressed(other)
 
 
 def test_torch_export_runs_and_matches_the_eager_model(trained, tmp_path):
@@ -137,14 +137,14 @@ def test_a_method_with_layers_of_its_own_rebuilds_them_from_its_report(tmp_path)
     ``rebuild`` (no pickled module) and computes what the evaluated model computed."""
     sweep = parse_spec(SPEC.replace('{name: trp, scheme: channel, export: "speedup:1.5"}', "{name: tucker2}"))
     seen = {}
-    evaluate = bench.measure.evaluate
+    evaluate = rankbench.bench.running.run.evaluate
 
     def spy(model, *a, **kw):
         seen["model"] = copy.deepcopy(model).cpu().eval()
         return evaluate(model, *a, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench.measure, "evaluate", spy)
+    mp.setattr(rankbench.bench.running.run, "evaluate", spy)
     try:
         rows = [run_trial(t, tmp_path) for t in sweep.trials]      # the dense baseline first
     finally:
@@ -155,4 +155,4 @@ def test_a_method_with_layers_of_its_own_rebuilds_them_from_its_report(tmp_path)
     assert payload["architecture"] == "layers" and payload["method"] == "tucker2"
     assert any(L["rank"] for L in payload["layers"])
     with torch.no_grad():
-        assert torch.allclose(bench.load_compressed(path)(X), seen["model"](X), rtol=0, atol=1e-6)
+        assert torch.allclose(rankbench.bench.load_compressed(path)(X), seen["model"](X), rtol=0, atol=1e-6)

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.spec import load_spec, parse_spec
-from reports import paper
+from rankbench.bench.spec.parse import load_spec, parse_spec
+from rankbench.reports import paper
 
 CONFIGS = Path(__file__).parents[2] / "bench" / "configs"
 CIFAR = ("trp-cifar10-resnet20", "trp-cifar10-resnet32", "trp-cifar10-resnet56")
@@ -101,7 +101,7 @@ def _shrink(spec: dict, data: dict, batch: int) -> dict:
 
 
 def _run_all(sweep, results: Path) -> list[dict]:
-    from bench.run import run_trial
+    from rankbench.bench.running.run import run_trial
 
     rows = [run_trial(t, results) for t in sweep.trials]  # baselines come first in a Sweep
     bad = [(r["method"], r["variant"], r["error"]) for r in rows if r["status"] != "ok"]
@@ -132,7 +132,7 @@ def test_cifar_spec_trials_run_on_tiny_cifar(name, tmp_path):
 @pytest.mark.parametrize("name", IMAGENET)
 def test_imagenet_spec_trials_run_on_tiny_imagefolder(name, tmp_path):
     import torch
-    from bench.models import build_model
+    from rankbench.bench.models.builtin import build_model
 
     spec = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     root = _tiny_imagefolder(tmp_path / "imagenet")

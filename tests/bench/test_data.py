@@ -1,11 +1,12 @@
-"""bench.data: the option checks, the in-memory datasets (digits, synthetic) and their loader."""
+"""rankbench.bench.data: the option checks, the in-memory datasets (digits, synthetic) and their loader."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.data import CropFlip, TensorLoader, build_data, check_data
+from rankbench.bench.data import CropFlip, TensorLoader, build_data, check_data
+from rankbench.bench.data.memory import Normalization
 
 
 # --------------------------------------------------------------------------- digits
@@ -128,8 +129,8 @@ def test_loader_epochs_differ_replay_by_set_epoch_and_shard_exactly():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
     y = torch.arange(50)
-    kw = dict(shuffle=True, drop_last=True, seed=5, augment=CropFlip(2, True), mean=(0.5,) * 3,
-              std=(0.25,) * 3, scale=1 / 255)
+    kw = dict(shuffle=True, drop_last=True, seed=5, augment=CropFlip(2, True),
+              normalize=Normalization(mean=(0.5,) * 3, std=(0.25,) * 3, scale=1 / 255))
     full = TensorLoader(x, y, 8, **kw)
     e0, e1 = list(full), list(full)
     assert len(e0) == len(full) == 6

@@ -1,4 +1,4 @@
-"""bench.data.cifar: the official python pickles, written as the real files are."""
+"""rankbench.bench.data.cifar: the official python pickles, written as the real files are."""
 from __future__ import annotations
 
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import CIFAR10_MEAN, CIFAR10_STD, OFFICIAL_STD, build_data, check_data
+from rankbench.bench.data import CIFAR10_MEAN, CIFAR10_STD, OFFICIAL_STD, build_data, check_data
 
 
 # --------------------------------------------------------------------------- CIFAR fixtures

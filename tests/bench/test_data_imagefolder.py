@@ -1,4 +1,4 @@
-"""bench.data on ImageNet as an ImageFolder: real files (good, truncated, corrupt, CMYK, gray,
+"""rankbench.bench.data on ImageNet as an ImageFolder: real files (good, truncated, corrupt, CMYK, gray,
 palette) through both decode paths, layout errors, data-parallel shares, a whole trial."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from data_files import SMALL, make_imagefolder, pixels
 
-from bench.data import build_data, check_data
-from bench.data.base import usable_cpus
+from rankbench.bench.data import build_data, check_data
+from rankbench.bench.data.base import usable_cpus
 
 
 @pytest.mark.parametrize("decode", ["pil", "torchvision"])
@@ -22,7 +22,7 @@ def test_imagefolder_skips_bad_files_converts_cmyk_and_gray(tmp_path, decode, ca
     assert d.input_shape == (3, 32, 32) and d.num_classes == 3 and d.class_names == ["n01", "n02", "n03"]
     assert (d.train_size, d.val_size) == (13, 5) and d.steps_per_epoch == 1       # README.txt ignored
     assert d.info["decode"] == decode
-    with caplog.at_level("WARNING", logger="bench.data"):
+    with caplog.at_level("WARNING", logger="rankbench.bench.data"):
         (x, y), = list(d.train)                   # one batch of 13 files, 2 unreadable
         assert x.shape == (11, 3, 32, 32) and x.dtype == torch.float32 and len(y) == 11
         assert d.skipped == 2
@@ -118,7 +118,7 @@ def test_imagenet_layout_errors_name_the_folder(tmp_path):
 
 
 def test_jpeg_header_component_count(tmp_path):
-    from bench.data.decode import jpeg_components
+    from rankbench.bench.data.decode import jpeg_components
 
     special = make_imagefolder(tmp_path)
     assert jpeg_components((tmp_path / "train" / "n01" / "img_0.JPEG").read_bytes()) == 3
@@ -152,9 +152,9 @@ def test_imagefolder_val_shards_count_each_image_once(tmp_path):
 
 
 def test_a_trial_on_an_imagefolder_with_bad_files_logs_the_skip_count_and_finishes(tmp_path):
-    from bench.run import run_trial
-    from bench.spec import parse_spec
-    from bench.store import Store
+    from rankbench.bench.running.run import run_trial
+    from rankbench.bench.spec.parse import parse_spec
+    from rankbench.bench.results.store import Store
 
     special = make_imagefolder(tmp_path / "in")
     spec = f"""

@@ -1,4 +1,4 @@
-"""``python -m bench.data`` (bench.data.probe): input-pipeline timing and shard writing."""
+"""``python -m rankbench.bench.data`` (rankbench.bench.data.probe): input-pipeline timing and shard writing."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.data import fake_imagefolder
-from bench.data.probe import main
+from rankbench.bench.data import fake_imagefolder
+from rankbench.bench.data.probe import main
 
 
 def test_input_pipeline_probe_writes_a_jpeg_imagefolder_and_times_each_decode_path(tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_probe_times_imagefolder_and_shards_alternating_and_converts_a_root(tmp_
 
 
 def test_python_dash_m_bench_data_runs_the_probe_command():
-    out = subprocess.run([sys.executable, "-m", "bench.data", "--help"], cwd=Path(__file__).parents[2],
+    out = subprocess.run([sys.executable, "-m", "rankbench.bench.data", "--help"], cwd=Path(__file__).parents[2],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("usage: python -m bench.data") and "--write-shards" in out.stdout
+    assert out.stdout.startswith("usage: python -m rankbench.bench.data") and "--write-shards" in out.stdout

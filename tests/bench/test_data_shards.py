@@ -1,4 +1,4 @@
-"""ImageNet as WebDataset .tar shards (bench.data.shards): real tar files in tmp_path."""
+"""ImageNet as WebDataset .tar shards (rankbench.bench.data.shards): real tar files in tmp_path."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pytest
 import torch
 from data_files import SMALL, gradient, make_imagefolder, pixels
 
-from bench.data import build_data, check_data, describe, imagefolder_to_shards, write_fake_shards
+from rankbench.bench.data import build_data, check_data, describe, imagefolder_to_shards, write_fake_shards
 
 
 def _jpeg(w: int, h: int, seed: int) -> bytes:
@@ -86,7 +86,7 @@ def test_shards_skip_corrupt_and_convert_cmyk_and_gray_as_the_imagefolder_does(t
     cfg = {"name": "imagenet", "root": str(root), "layout": "tar", "decode": decode, "workers": 0, **SMALL}
     d = build_data(cfg, seed=0, batch_size=13, augment=True, device="cpu")
     assert d.class_names == ["n01", "n02", "n03"] and (d.train_size, d.val_size) == (13, 5)
-    with caplog.at_level("WARNING", logger="bench.data"):
+    with caplog.at_level("WARNING", logger="rankbench.bench.data"):
         (x, y), = list(d.train)                    # the truncated and the corrupt JPEG are skipped
         list(d.train)
     assert x.shape == (11, 3, 32, 32) and d.skipped == 4
@@ -157,9 +157,9 @@ def test_val_shards_count_every_image_once_across_ranks(tmp_path):
 
 
 def test_a_trial_on_shards_with_bad_files_logs_the_skip_count_and_finishes(tmp_path):
-    from bench.run import run_trial
-    from bench.spec import parse_spec
-    from bench.store import Store
+    from rankbench.bench.running.run import run_trial
+    from rankbench.bench.spec.parse import parse_spec
+    from rankbench.bench.results.store import Store
 
     _, root = _converted(tmp_path)
     spec = f"""
@@ -230,7 +230,7 @@ def test_a_truncated_shard_skips_its_lost_images_instead_of_failing(tmp_path, ca
         last = tar.getmembers()[-1]
     # a copy cut short: the last image loses its tail (a tar ends in zero padding: cut inside the image)
     shard.write_bytes(shard.read_bytes()[: last.offset_data + last.size // 2])
-    with caplog.at_level("WARNING", logger="bench.data.shards"):
+    with caplog.at_level("WARNING", logger="rankbench.bench.data.shards"):
         d = build_data({"name": "imagenet", "root": str(root), "decode": "pil", "workers": 0, **SMALL}, 0, 4, False)
     assert any("is truncated" in r.message and shard.name in r.message for r in caplog.records)
     assert sum(len(y) for _, y in d.train) == 3 and d.skipped == 1

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.cli import main
-from bench.data import build_data
-from bench.models import build_model
-from bench.run import run_trial
-from bench.spec import parse_spec
-from bench.store import Store, StoreError, atomic_write_json, previous, rotate_and_save
-from bench.sweep import run_sweep
-from bench.train import train
+from rankbench.bench.cli import main
+from rankbench.bench.data import build_data
+from rankbench.bench.models.builtin import build_model
+from rankbench.bench.running.run import run_trial
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store, StoreError, atomic_write_json, previous, rotate_and_save
+from rankbench.bench.running.sweep import run_sweep
+from rankbench.bench.train.config import TrainConfig
+from rankbench.bench.train.loop import Loop, train
 from procs import bench_run, kill_session, session_pids
 
 SPEC = """
@@ -48,12 +49,13 @@ def test_a_damaged_epoch_checkpoint_is_set_aside_and_training_resumes_from_the_o
     ck = tmp_path / "epoch.pt"
     lines: list[str] = []
     torch.manual_seed(0)
-    train(build_model("mlp", 10, (1, 8, 8)), data, epochs=2, lr=0.05, checkpoint=ck, log=lines.append)
+    train(build_model("mlp", 10, (1, 8, 8)), data, TrainConfig(epochs=2, lr=0.05), loop=Loop(checkpoint=ck, log=lines.append))
     assert ck.exists() and previous(ck).exists()          # epoch 2, and epoch 1 kept beside it
     _truncate(ck)
     lines.clear()
     torch.manual_seed(0)
-    prog = train(build_model("mlp", 10, (1, 8, 8)), data, epochs=3, lr=0.05, checkpoint=ck, log=lines.append)
+    prog = train(build_model("mlp", 10, (1, 8, 8)), data, TrainConfig(epochs=3, lr=0.05),
+                 loop=Loop(checkpoint=ck, log=lines.append))
     text = "\n".join(lines)
     assert f"checkpoint {ck} is unreadable" in text and "set aside as epoch.pt.bad" in text, text
     assert "resumed from epoch 1/3" in text, text        # the state before it: epoch 1
@@ -64,7 +66,7 @@ def test_a_damaged_epoch_checkpoint_is_set_aside_and_training_resumes_from_the_o
 @pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-hard-links"])
 def test_a_save_killed_half_way_leaves_the_last_checkpoint_where_resume_looks(tmp_path, monkeypatch, links):
     """Ctrl-C lands while epoch 3 is written: epoch.pt still holds epoch 2 (not only epoch.prev.pt)."""
-    import bench.store as store_mod
+    import rankbench.bench.results.store as store_mod
 
     ck = tmp_path / "epoch.pt"
     rotate_and_save({"epoch": 1}, ck)
@@ -151,7 +153,7 @@ def test_written_files_honour_the_umask(tmp_path, umask, mode):
 
 
 def _damaged_row(store: Store, trial) -> None:
-    from bench.row import empty_row
+    from rankbench.bench.results.row import empty_row
 
     row = empty_row(trial)
     row.update(status="ok", top1="high", seed="zero", layers=5, wall_s=1.0)
@@ -233,10 +235,10 @@ def test_a_ray_fault_under_the_driver_exits_3_with_the_summary(tmp_path, capsys,
         # what tuner.fit raises when Ray's GCS dies under the driver
         raise RuntimeError("Failed to connect to GCS at address 10.0.0.1:6379 within 60 seconds")
 
-    monkeypatch.setattr("bench.sweep.init_ray", lambda *a, **kw: None)
-    monkeypatch.setattr("bench.sweep._tune", gcs_gone)
+    monkeypatch.setattr("rankbench.bench.running.sweep.init_ray", lambda *a, **kw: None)
+    monkeypatch.setattr("rankbench.bench.running.sweep._tune", gcs_gone)
     monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr("bench.capacity.check_cluster", lambda *a, **kw: None)
+    monkeypatch.setattr("rankbench.bench.preflight.capacity.check_cluster", lambda *a, **kw: None)
     monkeypatch.setattr("sys.argv", ["rankbench", "run", str(spec), "--results", str(res)])
     rc = main(["run", str(spec), "--results", str(res)])
     err = capsys.readouterr().err

@@ -1,12 +1,12 @@
-"""bench.inference: BN folding, the layout menu, and each layout's outputs against eager; and how
-``bench.measure`` times two models on that menu (each on its fastest, numerics checked first)."""
+"""rankbench.bench.measure.inference: BN folding, the layout menu, and each layout's outputs against eager; and how
+``rankbench.bench.measure.metrics`` times two models on that menu (each on its fastest, numerics checked first)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from bench.measure import measure_latency
+from rankbench.bench.measure.metrics import measure_latency
 
 
 def _random_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -30,7 +30,7 @@ def _random_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     (nn.Conv1d(6, 8, 5, padding=2), nn.BatchNorm1d(8, eps=1e-3)),
 ])
 def test_fold_conv_bn_computes_the_conv_then_the_eval_mode_bn(conv, bn):
-    from bench.inference import fold_conv_bn
+    from rankbench.bench.measure.inference import fold_conv_bn
 
     _random_bn_stats(bn)
     x = torch.randn(3, 6, *(9, 9)[: conv.weight.dim() - 2])
@@ -43,7 +43,7 @@ def test_fold_conv_bn_computes_the_conv_then_the_eval_mode_bn(conv, bn):
 
 
 def test_fold_conv_bn_rejects_what_it_cannot_fold():
-    from bench.inference import fold_conv_bn
+    from rankbench.bench.measure.inference import fold_conv_bn
 
     with pytest.raises(ValueError, match=r"^bn.num_features: 4; accepted: the conv's out_channels \(8\)$"):
         fold_conv_bn(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(4))
@@ -60,7 +60,7 @@ class FoldCases(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from methods.lowrank import factorize
+        from rankbench.methods.lowrank import factorize
 
         self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
         self.pair, self.bn2 = factorize(nn.Conv2d(8, 8, 3, padding=1, bias=False), "channel", 3), nn.BatchNorm2d(8)
@@ -77,7 +77,7 @@ class FoldCases(nn.Module):
 
 
 def test_fold_batchnorm_folds_only_where_the_graph_proves_it_safe_and_keeps_the_function():
-    from bench.inference import fold_batchnorm
+    from rankbench.bench.measure.inference import fold_batchnorm
 
     torch.manual_seed(0)
     m = _random_bn_stats(FoldCases()).train()
@@ -94,7 +94,7 @@ def test_fold_batchnorm_folds_only_where_the_graph_proves_it_safe_and_keeps_the_
 
 
 def test_fold_batchnorm_names_a_model_fx_cannot_trace():
-    from bench.inference import fold_batchnorm
+    from rankbench.bench.measure.inference import fold_batchnorm
 
     class Branchy(nn.Module):
         def forward(self, x):
@@ -105,8 +105,8 @@ def test_fold_batchnorm_names_a_model_fx_cannot_trace():
 
 
 def _tiny_resnet_pair():
-    from bench.models import build_model
-    from methods import lowrank
+    from rankbench.bench.models.builtin import build_model
+    from rankbench.methods import lowrank
 
     torch.manual_seed(0)
     dense = _random_bn_stats(build_model("resnet20", 10, (3, 16, 16)))
@@ -115,7 +115,7 @@ def _tiny_resnet_pair():
 
 
 def test_every_cpu_layout_gives_the_eager_outputs_of_a_dense_and_a_factorized_resnet():
-    from bench.inference import CPU_LAYOUTS, inference_model
+    from rankbench.bench.measure.inference import CPU_LAYOUTS, inference_model
 
     x = torch.randn(2, 3, 16, 16)
     for model in _tiny_resnet_pair():
@@ -127,8 +127,8 @@ def test_every_cpu_layout_gives_the_eager_outputs_of_a_dense_and_a_factorized_re
 
 
 def test_compare_latency_gives_both_models_the_same_menu_and_each_its_fastest():
-    from bench.inference import CPU_LAYOUTS
-    from bench.measure import compare_latency
+    from rankbench.bench.measure.inference import CPU_LAYOUTS
+    from rankbench.bench.measure.metrics import compare_latency
 
     dense, small = _tiny_resnet_pair()
     r = compare_latency({"dense": dense, "compressed": small}, (3, 16, 16), repeats=4, warmup=1)
@@ -140,7 +140,7 @@ def test_compare_latency_gives_both_models_the_same_menu_and_each_its_fastest():
 
 
 def test_rewritten_layouts_pass_the_numerics_check_in_bfloat16_too():
-    from bench.measure import compare_latency
+    from rankbench.bench.measure.metrics import compare_latency
 
     dense, small = _tiny_resnet_pair()
     layouts = ["contiguous", "channels_last+folded", "contiguous+jit"]
@@ -150,7 +150,7 @@ def test_rewritten_layouts_pass_the_numerics_check_in_bfloat16_too():
 
 
 def test_compare_latency_fixed_layout_and_bad_layouts():
-    from bench.measure import compare_latency, measure_latency
+    from rankbench.bench.measure.metrics import compare_latency, measure_latency
 
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     r = measure_latency(m, (3, 8, 8), repeats=2, warmup=1, layout="contiguous")
@@ -166,7 +166,7 @@ def test_compare_latency_fixed_layout_and_bad_layouts():
 
 
 def test_a_layout_whose_outputs_differ_from_eager_is_skipped_not_timed(monkeypatch):
-    import bench.inference as inference
+    import rankbench.bench.measure.inference as inference
 
     def wrong_fold(conv, bn):          # forgets the BN: a plausible bug a numerics check must catch
         return conv
@@ -179,7 +179,7 @@ def test_a_layout_whose_outputs_differ_from_eager_is_skipped_not_timed(monkeypat
 
 
 def test_layout_menu_auto_per_device_a_fixed_one_and_an_empty_list():
-    from bench.inference import CPU_LAYOUTS, CUDA_LAYOUTS, accepted_layouts, layout_menu
+    from rankbench.bench.measure.inference import CPU_LAYOUTS, CUDA_LAYOUTS, accepted_layouts, layout_menu
 
     assert layout_menu("auto", "cpu") == list(CPU_LAYOUTS)
     assert layout_menu("auto", "cuda") == list(CUDA_LAYOUTS)

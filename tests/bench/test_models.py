@@ -1,4 +1,4 @@
-"""bench.models: every model builds and runs at its input shape, known parameter counts, the
+"""rankbench.bench.models.builtin: every model builds and runs at its input shape, known parameter counts, the
 layer structure methods rely on, and local-file weights with shape checks."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import MODELS, CifarResNet, build_model
-from methods import lowrank as L
+from rankbench.bench.models.builtin import MODELS, CifarResNet, build_model
+from rankbench.methods import lowrank as L
 
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "resnet18": (3, 32, 32), "resnet50": (3, 32, 32)}
 

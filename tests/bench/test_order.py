@@ -1,14 +1,14 @@
-"""The sweep's queue (``bench.order.TrialQueue``) and the capacity check (``bench.capacity``), on
+"""The sweep's queue (``rankbench.bench.running.queue.TrialQueue``) and the capacity check (``rankbench.bench.preflight.capacity``), on
 their own: which trial starts when, and which resources are refused, without Ray."""
 from __future__ import annotations
 
 import pytest
 
-from bench import capacity
-from bench.checks import UserError
-from bench.order import TrialQueue
-from bench.spec import parse_spec
-from bench.store import Store
+from rankbench.bench.preflight import capacity
+from rankbench.bench.checks import UserError
+from rankbench.bench.running.queue import TrialQueue
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store
 
 SPEC = """
 sweep: q

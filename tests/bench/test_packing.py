@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import packing
-from bench.models import build_model
-from bench.spec import parse_spec
-from bench.store import Store
-from bench.sweep import run_sweep
+from rankbench.bench.preflight import memory as packing
+from rankbench.bench.models.builtin import build_model
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store
+from rankbench.bench.running.sweep import run_sweep
 
 GIB = 2**30
 
@@ -53,9 +53,9 @@ def test_one_probe_per_model_and_refusals_name_the_numbers():
 def test_a_sweep_fails_trials_that_would_not_fit_before_running_anything(tmp_path, monkeypatch):
     # every trial refused: nothing needs a GPU, so this runs on CPU and Ray never schedules a trial
     monkeypatch.setattr(packing, "ray_probe", lambda t: (80 * GIB, 80 * GIB))
-    # a GPU machine as far as the capacity check goes (bench.capacity refuses gpus on this one)
-    monkeypatch.setattr("bench.capacity.local_nodes", lambda: [{"CPU": 2.0, "GPU": 1.0}])
-    monkeypatch.setattr("bench.capacity.check_cluster", lambda *a, **kw: None)
+    # a GPU machine as far as the capacity check goes (rankbench.bench.preflight.capacity refuses gpus on this one)
+    monkeypatch.setattr("rankbench.bench.preflight.capacity.local_nodes", lambda: [{"CPU": 2.0, "GPU": 1.0}])
+    monkeypatch.setattr("rankbench.bench.preflight.capacity.check_cluster", lambda *a, **kw: None)
     sweep = parse_spec(SPEC)
     lines = []
     summary = run_sweep(sweep, tmp_path, out=lines.append)

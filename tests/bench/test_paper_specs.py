@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench.measure import count_macs, count_params
-from bench.models import build_model
-from bench.run import claimed_conv_macs
-from bench.spec import load_spec
-from methods import lowrank as L
-from methods.base import Context
-from methods.registry import build
+from rankbench.bench.measure.metrics import count_macs, count_params
+from rankbench.bench.models.builtin import build_model
+from rankbench.bench.running.run import claimed_conv_macs
+from rankbench.bench.spec.parse import load_spec
+from rankbench.methods import lowrank as L
+from rankbench.methods.api.base import Context
+from rankbench.methods.api.registry import build
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bench" / "configs"
@@ -166,8 +166,8 @@ def test_trp_export_of_a_trained_resnet20_follows_the_official_rule(scheme):
 
 
 def _rankbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
+    env = dict(os.environ, PYTHONPATH="", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run([sys.executable, "-m", "rankbench.bench", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from bench.data import write_fake_imagefolder
-from bench.models import build_model
-from bench.spec import SpecError, load_spec, parse_spec
+from rankbench.bench.data import write_fake_imagefolder
+from rankbench.bench.models.builtin import build_model
+from rankbench.bench.spec.parse import SpecError, load_spec, parse_spec
 
 CONFIGS = Path(__file__).parents[2] / "bench" / "configs"
 

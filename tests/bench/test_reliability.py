@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main
-from bench.run import run_trial
-from bench.spec import parse_spec
-from bench.store import Store
-from bench.sweep import run_sweep
+from rankbench.bench.cli import main
+from rankbench.bench.running.run import run_trial
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store
+from rankbench.bench.running.sweep import run_sweep
 from procs import bench_run, epochs_logged, install, kill_session, session_pids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,8 +44,8 @@ def _no_run(monkeypatch) -> None:
     def started(*a, **kw):
         raise AssertionError("bad input reached Ray / a trial")
 
-    monkeypatch.setattr("bench.sweep.init_ray", started)
-    monkeypatch.setattr("bench.run.run_trial", started)
+    monkeypatch.setattr("rankbench.bench.running.sweep.init_ray", started)
+    monkeypatch.setattr("rankbench.bench.running.run.run_trial", started)
 
 
 # ---------------------------------------------------------------------------- 1. bad input
@@ -59,7 +59,7 @@ def _cifar_two_batches(tmp: Path) -> Path:
 
 
 def _wrong_head(tmp: Path) -> Path:
-    from bench.models import build_model
+    from rankbench.bench.models.builtin import build_model
 
     w = tmp / "cnn-3-classes.pt"
     torch.save(build_model("cnn", 3, (1, 8, 8)).state_dict(), w)   # digits has 10 classes
@@ -137,7 +137,7 @@ PLUGIN = '''
 """Test-only rankbench plugin: fails in epoch ``at_epoch`` by raising, or by a NaN weight."""
 import torch
 
-from methods.base import Method, check_param
+from rankbench.methods.api.base import Method, check_param
 
 
 class Boom(Method):
@@ -175,7 +175,7 @@ def test_a_trial_that_raises_or_goes_nan_is_failed_with_reason_and_epoch_and_the
     spec.write_text(BOOM_SPEC)
     # two slots, three trials: the third can only start once one of the first two ended
     p = bench_run([str(spec), "--results", str(tmp_path / "res"), "--max-concurrent", "2"], tmp_path,
-               pythonpath=os.pathsep.join([str(ROOT), str(plugins)]))
+               pythonpath=str(plugins))
     try:
         out, _ = p.communicate(timeout=240)
     finally:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.spec import parse_spec
-from bench.store import Store
-from bench.sweep import run_sweep
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store
+from rankbench.bench.running.sweep import run_sweep
 from procs import bench_run, epochs_logged, kill_driver_when
 
 
@@ -28,7 +28,7 @@ methods:
 
 def test_sweep_on_a_file_uri_finds_its_rows_on_a_rerun_and_reports_read_them(tmp_path, ray_session):
     # (a plain folder as --storage is what the kill test below runs on)
-    from reports.collate import load_results
+    from rankbench.reports.collate import load_results
 
     where = f"file://{tmp_path}/st"
     sweep = parse_spec(SPEC)

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from bench import row as result_row
-from bench.run import run_trial
-from bench.spec import parse_spec
-from bench.store import Store
-from methods.base import Context, Method
-from methods.registry import register
+import rankbench.bench
+from rankbench.bench.results import row as result_row
+from rankbench.bench.running.run import run_trial
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store
+from rankbench.methods.api.base import Context, Method
+from rankbench.methods.api.registry import register
 
 SPEC = """
 sweep: r
@@ -65,7 +66,7 @@ def test_dense_then_svd_from_the_saved_baseline(tmp_path, trials):
     assert result_row.problems(d) == []
     assert store.baseline_weights(dense.id).exists()
     assert d["macs"] == d["dense_macs"] and d["macs_speedup"] == 1.0 and d["top1"] > 50
-    assert d["env"]["rankbench"] == "0.1.0" and d["env"]["torch"] == torch.__version__
+    assert d["env"]["rankbench"] == rankbench.bench.__version__ and d["env"]["torch"] == torch.__version__
     assert d["spec"] == dense.to_dict() and d["gpu_hours"] == 0.0 and d["wall_s"] > 0
 
     s = run_trial(svd, tmp_path)
@@ -79,7 +80,7 @@ def test_dense_then_svd_from_the_saved_baseline(tmp_path, trials):
     assert s["scheme"] == "channel" and s["rule"] == "speedup:2.0"
     assert any(layer.get("rank") for layer in s["layers"])
     # latency: dense and compressed timed together on one menu, each on its fastest layout, named
-    from bench.inference import CPU_LAYOUTS
+    from rankbench.bench.measure.inference import CPU_LAYOUTS
     assert set(s["latency_layouts"]) == {"compressed", "dense"} and set(d["latency_layouts"]) == {"compressed"}
     for which, layout in (("compressed", s["latency_layout"]), ("dense", s["dense_latency_layout"])):
         timed = s["latency_layouts"][which]["ms"]
@@ -133,9 +134,9 @@ class SeesContext(Method):
 
 
 def test_a_row_written_through_run_trial_matches_the_schema_and_collate_reads_the_same_keys(tmp_path):
-    """The row schema in one place: bench.row's FIELDS describe what run_trial writes, key for key
-    and type for type, and reports.collate's columns are those keys."""
-    from reports.collate import load_results
+    """The row schema in one place: rankbench.bench.results.row's FIELDS describe what run_trial writes, key for key
+    and type for type, and rankbench.reports.collate's columns are those keys."""
+    from rankbench.reports.collate import load_results
 
     sweep = parse_spec("sweep: schema\nseeds: [0]\nmodel: mlp\ntrain: {epochs: 1, batch_size: 128}\n"
                        "measure: {latency_repeats: 2}\nmethods: [dense, {name: svd, rule: 'rank:4', scheme: linear}]\n")

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from bench.spec import SpecError, default_spec_path, load_spec, parse_spec
-from bench.trial import Trial
+from rankbench.bench.spec.parse import SpecError, default_spec_path, load_spec, parse_spec
+from rankbench.bench.trial import Trial
 
 BASE = """
 sweep: t
@@ -204,12 +204,12 @@ def test_measure_latency_layout_auto_keeps_the_trial_id_and_a_named_one_is_kept(
 
 
 def test_the_trial_and_what_runs_it_need_no_yaml():
-    """bench.trial is the Trial's home: run, sweep, distributed and the row import it without the
+    """rankbench.bench.trial is the Trial's home: run, sweep, distributed and the row import it without the
     spec's YAML loader."""
     import subprocess
     import sys
 
-    code = ("import sys, bench.trial, bench.row, bench.run, bench.sweep, bench.distributed; "
-            "print('yaml' in sys.modules, 'bench.spec' in sys.modules)")
+    code = ("import sys, rankbench.bench.trial, rankbench.bench.results.row, rankbench.bench.running.run, rankbench.bench.running.sweep, rankbench.bench.running.distributed; "
+            "print('yaml' in sys.modules, 'rankbench.bench.spec.parse' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

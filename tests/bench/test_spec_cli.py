@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.checks import UserError
-from bench.cli import main
-from bench.spec import load_spec, parse_spec, resolve_spec, shipped_specs
+from rankbench.bench.checks import UserError
+from rankbench.bench.cli import main
+from rankbench.bench.spec.parse import load_spec, parse_spec, resolve_spec, shipped_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = """
@@ -92,8 +92,8 @@ def test_show_previews_a_spec_whose_data_is_not_there_and_warns(tmp_path, monkey
 def test_run_quick_with_overrides_from_an_empty_directory(tmp_path):
     """`rankbench run quick train.epochs=1 seeds=[0]` in a fresh folder: the shipped spec is found by
     name, the overrides reach every trial, and the results land in ./results."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    r = subprocess.run([sys.executable, "-m", "bench", "run", "quick", "train.epochs=1", "seeds=[0]"],
+    env = dict(os.environ, PYTHONPATH="", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    r = subprocess.run([sys.executable, "-m", "rankbench.bench", "run", "quick", "train.epochs=1", "seeds=[0]"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "8 trials: 8 ok, 0 failed" in r.stdout
@@ -108,8 +108,8 @@ def test_run_quick_with_overrides_from_an_empty_directory(tmp_path):
 
 
 def test_show_and_the_failed_list_name_a_method_by_its_label_too(tmp_path, capsys):
-    from bench.cli import failed_line
-    from bench.spec import parse_spec
+    from rankbench.bench.cli import failed_line
+    from rankbench.bench.spec.parse import parse_spec
 
     spec = tmp_path / "s.yaml"
     spec.write_text("""sweep: s

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from bench.cli import main
-from bench.models import build_model
-from bench.speed import core, ranks, suite
-from methods import lowrank
+from rankbench.bench.cli import main
+from rankbench.bench.models.builtin import build_model
+from rankbench.bench.speed import core, ranks, suite
+from rankbench.methods import lowrank
 
 
 def test_cpu_smoke_suite_writes_json_and_summary_with_rows_from_every_part(tmp_path, capsys):

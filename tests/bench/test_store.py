@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench.store import Store, StoreError, atomic_write_json
+from rankbench.bench.results.store import Store, StoreError, atomic_write_json
 
 
 def test_a_failed_replace_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):

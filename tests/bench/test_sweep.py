@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from bench.spec import parse_spec
-from bench.store import Store, StoreError
-from bench.sweep import run_sweep
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.results.store import Store, StoreError
+from rankbench.bench.running.sweep import run_sweep
 
 SPEC = """
 sweep: s

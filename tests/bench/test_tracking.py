@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.spec import parse_spec
-from bench.tracking import open_tracker, tensorboard_dir
+from rankbench.bench.cli import main
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.bench.running.tracking import open_tracker, tensorboard_dir
 
 SPEC = """
 sweep: tb

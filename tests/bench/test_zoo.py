@@ -7,11 +7,11 @@ import importlib.util
 import pytest
 import torch
 
-from bench.checks import UserError
-from bench.measure import count_macs
-from bench.models import build_model, canonical_name, check_pretrained
-from bench.spec import parse_spec
-from methods import lowrank
+from rankbench.bench.checks import UserError
+from rankbench.bench.measure.metrics import count_macs
+from rankbench.bench.models.builtin import build_model, canonical_name, check_pretrained
+from rankbench.bench.spec.parse import parse_spec
+from rankbench.methods import lowrank
 
 SHAPE = (3, 32, 32)
 
@@ -103,9 +103,9 @@ def test_local_pretrained_weights_load_and_adapt_the_head(tmp_path):
 def test_zoo_models_run_through_the_harness_and_their_compressed_models_load(tmp_path):
     """A trial end to end on zoo models: baseline, decomposition at 1.5x by the row's fvcore count,
     and the saved compressed model computing what the evaluated one did."""
-    import bench
-    from bench.compressed import read_payload
-    from bench.run import run_trial
+    import rankbench.bench
+    from rankbench.bench.results.compressed import read_payload
+    from rankbench.bench.running.run import run_trial
 
     pytest.importorskip("timm", reason="timm is the optional extra rankbench[timm]")
     sweep = parse_spec("""
@@ -124,7 +124,7 @@ methods:
     for r in rows:
         if r["method"] == "svd":
             assert r["macs_speedup"] == pytest.approx(1.5, rel=0.02)
-        model = bench.load_compressed(r["trial_id"], results=tmp_path)
+        model = rankbench.bench.load_compressed(r["trial_id"], results=tmp_path)
         # rebuilt from the layer reports, not pickled
         assert read_payload(tmp_path / "zoo" / "trials" / r["compressed_model"])["architecture"] == "layers"
         assert model(x).shape == (2, 10)

@@ -1,5 +1,5 @@
-"""Independent references for the methods.lowrank tests: matrix views, truncated SVDs and
-rank counts written out by hand from the scheme definitions (methods.lowrank.schemes' docstring),
+"""Independent references for the rankbench.methods.lowrank tests: matrix views, truncated SVDs and
+rank counts written out by hand from the scheme definitions (rankbench.methods.lowrank.schemes' docstring),
 not from the code under test; plus the conv cases every factorization test runs over."""
 from __future__ import annotations
 

@@ -2,15 +2,11 @@
 import torch
 from torch import nn
 
-from methods import lowrank
-from methods.base import Context, Method, MethodReport, check_param
-from methods.registry import register
+from rankbench.methods import Context, Method, MethodReport, check_param, lowrank, register
 
 
 @register("example-lowrank")
 class ExampleLowRank(Method):
-    name = "example-lowrank"
-
     def __init__(self, period: int = 100, rule: str = "energy:0.9") -> None:
         check_param("period", period, isinstance(period, int) and period >= 1, "an int >= 1")
         self.period, self.rule, self.layers = period, lowrank.parse_rule(rule), []

@@ -9,10 +9,11 @@ import tensorly.decomposition
 import torch
 from torch import nn
 
-from bench.measure import count_macs
-from bench.models import build_model
-from methods import cp, registry
-from methods.base import Context, start
+from rankbench.bench.measure.metrics import count_macs
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods import cp
+from rankbench.methods.api import registry
+from rankbench.methods.api.base import Context, start
 
 CONVS = [  # (conv, input H, W): bias, stride and padding split per axis, dilation, padding modes
     (lambda: nn.Conv2d(6, 8, 3, padding=1), (9, 9)),

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import build_model
-from methods import lowrank as L
-from methods import registry
-from methods.base import Context
-from methods.jaderberg import fit_spatial, patches
-from methods.zhang import fit_channel
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods import lowrank as L
+from rankbench.methods.api import registry
+from rankbench.methods.api.base import Context
+from rankbench.methods.jaderberg import fit_spatial, patches
+from rankbench.methods.zhang import fit_channel
 
 
 def _conv(bias: bool, stride: int = 1, seed: int = 0) -> nn.Conv2d:

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from bench.models import build_model
-from methods import lowrank as L
-from methods import registry
-from methods.base import Context, Method
-from methods.trp import TRP
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods import lowrank as L
+from rankbench.methods.api import registry
+from rankbench.methods.api.base import Context, Method
+from rankbench.methods.trp import TRP
 
 SHAPE = (1, 8, 8)
 

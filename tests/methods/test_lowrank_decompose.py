@@ -1,4 +1,4 @@
-"""methods.lowrank.layers and .decompose: layer choice, whole-model decomposition, rebuilding from
+"""rankbench.methods.lowrank.layers and .decompose: layer choice, whole-model decomposition, rebuilding from
 reports, and the speedup rule."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import build_model
-from methods import lowrank as L
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods import lowrank as L
 
 def test_select_layers_official_choice_on_resnet20():
     model = build_model("resnet20", 10, (3, 32, 32))

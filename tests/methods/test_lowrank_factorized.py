@@ -1,4 +1,4 @@
-"""methods.lowrank.schemes and .factorized: matrix views, tiles, and factorized layers that compute
+"""rankbench.methods.lowrank.schemes and .factorized: matrix views, tiles, and factorized layers that compute
 the dense layer (exactly at full rank, the rank-r reconstruction below it)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lowrank_refs import CONV_CASES, make_conv, ref_matrix, ref_reconstruct, ref_tiled_reconstruct
-from methods import lowrank as L
+from rankbench.methods import lowrank as L
 
 @pytest.mark.parametrize("scheme", L.CONV_SCHEMES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))

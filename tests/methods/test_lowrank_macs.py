@@ -1,4 +1,4 @@
-"""methods.lowrank.macs: the one MAC counter (fvcore) against hand counts, and the per-layer
+"""rankbench.methods.lowrank.macs: the one MAC counter (fvcore) against hand counts, and the per-layer
 formulas against the counter."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import build_model
+from rankbench.bench.models.builtin import build_model
 from lowrank_refs import CONV_CASES, make_conv
-from methods import lowrank as L
+from rankbench.methods import lowrank as L
 
 def formula_macs(conv: nn.Conv2d, scheme: str, r: int, in_hw, out_hw) -> int:
     """The factorized pair's MACs per output pixel, by hand from the two layers each scheme builds,

@@ -1,10 +1,10 @@
-"""methods.lowrank.rules: rank rules on hand-made spectra, parsing and its errors."""
+"""rankbench.methods.lowrank.rules: rank rules on hand-made spectra, parsing and its errors."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from methods import lowrank as L
+from rankbench.methods import lowrank as L
 
 S = torch.tensor([4.0, 2.0, 1.0, 1.0])  # energies 16, 4, 1, 1 of 22: cumulative .727 .909 .955 1
 

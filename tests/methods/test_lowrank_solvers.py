@@ -1,4 +1,4 @@
-"""methods.lowrank.solvers: the batched projection against a per-layer SVD reference, for every
+"""rankbench.methods.lowrank.solvers: the batched projection against a per-layer SVD reference, for every
 solver; the warm solver's check and fallback; no host sync."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from bench.models import build_model
+from rankbench.bench.models.builtin import build_model
 from lowrank_refs import ref_energy_rank, ref_matrix, ref_reconstruct, ref_tiled_reconstruct
-from methods import lowrank as L
-from methods.lowrank import solvers
+from rankbench.methods import lowrank as L
+from rankbench.methods.lowrank import solvers
 
 def _layer_weights() -> list[torch.Tensor]:
     torch.manual_seed(3)
@@ -91,7 +91,7 @@ def test_project_one_svd_per_shape_group_and_no_host_sync(monkeypatch, solver, r
 @pytest.mark.parametrize("solver", ["gram", "auto", "warm"])
 def test_fast_solvers_on_float32_weights_keep_exact_ranks_and_float32_accuracy(solver):
     # ResNet-20's TRP layers as float32, tall (spatial) and wide (channel) matrices alike
-    from bench.models import build_model
+    from rankbench.bench.models.builtin import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10, (3, 32, 32))

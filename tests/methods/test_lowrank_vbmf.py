@@ -1,11 +1,11 @@
-"""Analytic empirical VBMF (methods.lowrank.vbmf): the rank of a low-rank-plus-noise matrix is recovered."""
+"""Analytic empirical VBMF (rankbench.methods.lowrank.vbmf): the rank of a low-rank-plus-noise matrix is recovered."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from methods.lowrank.vbmf import vbmf, vbmf_rank
+from rankbench.methods.lowrank.vbmf import vbmf, vbmf_rank
 
 
 def _low_rank_plus_noise(rows: int, cols: int, rank: int, sigma: float, seed: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.store import Store
+from rankbench.bench.results.store import Store
 from procs import bench_run, epochs_logged, install, kill_driver_when, kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ EPOCHS = 16          # long enough that both trials are mid-run together on a sl
 
 COUNTER = '''
 """Test-only rankbench plugin: its state is how many training steps it has seen."""
-from methods.base import Method, MethodReport
+from rankbench.methods.api.base import Method, MethodReport
 
 
 class Counter(Method):
@@ -59,7 +59,7 @@ def test_a_killed_trial_resumes_with_the_method_state_restored(tmp_path):
     spec.write_text(SPEC)
     results = tmp_path / "res"
     sweep_dir = results / "mstate"
-    pythonpath = os.pathsep.join([str(ROOT), str(plugins)])
+    pythonpath = str(plugins)
     p = bench_run([str(spec), "--results", str(results), "--max-concurrent", "2"], tmp_path, pythonpath=pythonpath)
 
     def both_started_neither_done() -> bool:

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 import plugin_example  # noqa: F401  (registers "example-lowrank", so the conformance suite covers it)
-from bench.models import build_model
-from methods import conformance
-from methods import lowrank as L
-from methods import registry
-from methods.base import Context, Method, MethodReport, start
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods.api import conformance
+from rankbench.methods import lowrank as L
+from rankbench.methods.api import registry
+from rankbench.methods.api.base import Context, Method, MethodReport, start
 
 SHAPE = (1, 8, 8)  # digits
 # every registered method but the test-only ones other test files register (named test_*)
@@ -32,7 +32,7 @@ def _ctx(shape=SHAPE) -> Context:
 
 
 def _attach(method: Method, model: nn.Module, ctx: Context | None = None) -> None:
-    """What the harness does (``methods.base.start``), with a default context."""
+    """What the harness does (``rankbench.methods.api.base.start``), with a default context."""
     start(method, model, ctx or _ctx())
 
 
@@ -50,7 +50,7 @@ def test_builtin_methods_are_registered():
 
 @pytest.mark.parametrize("name", ALL)
 def test_conformance_suite_passes(name):
-    """methods.conformance (what `rankbench check-method NAME` runs) for every registered method."""
+    """rankbench.methods.api.conformance (what `rankbench check-method NAME` runs) for every registered method."""
     failed = [str(r) for r in conformance.run(name) if not r.ok]
     assert not failed, "\n".join(failed)
 
@@ -118,7 +118,7 @@ def test_choice_parameters_are_declared_validated_and_listed(capsys, monkeypatch
     with pytest.raises(ValueError, match=r"^level: True; accepted: 1\|2\|3$"):   # True == 1, but not a level
         registry.build("test_lax", {"level": True})
     assert registry.build("test_lax", {"mode": "exact", "level": 3}).mode == "exact"
-    from bench.cli import main
+    from rankbench.bench.cli import main
 
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
@@ -418,8 +418,8 @@ def test_defaults_of_every_hook_do_nothing():
 
 
 def test_check_param_raises_the_one_line_user_error():
-    from bench.checks import UserError
-    from methods.base import check_param
+    from rankbench.bench.checks import UserError
+    from rankbench.methods.api.base import check_param
 
     with pytest.raises(UserError, match=r"^period: 0; accepted: an int >= 1$"):
         check_param("period", 0, False, "an int >= 1")
@@ -463,7 +463,7 @@ METHODS_SPEC = Path(__file__).resolve().parents[2] / "bench" / "configs" / "meth
 
 
 def test_methods_spec_runs_every_builtin_method_at_a_matched_speedup():
-    from bench.spec import load_spec
+    from rankbench.bench.spec.parse import load_spec
 
     sweep = load_spec(METHODS_SPEC)
     assert {t.method for t in sweep.trials} == BUILTIN
@@ -481,9 +481,9 @@ def test_methods_spec_prints_the_table_of_every_method(tmp_path):
     import time
 
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "bench", "run", str(METHODS_SPEC), "--results", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "rankbench.bench", "run", str(METHODS_SPEC), "--results", str(tmp_path)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "PYTHONPATH": str(METHODS_SPEC.parents[2])})
+                         env={**__import__("os").environ, "PYTHONPATH": ""})
     took = time.monotonic() - t0
     assert out.returncode == 0, out.stdout + out.stderr
     table = [ln for ln in out.stdout.splitlines() if ln.startswith("| digits ")]
@@ -508,3 +508,22 @@ def test_a_float64_model_is_compressed_with_a_float64_example(name):
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
     assert small(x).dtype == torch.float64
     assert L.model_macs(model, x[:1]) / L.model_macs(small, x[:1]) == pytest.approx(1.5, rel=0.1)
+
+
+def test_the_baseline_is_one_method_and_the_trial_names_its_key():
+    from rankbench.bench.trial import BASELINE
+
+    baselines = [n for n in registry.available() if registry.get_method(n).is_baseline]
+    assert baselines == [BASELINE]
+    assert not registry.needs_baseline(BASELINE)
+    assert registry.needs_baseline("svd") and not registry.needs_baseline("trp")
+
+
+def test_a_builtin_method_writes_its_key_once_and_the_registry_names_the_class():
+    import inspect
+
+    for name in registry.available():
+        cls = registry.get_method(name)
+        assert cls.name == name
+        if cls.__module__.startswith("rankbench.methods."):
+            assert f'name = "{name}"' not in inspect.getsource(cls), name

@@ -20,9 +20,9 @@ EXAMPLE = Path(__file__).resolve().parent / "plugin_example.py"
 
 
 def rankbench(site: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m bench ARGS`` from a directory outside the checkout, the plugin dir on PYTHONPATH."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=site, env=env, capture_output=True,
+    """``python -m rankbench.bench ARGS`` from a directory outside the checkout, the plugin dir on PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=str(site))   # rankbench itself: the installed package
+    return subprocess.run([sys.executable, "-m", "rankbench.bench", *args], cwd=site, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -79,7 +79,7 @@ def test_a_plugin_taking_a_builtin_name_is_an_error_naming_both(tmp_path):
     out = rankbench(tmp_path, "methods")
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip() == ("error: rankbench.methods: trp = clashplug:ExampleLowRank: name 'trp' is taken "
-                                  "by methods.trp.TRP; accepted: a name no built-in or other plugin method uses")
+                                  "by rankbench.methods.trp.TRP; accepted: a name no built-in or other plugin method uses")
 
 
 def test_a_plugin_whose_target_is_not_a_method_is_an_error_naming_both(tmp_path):
@@ -87,5 +87,18 @@ def test_a_plugin_whose_target_is_not_a_method_is_an_error_naming_both(tmp_path)
     out = rankbench(tmp_path, "methods")
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: rankbench.methods: helper = notplug:helper: notplug.helper is not a "
-                                  "subclass of methods.base.Method; accepted: a Method subclass, or a module whose "
+                                  "subclass of rankbench.methods.api.base.Method; accepted: a Method subclass, or a module whose "
                                   "import registers one under this name")
+
+
+def test_a_plugin_written_against_the_old_import_names_is_skipped_with_the_new_ones_named(tmp_path):
+    install(tmp_path, "oldplug", "from methods.base import Method\n", {"old-plugin": "oldplug:Method"})
+    out = rankbench(tmp_path, "methods")
+    assert out.returncode == 0 and "old-plugin" not in out.stdout, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "old-plugin" in line]
+    assert len(warnings) == 1 and "imports 'methods', a name rankbench no longer installs" in warnings[0], out.stderr
+    assert "'rankbench.methods'" in warnings[0] and "Traceback" not in out.stderr
+    spec = tmp_path / "s.yaml"
+    spec.write_text("sweep: s\nmethods: [{name: old-plugin}]\n")
+    shown = rankbench(tmp_path, "show", str(spec))
+    assert shown.returncode == 2 and "its plugin failed to import" in shown.stderr, shown.stderr

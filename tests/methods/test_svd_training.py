@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import build_model
-from methods import lowrank as L
-from methods import registry
-from methods.base import Context
-from methods.svd_training import SVDLayer
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods import lowrank as L
+from rankbench.methods.api import registry
+from rankbench.methods.api.base import Context
+from rankbench.methods.svd_training import SVDLayer
 
 SHAPE = (1, 8, 8)
 
@@ -75,7 +75,7 @@ def test_singular_values_get_no_weight_decay_and_every_parameter_is_trained_once
     assert len(no_decay) == 1 and {id(p) for p in no_decay[0]["params"]} == s_ids
     listed = [id(p) for g in groups for p in g["params"]]
     assert sorted(listed) == sorted(id(p) for p in model.parameters())
-    opt = torch.optim.SGD(groups, lr=0.1, weight_decay=1e-4)   # what bench.train builds from them
+    opt = torch.optim.SGD(groups, lr=0.1, weight_decay=1e-4)   # what rankbench.bench.train.loop builds from them
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
 
 

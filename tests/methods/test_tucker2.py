@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.measure import count_macs
-from bench.models import build_model
-from methods import registry, tucker2
-from methods.base import Context, start
+from rankbench.bench.measure.metrics import count_macs
+from rankbench.bench.models.builtin import build_model
+from rankbench.methods.api import registry
+from rankbench.methods import tucker2
+from rankbench.methods.api.base import Context, start
 
 CONVS = [  # (conv, input H, W): bias, stride, padding, dilation, padding modes, non-square kernels
     (lambda: nn.Conv2d(6, 8, 3, padding=1), (9, 9)),

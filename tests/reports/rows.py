@@ -1,4 +1,4 @@
-"""Result rows fabricated as JSON files in the row schema (bench/row.py), for the report tests."""
+"""Result rows fabricated as JSON files in the row schema (bench/results/row.py), for the report tests."""
 from __future__ import annotations
 
 import json
@@ -52,7 +52,7 @@ def write_rows(root: Path, rows: list[dict]) -> Path:
 
 def paper_spec(method: str, seed: int = 0, paper: str = "trp-cifar10-resnet20", **params) -> dict:
     """The trial spec (``Trial.to_dict()``) the paper spec runs for ``method`` with ``params``."""
-    from reports.recipe import paper_trials, same_value
+    from rankbench.reports.recipe import paper_trials, same_value
     t = next(t for t in paper_trials(f"bench/configs/{paper}.yaml") if t["method"] == method
              and all(same_value(t["params"].get(k), v) for k, v in params.items()))
     return {**t, "seed": seed}

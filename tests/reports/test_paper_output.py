@@ -11,8 +11,8 @@ import pytest
 from rows import make_row, write_rows
 from test_reports import check_latex
 
-from reports import collate, plots, tables
-from reports.cli import main_report
+from rankbench.reports import collate, plots, tables
+from rankbench.reports.cli import main_report
 
 
 def _rows(tmp_path: Path, seeds: int = 2) -> Path:
@@ -40,9 +40,9 @@ def _method_cells(md: str) -> list[str]:
 # ---------------------------------------------------------------------------- display names
 
 def test_a_spec_label_names_the_method_everywhere_and_leaves_the_trial_id_alone():
-    from bench.row import empty_row, problems
-    from bench.spec import parse_spec
-    from bench.trial import Trial
+    from rankbench.bench.results.row import empty_row, problems
+    from rankbench.bench.spec.parse import parse_spec
+    from rankbench.bench.trial import Trial
 
     base = ("sweep: s\nseeds: [0]\ndata: {name: digits}\nmodel: cnn\nmethods:\n"
             "  - {name: trp, scheme: channel, export: 'speedup:2.0'%s}\n")
@@ -138,7 +138,7 @@ def test_cli_columns_and_a_bad_column_in_one_line(tmp_path, capsys):
 def test_one_thread_is_singular_in_the_latency_setting(tmp_path, monkeypatch):
     import torch
 
-    from bench.measure import device_name
+    from rankbench.bench.measure.metrics import device_name
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert device_name("cpu").endswith(", 1 thread)")
@@ -201,10 +201,10 @@ def test_rank_plot_of_dense_rows_only_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_a_label_changed_after_the_run_reaches_the_finished_rows_without_a_rerun(tmp_path):
-    from bench.row import empty_row
-    from bench.spec import parse_spec
-    from bench.store import Store
-    from bench.sweep import relabel
+    from rankbench.bench.results.row import empty_row
+    from rankbench.bench.spec.parse import parse_spec
+    from rankbench.bench.results.store import Store
+    from rankbench.bench.running.sweep import relabel
 
     base = ("sweep: s\nseeds: [0]\ndata: {name: digits}\nmodel: cnn\nmethods:\n"
             "  - {name: trp, scheme: channel, export: 'speedup:2.0'%s}\n")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from reports import paper, recipe
-from reports.cli import main_report
+from rankbench.reports import paper, recipe
+from rankbench.reports.cli import main_report
 from test_reports import check_latex
 
 PAPER = "trp-cifar10-resnet20"
@@ -68,8 +68,8 @@ def cut_paper_spec(data_root: Path) -> str:
 
 
 def test_cut_paper_spec_on_fake_cifar_marks_the_recipe_mismatch_not_a_delta(tmp_path, capsys):
-    from bench.run import run_trial
-    from bench.spec import parse_spec
+    from rankbench.bench.running.run import run_trial
+    from rankbench.bench.spec.parse import parse_spec
 
     root = write_fake_cifar10(tmp_path / "data")
     sweep = parse_spec(cut_paper_spec(root))
@@ -155,7 +155,7 @@ def test_a_run_on_part_of_the_dataset_is_another_recipe_and_rows_without_sizes_a
 
 
 def test_uncompressed_row_is_marked_and_not_diffed(tmp_path):
-    from reports import collate, tables
+    from rankbench.reports import collate, tables
     from rows import paper_row, write_rows
     rows = [paper_row(seed=s, top1=91.0) for s in range(2)]
     # a TRP run whose export kept every rank: the deployed model is the dense one
@@ -190,7 +190,7 @@ def test_derived_numbers_are_marked_in_every_printed_format():
     ([90.0, 90.2, 90.4], "90.20 ± 0.50"),            # inside [0, 100]: the usual ± form
 ])
 def test_intervals_are_clipped_to_what_a_percentage_can_take(tmp_path, top1, expect):
-    from reports import collate, tables
+    from rankbench.reports import collate, tables
     from rows import make_row, write_rows
     write_rows(tmp_path, [make_row(seed=s, top1=v) for s, v in enumerate(top1)])
     s = collate.summarize(collate.load_results(tmp_path))
@@ -216,7 +216,7 @@ def test_every_published_row_that_selects_trials_has_a_trial_in_its_paper_spec()
 
 
 def test_cost_of_a_method_that_reuses_the_baseline_is_shown_with_and_without_its_training(tmp_path):
-    from reports import collate, tables
+    from rankbench.reports import collate, tables
     from rows import make_row, write_rows
     dense = [make_row(seed=s, wall_s=100.0) for s in range(2)]
     svd = [make_row(method="svd", params={"scheme": "channel"}, seed=s, wall_s=10.0, macs=20_000_000,

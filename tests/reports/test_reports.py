@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports import collate, format as fmt, tables
+from rankbench.reports import collate, format as fmt, tables
 from rows import make_row, paper_row, write_rows
 
 
@@ -245,7 +245,7 @@ PAPERS = ("trp-cifar10-resnet20", "trp-cifar10-resnet32", "trp-cifar10-resnet56"
 
 
 def test_published_tables_load_with_sources_and_derived_marks():
-    from reports import paper
+    from rankbench.reports import paper
     assert set(PAPERS) <= set(paper.available_papers())
     for name in PAPERS:
         t = paper.load_published(name)
@@ -263,7 +263,7 @@ def test_published_tables_load_with_sources_and_derived_marks():
 
 
 def test_same_value_treats_spec_spellings_alike():
-    from reports.paper import same_value
+    from rankbench.reports.paper import same_value
     assert same_value(3e-4, 0.0003) and same_value("1e-4", 1e-4)
     assert same_value("speedup:2", "speedup:2.0") and not same_value("speedup:2", "energy:2")
     assert not same_value(0.0, 3e-4) and not same_value("channel", "spatial")
@@ -285,7 +285,7 @@ def _paper_rows(tmp_path: Path) -> Path:
 
 
 def test_paper_diff_matches_rows_and_says_what_is_missing(tmp_path):
-    from reports import paper
+    from rankbench.reports import paper
     d = paper.paper_diff("trp-cifar10-resnet20", [_paper_rows(tmp_path)]).set_index("label")
     assert d.loc["baseline", "status"] == "ok"
     assert d.loc["baseline", "diff_top1"] == pytest.approx(91.7 - 91.74)
@@ -314,7 +314,7 @@ def test_paper_diff_matches_rows_and_says_what_is_missing(tmp_path):
 
 
 def test_paper_diff_without_results_lists_every_row_as_not_run():
-    from reports import paper
+    from rankbench.reports import paper
     d = paper.paper_diff("trp-imagenet-resnet50")
     assert list(d["status"]) == ["not run"] * 3 + ["published only"] * 3
     assert set(d.loc[d["status"] == "not run", "command"]) == {
@@ -324,13 +324,13 @@ def test_paper_diff_without_results_lists_every_row_as_not_run():
 # ---------------------------------------------------------------------------- plots and CLI
 
 def test_pareto_front_keeps_only_undominated_points():
-    from reports.plots import pareto_front
+    from rankbench.reports.plots import pareto_front
     pts = [(1.0, 91.7), (2.0, 90.0), (2.1, 90.5), (3.0, 85.0), (2.5, 84.0), (1.5, float("nan"))]
     assert pareto_front(pts) == [(1.0, 91.7), (2.1, 90.5), (3.0, 85.0)]
 
 
 def test_pareto_plot_writes_png_and_svg(tmp_path):
-    from reports import paper, plots
+    from rankbench.reports import paper, plots
     s = collate.summarize(collate.load_results(_paper_rows(tmp_path)))
     paths = plots.pareto_plot(s, tmp_path / "plots" / "pareto.png",
                               paper.published_points("trp-cifar10-resnet20"), title="test")
@@ -343,7 +343,7 @@ def test_pareto_plot_writes_png_and_svg(tmp_path):
 
 
 def test_cli_report_writes_all_formats_plot_and_paper(tmp_path, capsys):
-    from reports.cli import main_report
+    from rankbench.reports.cli import main_report
     res = _paper_rows(tmp_path / "results")
     rc = main_report([str(res), "--paper", "trp-cifar10-resnet20", "--format", "latex",
                       "--plot", str(tmp_path / "pareto.png"), "--out", str(tmp_path / "out")])

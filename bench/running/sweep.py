@@ -1,0 +1,440 @@
+"""Run a Sweep's trials with Ray Tune, one Tune run for all of them.
+
+Each needed dense baseline is trained once (per data / model / seed / train); methods that
+``starts_from_baseline`` load its saved weights instead of training again, and wait for their own
+baseline only (``rankbench.bench.running.queue.TrialQueue``): every other trial starts as soon as a worker is free. Trials whose row already exists with ``status: ok`` are skipped, so re-running the
+same command resumes an interrupted sweep and runs nothing for a finished one. Inside a trial,
+``rankbench.bench.running.run.run_trial`` resumes from the last epoch checkpoint, which is what makes Ray's retries
+(``FailureConfig(max_failures)``) after a killed worker continue rather than restart.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from rankbench.bench.checks import bad
+from rankbench.bench.results.filesystem import ray_storage
+from rankbench.bench.results.row import failed_row
+from rankbench.bench.results.store import Store, set_aside
+from rankbench.bench.trial import Trial
+
+if TYPE_CHECKING:
+    from rankbench.bench.spec.parse import Sweep
+
+# Ray reads these at import / init time; a user's own setting wins
+RAY_ENV_DEFAULTS = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # our rows are the results; skip Tune's CSV/JSON/TB
+    "RAY_AIR_NEW_OUTPUT": "0",                  # with verbose=0 the legacy reporter prints nothing
+    "TUNE_MAX_PENDING_TRIALS_PG": "4",
+    "RAY_DEDUP_LOGS": "1",
+    # Ctrl-C must stop the whole sweep (KeyboardInterrupt), not just end the current Tune phase
+    # and let the next one start; finished rows are on disk, so the next run resumes
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+}
+TRIAL_RETRIES = 2   # a worker killed mid-trial is retried (from its checkpoint) this many times
+
+
+def set_ray_env() -> None:
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    skipped: int            # already finished before this run
+    ran: int
+    failed: dict[str, dict | None] = field(default_factory=dict)   # trial id -> row (None: no row)
+    wall_s: float = 0.0
+    csv: Path | None = None
+
+
+def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | None = None) -> None:
+    """Ray Tune function trainable: one trial, handed over as ``config["trial"]`` (``Trial.to_dict``,
+    as Ray Train's workers get it). Runs in a Ray worker process."""
+    from ray import tune
+
+    from rankbench.bench.running.distributed import run_distributed
+    from rankbench.bench.trial import is_distributed
+    from rankbench.bench.running.run import run_trial
+
+    trial = Trial.from_dict(config["trial"])
+    if is_distributed(trial.resources_cfg):
+        # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
+        # retries the trial from its epoch checkpoint as for any other trial
+        row = run_distributed(trial, results_root, base_dir, mlflow=mlflow)
+        tune.report({"status": row["status"] if row else "failed",
+                     "error": (row.get("error") or "") if row else "no result written (see the trial's log)",
+                     "wall_s": (row or {}).get("wall_s") or 0.0, "top1": (row or {}).get("top1") or 0.0})
+        return
+    try:
+        row = run_trial(trial, results_root, base_dir=base_dir, mlflow=mlflow)   # a path or a storage URI
+    except Exception as e:  # noqa: BLE001
+        # run_trial turns trial errors into rows; what reaches here is the row itself not being
+        # written (disk full, folder gone). Report it: retrying would fail the same way.
+        tune.report({"status": "failed", "error": f"result not written: {type(e).__name__}: {e}",
+                     "wall_s": 0.0, "top1": 0.0})
+        return
+    tune.report({"status": row["status"], "error": row.get("error") or "",
+                 "wall_s": row.get("wall_s") or 0.0, "top1": row.get("top1") or 0.0})
+
+
+class _StatusLine:
+    """One terminal line per change: done / running / failed, and an ETA."""
+
+    def __init__(self, total: int, slots: int, out: Callable[[str], None]):
+        self.total, self.slots, self.out = total, max(1, slots), out
+        self.done = self.failed = self.running = 0
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def start(self, trial_id: str, label: str) -> None:
+        self.running += 1
+        self.started[trial_id] = time.monotonic()
+        self._line(f"start {trial_id} {label}")
+
+    def retry(self, trial_id: str, label: str) -> None:
+        self.running = max(0, self.running - 1)
+        self.started.pop(trial_id, None)
+        self._line(f"retry {trial_id} {label}: its worker died; resuming from the last epoch checkpoint")
+
+    def finish(self, trial_id: str, label: str, status: str, error: str = "") -> None:
+        self.running = max(0, self.running - 1)
+        self.durations.append(time.monotonic() - self.started.pop(trial_id, time.monotonic()))
+        if status == "ok":
+            self.done += 1
+            self._line(f"ok    {trial_id} {label}")
+        else:
+            self.failed += 1
+            self._line(f"FAIL  {trial_id} {label}: {error}")
+
+    def _eta(self) -> str:
+        left = self.total - self.done - self.failed
+        if not self.durations or left <= 0:
+            return "?" if left > 0 else "0s"
+        mean = sum(self.durations) / len(self.durations)
+        return f"{mean * left / self.slots:.0f}s"
+
+    def _line(self, what: str) -> None:
+        el = time.monotonic() - self.t0
+        self.out(f"[{self.done + self.failed}/{self.total}] done {self.done} running {self.running} "
+                 f"failed {self.failed} | {el:.0f}s elapsed, ETA {self._eta()} | {what}")
+
+
+def _trial_id(config: dict) -> str:
+    """The id of the Trial a Tune config carries."""
+    return Trial.from_dict(config["trial"]).id
+
+
+def _callback(by_id: dict[str, Trial], prog: _StatusLine):
+    from ray import tune
+
+    class Cb(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+            tid = _trial_id(trial.config)
+            prog.start(tid, by_id[tid].label)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            tid = _trial_id(trial.config)
+            res = trial.last_result or {}
+            prog.finish(tid, by_id[tid].label, res.get("status", "failed"), res.get("error", ""))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+            # the worker died; Tune starts the trial again and run_trial resumes from its checkpoint
+            tid = _trial_id(trial.config)
+            prog.retry(tid, by_id[tid].label)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            # the worker died TRIAL_RETRIES + 1 times (run_trial itself never raises)
+            tid = _trial_id(trial.config)
+            # the trial's own log ends where its process was killed: point at what Ray recorded
+            where = getattr(trial, "error_file", None) or "Ray's logs (/tmp/ray/session_latest/logs)"
+            prog.finish(tid, by_id[tid].label, "failed",
+                        f"its worker process died {TRIAL_RETRIES + 1} times (killed, or out of memory); "
+                        f"Ray's error: {where}")
+
+    return Cb()
+
+
+ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):([0-9]{1,5})$")
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found without importing it (a finder that refuses it counts as not)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_address(address: str) -> None:
+    """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray Client); else one line, before
+    Ray prints a screen of warnings and a traceback for it."""
+    accepted = "auto, local, HOST:PORT (a cluster's GCS) or ray://HOST:PORT (Ray Client, needs ray[client])"
+    if address in ("auto", "local"):
+        return
+    m = ADDRESS.match(address)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise bad("--address", address, accepted)
+    if m.group(1):
+        missing = [mod for mod in ("grpc",) if not _importable(mod)]
+        if missing:
+            raise bad("--address", address, accepted,
+                      f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]'")
+
+
+# what --address accepts once its form is right
+RUNNING_CLUSTER = "the address of a running Ray cluster (ray status there prints it)"
+ADDRESS_TIMEOUT_S = 5.0   # a cluster's head answers a TCP connection within this, or is not there
+# Ray's GCS and its Ray Client server are both gRPC servers: to a client's HTTP/2 connection
+# preface (here with an empty SETTINGS frame) they answer with their own SETTINGS frame first
+# (RFC 9113, section 3.4). A dashboard, a web server or anything else answers otherwise or not at all.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+H2_SETTINGS = 4           # the frame type in byte 3 of a frame's 9-byte header
+
+
+def _not_grpc(sock: socket.socket, timeout: float) -> str | None:
+    """None if the server on ``sock`` answers an HTTP/2 preface as a gRPC server does; else why not."""
+    sock.settimeout(timeout)
+    head = b""
+    try:
+        sock.sendall(H2_PREFACE)
+        while len(head) < 9:          # a frame header; TCP may deliver it in pieces
+            more = sock.recv(9 - len(head))
+            if not more:
+                break
+            head += more
+    except socket.timeout:
+        if not head:
+            return f"it accepts connections but does not answer as a Ray cluster (gRPC) within {timeout:g} s"
+    except OSError:               # reset or broken pipe: it hung up, as the empty reply below
+        head = b""
+    if len(head) >= 4 and head[3] == H2_SETTINGS:
+        return None
+    if not head:
+        return "it closed the connection without answering as a Ray cluster (gRPC)"
+    if head.startswith((b"HTTP/", b"<")):
+        return (f"it answers HTTP/1 ({head!r}...), not gRPC: a dashboard or web port? (a cluster's GCS "
+                "listens on 6379 unless `ray start --port` said otherwise, Ray Client on 10001)")
+    return f"it answers {head!r}..., not as a Ray cluster (gRPC)"
+
+
+def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """``HOST:PORT`` and ``ray://HOST:PORT``: a Ray cluster must answer there, else one line now
+    instead of the minute ``ray.init`` spends retrying: something must accept a TCP connection
+    and answer an HTTP/2 preface as a gRPC server does (Ray's GCS and Ray Client both are; with
+    ``RAY_USE_TLS`` set only the connection is tried). ``auto``/``local`` name no port to try
+    (``auto`` finds the local cluster itself)."""
+    m = ADDRESS.match(address)     # checked by check_address: auto, local or this form
+    if m is None:
+        return
+    try:
+        with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout) as sock:
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            why = None if tls else _not_grpc(sock, timeout)
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise bad("--address", address, RUNNING_CLUSTER, f"nothing answers there within {timeout:g} s ({why})") from None
+    if why is not None:
+        raise bad("--address", address, RUNNING_CLUSTER, why)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a quiet local Ray with every core."""
+    set_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # workers import bench/ and methods/ even when the package is not pip-installed
+    here = str(Path(__file__).resolve().parent.parent)
+    pp = os.environ.get("PYTHONPATH", "")
+    if here not in pp.split(os.pathsep):
+        os.environ["PYTHONPATH"] = here + (os.pathsep + pp if pp else "")
+    kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                              configure_logging=True)
+    # ray.init installs its own SIGTERM handler (a stack dump, then abort): keep the driver's,
+    # which stops the sweep with a summary and the resume command (rankbench.bench.cli)
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    term = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise bad("--address", address, RUNNING_CLUSTER,
+                      f"cannot connect ({type(e).__name__}: {detail})") from None
+    else:
+        # "local" always starts a fresh instance: without it ray.init() silently joins any Ray
+        # already running on this machine (another sweep, a test session, a `ray start`), and
+        # then refuses num_cpus. A shared cluster is asked for explicitly, with --address auto.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    if callable(term):
+        signal.signal(signal.SIGTERM, term)
+    # Tune logs a worker's death with a full traceback; the progress line says it in one line
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+
+
+def _needs_run(store: Store, t: Trial, out: Callable[[str], None] = print) -> bool:
+    if not store.is_done(t.id):
+        return True
+    if not t.is_baseline:
+        return False
+    # a finished baseline whose weights were deleted, or cannot be read, must run again, or the
+    # methods that start from it cannot
+    w = store.baseline_weights(t.id)
+    if not w.exists():
+        return True
+    problem = unreadable_weights(w)
+    if problem:
+        moved = set_aside(w)
+        out(f"baseline {t.id} ({t.label}): {w} is unreadable ({problem}); set aside as {moved.name}, "
+            f"training the baseline again")
+        return True
+    return False
+
+
+def unreadable_weights(path: Path) -> str | None:
+    """Why the state dict at ``path`` cannot be loaded, or None. Local files are memory-mapped
+    (no copy into memory); a file on remote storage is trusted until a trial reads it."""
+    if not isinstance(path, Path):
+        return None
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 (truncated zip, random bytes, empty file)
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+    return None if isinstance(state, dict) else f"holds a {type(state).__name__}, not a state dict"
+
+
+def relabel(store: Store, done: list[Trial]) -> int:
+    """Give finished rows the display name their spec entry has now (``label:`` is not part of
+    the id, so a label added or changed after a run re-runs nothing); returns the rows rewritten."""
+    n = 0
+    for t in done:
+        row = store.read_result(t.id)
+        if row is None or (row.get("label") or "") == t.display_label:
+            continue
+        row["label"] = t.display_label or None
+        spec = row.get("spec")
+        if isinstance(spec, dict):
+            spec.pop("label", None)
+            if t.display_label:
+                spec["label"] = t.display_label
+        store.write_result(row)
+        n += 1
+    return n
+
+
+def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
+              max_concurrent: int | None = None, out: Callable[[str], None] = print,
+              wait_for_nodes: float | None = None, mlflow: str | None = None) -> SweepSummary:
+    """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end.
+    ``mlflow``: a tracking URI every trial also logs to (``rankbench.bench.running.tracking``).
+
+    Resources no node can hold are refused first (``rankbench.bench.preflight.capacity``): on a local Ray before it
+    starts, on a cluster after ``wait_for_nodes`` seconds of waiting for nodes to join."""
+    from rankbench.bench.preflight import capacity
+    from rankbench.bench.preflight.memory import check_packing, is_packed
+
+    t0 = time.monotonic()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address)
+        check_listening(address)
+    else:
+        capacity.check_local(sweep.trials)       # this machine is the whole cluster: nothing joins
+    wait_s = capacity.wait_seconds(wait_for_nodes) if address else 0.0
+    store = Store(results_root, sweep.name)
+    store.ensure()
+    with store.lock():
+        todo = [t for t in sweep.trials if _needs_run(store, t, out)]
+        relabel(store, [t for t in sweep.trials if t not in todo])
+        skipped = len(sweep.trials) - len(todo)
+        out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
+            f"-> {store.dir}")
+        summary = SweepSummary(total=len(sweep.trials), skipped=skipped, ran=0)
+        if todo:
+            init_ray(address)
+            import ray
+
+            capacity.check_cluster(todo, wait_s, out)
+            cpus = ray.cluster_resources().get("CPU", 1)
+            per = max(t.resources_cfg.get("cpus", 1) for t in todo)
+            slots = max_concurrent or max(1, int(cpus // per))
+            prog = _StatusLine(len(todo), slots, out)
+            if any(is_packed(t.resources_cfg) for t in todo):
+                # trials sharing a GPU: fail now the ones whose step would not fit in their share
+                refused = check_packing(todo, log=out)
+                for t in todo:
+                    if t.id in refused:
+                        row = failed_row(t, refused[t.id])
+                        store.write_result(row)
+                        prog.finish(t.id, t.label, "failed", row["error"])
+                todo = [t for t in todo if t.id not in refused]
+            if todo:
+                _tune(todo, store, max_concurrent, prog, mlflow)
+            summary.ran = len(todo)
+        ids = [t.id for t in sweep.trials]
+        rows = {i: store.read_result(i) for i in ids}
+        summary.failed = {i: r for i, r in rows.items() if not store.is_done(i)}   # damaged rows count as failed
+        summary.csv = store.write_csv(ids)
+        summary.wall_s = time.monotonic() - t0
+    return summary
+
+
+def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _StatusLine,
+          mlflow: str | None = None) -> None:
+    """One Tune run over ``trials``; ``rankbench.bench.running.queue.TrialQueue`` decides when each may start."""
+    from ray import tune
+
+    from rankbench.bench.running.queue import TrialQueue
+
+    by_id = {t.id: t for t in trials}
+    # Tune's experiment state goes to the same storage as the rows (a URI: through its pyarrow fs)
+    storage_path, storage_fs = ray_storage(store.ray_dir)
+
+    def resources(config: dict) -> dict[str, float]:
+        from rankbench.bench.running.distributed import DRIVER_RESOURCES
+        from rankbench.bench.trial import is_distributed
+
+        r = config["trial"]["resources"]
+        if is_distributed(r):
+            return dict(DRIVER_RESOURCES)   # its Ray Train workers hold the CPUs and GPUs
+        return {"cpu": float(r.get("cpus", 1)), "gpu": float(r.get("gpus", 0))}
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, results_root=str(store.root.resolve()),   # path or URI
+                             base_dir=os.getcwd(), mlflow=mlflow), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=TrialQueue(trials, store, lambda t, row: prog.finish(t.id, t.label, "failed", row["error"])),
+            num_samples=len(trials), max_concurrent_trials=max_concurrent or None, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name="sweep", storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+            callbacks=[_callback(by_id, prog)],
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+        ),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner.fit()
