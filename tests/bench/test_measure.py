@@ -1,4 +1,4 @@
-"""bench.measure: MACs (fvcore, cross-checked with torch's own counter), params, latency, metrics."""
+"""rankbench.bench.measure.metrics: MACs (fvcore, cross-checked with torch's own counter), params, latency, metrics."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.measure import count_macs, count_params, evaluate, measure_latency
+from rankbench.bench.measure.metrics import count_macs, count_params, evaluate, measure_latency
 
 
 class SmallCNN(nn.Module):
@@ -94,15 +94,41 @@ def test_count_params_counts_shared_parameters_once():
     assert count_params(m) == 4 * 3 + 3 + 3 + 3          # linear + bn weight/bias; buffers excluded
 
 
-def test_measure_latency_is_positive_and_orders_big_over_tiny():
+def test_measure_latency_of_real_models_is_positive_and_names_its_settings():
+    # wall-clock times are never compared in a test (they depend on the machine and its load):
+    # which model measures longer is checked on a fake clock below
     torch.manual_seed(0)
     tiny = nn.Linear(4, 4)
     big = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(4)])
     t_tiny = measure_latency(tiny, (4,), device="cpu", batch=8, repeats=10, warmup=2)
     t_big = measure_latency(big, (1024,), device="cpu", batch=64, repeats=10, warmup=2)
     assert set(t_tiny) >= {"ms", "device", "dtype", "batch"}
-    assert 0 < t_tiny["ms"] < t_big["ms"]
+    assert t_tiny["ms"] > 0 and t_big["ms"] > 0
     assert t_big["device"].startswith("cpu") and t_big["dtype"] == "float32" and t_big["batch"] == 64
+
+
+def test_measure_latency_is_the_forward_pass_in_ms_and_orders_big_over_tiny(monkeypatch):
+    # a fake clock that only the models' forward passes move, by 1 ms (small) and 5 ms (large):
+    # what is timed is the forward pass, reported in ms, exactly, on any machine and load
+    import time
+
+    now = [0.0]
+
+    class Costly(nn.Module):
+        def __init__(self, ms: float, width: int):
+            super().__init__()
+            self.ms, self.lin = ms, nn.Linear(width, width)
+
+        def forward(self, x):
+            now[0] += self.ms / 1e3
+            return self.lin(x)
+
+    with monkeypatch.context() as m:
+        m.setattr(time, "perf_counter", lambda: now[0])
+        small = measure_latency(Costly(1.0, 4), (4,), batch=8, repeats=5, warmup=2, layout="contiguous")
+        large = measure_latency(Costly(5.0, 64), (64,), batch=8, repeats=5, warmup=2, layout="contiguous")
+    assert small["ms"] == pytest.approx(1.0) and large["ms"] == pytest.approx(5.0)
+    assert small["layout"] == large["layout"] == "contiguous" and small["candidates"] == {"contiguous": small["ms"]}
 
 
 def test_measure_latency_leaves_the_callers_model_alone_and_rejects_bad_settings():
@@ -184,7 +210,7 @@ def test_evaluate_sums_counts_over_ranks_under_torch_distributed(tmp_path):
 
 
 def test_train_step_throughput_runs_a_real_step_and_leaves_the_model_alone():
-    from bench.measure import train_step_throughput
+    from rankbench.bench.measure.metrics import train_step_throughput
 
     m = SmallCNN()
     before = [p.detach().clone() for p in m.parameters()]
