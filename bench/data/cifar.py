@@ -85,10 +85,33 @@ def check_cifar(name: str, root: str | os.PathLike, labels: str = "fine", read: 
         _read_pickle(folder / lay["meta"])
 
 
+# The only globals a CIFAR pickle names: numpy's array and dtype and their reconstructors (the
+# official archive's Python 2 pickles, and numpy's own pickles at protocols 2 to 5). Everything
+# else in the format (dicts, lists, bytes, numbers) needs no global. A file that names any other
+# is refused before anything it names is imported, let alone called: a pickle from shared
+# storage never runs code.
+CIFAR_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),   # a protocol-2 pickle written by Python 3 spells bytes as encode(str, "latin1")
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+})
+
+
+class _DataOnly(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and plain containers, and refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR pickle never does "
+                                         "(refused unloaded: unpickling it could run code)")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _DataOnly(f, encoding="bytes").load()
     except Exception as e:  # a truncated download shows up here, name the file
         raise bad_path(path, f"not a readable CIFAR pickle ({type(e).__name__}: {str(e)[:120]})", PICKLE) from e
 
@@ -100,10 +123,17 @@ def _cifar_part(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndar
     if b"data" not in d or label_key not in d:
         lacks = b"data" if b"data" not in d else label_key
         raise bad_path(path, f"lacks key {lacks!r} (has {sorted(d)})", PICKLE)
-    data = np.asarray(d[b"data"], dtype=np.uint8)
-    labels = np.asarray(d[label_key], dtype=np.int64)
+    data = np.asarray(d[b"data"])
+    if data.dtype != np.uint8:   # the format's pixels are bytes: a float array is another format
+        raise bad_path(path, f"has data of dtype {data.dtype}", "uint8 pixels (0-255), as the official archive")
+    labels = np.asarray(d[label_key])
+    if labels.size and labels.dtype.kind not in "iu":
+        raise bad_path(path, f"has labels of dtype {labels.dtype}", "integer labels")
+    labels = labels.astype(np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise bad_path(path, f"has data of shape {data.shape} and {len(labels)} labels", PICKLE)
+    if not len(data):   # an empty test batch would report the accuracy of nothing
+        raise bad_path(path, "holds no images", PICKLE)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise bad_path(path, "has labels outside that range", f"labels 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels

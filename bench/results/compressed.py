@@ -11,9 +11,11 @@ row) holding the deployed model's state dict and what rebuilds its architecture:
   dense network (``rankbench.methods.lowrank.build_factorized`` for the lowrank schemes; Tucker-2 and CP
   build their own layers).
 
-A method whose deployed model is not that structure (a plugin that builds its own layers) gets
-the pickled module saved instead (``architecture: "pickled"``): still loadable with
-``load_compressed``, though only where the plugin's classes can be imported.
+The file holds tensors and plain values only, and is read with ``torch.load(weights_only=True)``:
+opening a model file from someone else's storage never runs code. A method whose deployed model
+is not that structure (a plugin that builds its own layers and has no ``rebuild``) still gets its
+weights and reports saved (``architecture: "weights"``), but no module: ``load_compressed`` says
+why and what would make it loadable (the method's ``rebuild``).
 
 ``load_compressed(ref)`` takes the file, the row's ``.json`` or a trial id (looked up under a
 results folder) and returns the model in eval mode on the CPU, computing what the evaluated
@@ -21,8 +23,8 @@ model computed.
 """
 from __future__ import annotations
 
-import copy
 import io
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,7 +66,7 @@ def _same_structure(model: nn.Module, payload: dict[str, Any]) -> bool:
     the meta device: no memory, no real SVDs)."""
     try:
         rebuilt = _rebuild(payload, "meta")
-    except Exception:  # noqa: BLE001 (any failure to rebuild means: keep the pickled module)
+    except Exception:  # noqa: BLE001 (any failure to rebuild means: the weights alone are saved)
         return False
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
@@ -87,11 +89,7 @@ def save_compressed(model: nn.Module, path: Path, *, model_name: str, model_opti
         "info": dict(info or {}),
         "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
     }
-    if _same_structure(model, payload):
-        payload["architecture"] = "layers"
-    else:
-        payload["architecture"] = "pickled"
-        payload["module"] = copy.deepcopy(model).to("cpu")
+    payload["architecture"] = "layers" if _same_structure(model, payload) else "weights"
     atomic_torch_save(payload, path)
     return path
 
@@ -132,16 +130,13 @@ def read_payload(path: Location) -> dict[str, Any]:
             data = f.read()
     except FileNotFoundError:
         raise bad("model", str(path), f"an existing <trial_id>{SUFFIX} file", "no such file", PATH_QUOTE) from None
-    buf = io.BytesIO(data)
-    try:
-        payload = torch.load(buf, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 (a pickled plugin module needs the full unpickler)
-        buf.seek(0)
-        try:
-            payload = torch.load(buf, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001
-            raise bad("model", str(path), f"a {SUFFIX} file written by rankbench",
-                      f"unreadable ({type(e).__name__})", PATH_QUOTE) from None
+    try:   # tensors and plain values only: a file that needs more would run code to load
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        problem = (f"holds objects other than tensors and plain values, refused unloaded (loading them could run "
+                   f"code; {type(e).__name__})" if isinstance(e, pickle.UnpicklingError)
+                   else f"unreadable ({type(e).__name__})")
+        raise bad("model", str(path), f"a {SUFFIX} file written by rankbench", problem, PATH_QUOTE) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise bad("model", str(path), f"a {SUFFIX} file written by rankbench ({FORMAT})",
                   "another kind of file", PATH_QUOTE)
@@ -153,12 +148,14 @@ def load_compressed(ref: str | Path, results: str | Path = "results") -> nn.Modu
 
     ``ref``: a ``<trial_id>.model.pt`` file, the trial's row ``<trial_id>.json``, or a trial id
     (found under ``results``). Its outputs equal those of the model the trial evaluated."""
-    payload = read_payload(find_compressed(ref, results))
-    if payload.get("architecture") == "pickled":
-        model = payload["module"]
-    else:
-        model = _rebuild(payload)
-        model.load_state_dict(payload["state_dict"], strict=True)
+    path = find_compressed(ref, results)
+    payload = read_payload(path)
+    if payload.get("architecture") != "layers":
+        raise bad("model", str(path), "a model whose method can rebuild its layers from their reports (give the "
+                  "method a rebuild(model, layers)); the weights are in the file's state_dict",
+                  f"method {payload.get('method')!r} built layers rankbench cannot rebuild", PATH_QUOTE)
+    model = _rebuild(payload)
+    model.load_state_dict(payload["state_dict"], strict=True)
     return model.eval()
 
 

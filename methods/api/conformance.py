@@ -154,11 +154,13 @@ def train(method: Method, model: nn.Module, opt: torch.optim.Optimizer, start: i
 
 
 def _saved(obj: Any) -> Any:
-    """``obj`` after a torch.save / torch.load round trip, as a checkpoint carries it."""
+    """``obj`` after a torch.save / torch.load round trip, as a checkpoint carries it: read with
+    ``weights_only`` (the harness never unpickles code from a checkpoint), so a method whose state
+    holds anything but tensors and plain values fails here, not on a user's resume."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch.load(buf, weights_only=True)
 
 
 def same(a: Any, b: Any, atol: float = 1e-5) -> bool:
