@@ -231,24 +231,48 @@ def _not_grpc(sock: socket.socket, timeout: float) -> str | None:
     return f"it answers {head!r}..., not as a Ray cluster (gRPC)"
 
 
+def resolve_auto() -> str:
+    """The cluster ``--address auto`` would join, found as Ray finds it (``RAY_ADDRESS``, else the
+    cluster file Ray's last ``ray start`` wrote, else a GCS process on this machine), without
+    connecting; one line when there is none."""
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        return str(get_ray_address_from_environment("auto", None))
+    except ConnectionError:
+        raise bad("--address", "auto", RUNNING_CLUSTER, "no running Ray cluster found on this machine (no "
+                  "RAY_ADDRESS, no cluster file of `ray start`, no GCS process)") from None
+
+
 def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     """``HOST:PORT`` and ``ray://HOST:PORT``: a Ray cluster must answer there, else one line now
     instead of the minute ``ray.init`` spends retrying: something must accept a TCP connection
     and answer an HTTP/2 preface as a gRPC server does (Ray's GCS and Ray Client both are; with
-    ``RAY_USE_TLS`` set only the connection is tried). ``auto``/``local`` name no port to try
-    (``auto`` finds the local cluster itself)."""
-    m = ADDRESS.match(address)     # checked by check_address: auto, local or this form
-    if m is None:
+    ``RAY_USE_TLS`` set only the connection is tried). ``auto`` is resolved first, as Ray would
+    (a cluster file may name a cluster that is gone); ``local`` names no port to try."""
+    if address == "auto":
+        resolved = resolve_auto()
+        why = _no_cluster_at(resolved, timeout)
+        if why is not None:
+            raise bad("--address", "auto", RUNNING_CLUSTER, f"it resolves to {resolved} (RAY_ADDRESS or Ray's "
+                      f"cluster file), where {why}")
         return
+    why = _no_cluster_at(address, timeout)
+    if why is not None:
+        raise bad("--address", address, RUNNING_CLUSTER, why)
+
+
+def _no_cluster_at(address: str, timeout: float) -> str | None:
+    """Why no Ray cluster answers at ``address`` (None: one does, or the form names no port)."""
+    m = ADDRESS.match(address)
+    if m is None:
+        return None
     try:
         with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout) as sock:
             tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
-            why = None if tls else _not_grpc(sock, timeout)
+            return None if tls else _not_grpc(sock, timeout)
     except OSError as e:
-        why = e.strerror or str(e) or type(e).__name__
-        raise bad("--address", address, RUNNING_CLUSTER, f"nothing answers there within {timeout:g} s ({why})") from None
-    if why is not None:
-        raise bad("--address", address, RUNNING_CLUSTER, why)
+        return f"nothing answers there within {timeout:g} s ({e.strerror or str(e) or type(e).__name__})"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -259,11 +283,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    # workers import bench/ and methods/ even when the package is not pip-installed
-    here = str(Path(__file__).resolve().parent.parent)
-    pp = os.environ.get("PYTHONPATH", "")
-    if here not in pp.split(os.pathsep):
-        os.environ["PYTHONPATH"] = here + (os.pathsep + pp if pp else "")
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                               configure_logging=True)
     # ray.init installs its own SIGTERM handler (a stack dump, then abort): keep the driver's,

@@ -214,7 +214,7 @@ def test_sigterm_to_the_driver_prints_what_finished_and_the_resume_command(tmp_p
         assert p.returncode == 143, out
         assert "terminated (SIGTERM): finished trials are kept; run the same command again to resume" in out
         assert "sweep term: 3 trials, 0 ok, 0 failed, 3 not finished" in out, out
-        assert f"resume with: rankbench run {spec} --results {res} --max-concurrent 1" in out, out
+        assert f"resume with: rankbench run {spec} sweep=g --results {res} --max-concurrent 1" in out, out
         assert "Traceback" not in out
         for _ in range(100):                            # Ray's processes go with their driver
             left = session_pids(p.pid)
@@ -252,11 +252,12 @@ def test_a_ray_fault_under_the_driver_exits_3_with_the_summary(tmp_path, capsys,
 
 def test_the_gcs_killed_under_the_driver_still_gives_the_summary_and_exit_3(tmp_path):
     # Ray's core ends the driver process from C++ 60 s after its GCS is gone; the command's
-    # supervising process reports what finished instead
+    # supervising process reports what finished instead: of the sweep as the command's overrides
+    # made it (here its name: the spec file says `term`, the results are under `g`)
     spec = tmp_path / "g.yaml"
-    spec.write_text(SLOW.replace("sweep: term", "sweep: g"))
+    spec.write_text(SLOW)
     res = tmp_path / "res"
-    p = bench_run([str(spec), "--results", str(res), "--max-concurrent", "1"], tmp_path)
+    p = bench_run([str(spec), "sweep=g", "--results", str(res), "--max-concurrent", "1"], tmp_path)
     try:
         deadline = time.monotonic() + 240
         while p.poll() is None and time.monotonic() < deadline:
@@ -271,7 +272,7 @@ def test_the_gcs_killed_under_the_driver_still_gives_the_summary_and_exit_3(tmp_
         assert p.returncode == 3, out
         assert "stopped by a fault of Ray or the driver" in out and "finished trials are kept" in out, out
         assert "sweep g: 3 trials, " in out and "not finished" in out, out
-        assert f"resume with: rankbench run {spec} --results {res} --max-concurrent 1" in out, out
+        assert f"resume with: rankbench run {spec} sweep=g --results {res} --max-concurrent 1" in out, out
     finally:
         kill_session(p.pid)
 

@@ -1,0 +1,42 @@
+"""Commands that wait on nothing: `--address auto` that resolves to a cluster that is gone is
+refused in one line before anything is created, and Ctrl-C on a command that is not a sweep
+does not talk about resuming one."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from rankbench.bench import cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_address_auto_resolving_to_a_dead_cluster_is_refused_at_once_and_creates_nothing(tmp_path):
+    dead = f"127.0.0.1:{_free_port()}"          # what a stale RAY_ADDRESS or cluster file names
+    env = dict(os.environ, RAY_ADDRESS=dead, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    res = tmp_path / "res"
+    # timeout: before this was refused, ray.init retried the dead address for a minute and more
+    p = subprocess.run([sys.executable, "-m", "rankbench.bench", "run", "quick", "train.epochs=1", "seeds=[0]",
+                        "--address", "auto", "--results", str(res)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=50)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --address: 'auto': it resolves to " + dead), p.stderr
+    assert "nothing answers there" in lines[0]
+    assert not res.exists()
+
+
+def test_ctrl_c_on_show_does_not_speak_of_resuming(monkeypatch, capsys):
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_show", interrupted)
+    assert cli.main(["show", "quick"]) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: nothing was written", err
