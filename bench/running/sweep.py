@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rankbench.bench.checks import bad
+from rankbench.bench.running.reaper import start_reaper
 from rankbench.bench.results.filesystem import ray_storage
 from rankbench.bench.results.row import failed_row
 from rankbench.bench.results.store import Store, set_aside
@@ -305,6 +306,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # already running on this machine (another sweep, a test session, a `ray start`), and
         # then refuses num_cpus. A shared cluster is asked for explicitly, with --address auto.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+        # the Ray this process started ends with it, even when it is killed outright
+        start_reaper()
     if callable(term):
         signal.signal(signal.SIGTERM, term)
     # Tune logs a worker's death with a full traceback; the progress line says it in one line

@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from rankbench.bench import cli
 
@@ -40,3 +42,45 @@ def test_ctrl_c_on_show_does_not_speak_of_resuming(monkeypatch, capsys):
     assert cli.main(["show", "quick"]) == cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert err.strip() == "interrupted: nothing was written", err
+
+
+SLOW = """
+sweep: orphans
+seeds: [0]
+data: {name: digits}
+model: cnn
+train: {epochs: 40, batch_size: 64, lr: 0.05}
+measure: {latency_repeats: 2}
+methods: [dense]
+"""
+
+
+def test_a_driver_killed_outright_leaves_no_ray_process_behind(tmp_path):
+    """SIGKILL to `rankbench run` mid-sweep: its sweep process dies with it, and so must every
+    process the sweep's local Ray started (the raylet's agents outlived it by minutes before)."""
+    import signal
+
+    from procs import bench_run, epochs_logged, kill_session, session_pids
+
+    spec = tmp_path / "o.yaml"
+    spec.write_text(SLOW)
+    res = tmp_path / "res"
+    p = bench_run([str(spec), "--results", str(res)], tmp_path)
+    try:
+        deadline = time.monotonic() + 180          # a hang guard, not a timing assertion
+        while p.poll() is None and time.monotonic() < deadline:
+            if any(epochs_logged(f) >= 1 for f in (res / "orphans" / "logs").glob("*.log")):
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, p.stdout.read()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+        left = session_pids(p.pid)
+        deadline = time.monotonic() + 40           # the watchdog polls every second
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = session_pids(p.pid)
+        names = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in left if Path(f"/proc/{pid}").exists()]
+        assert not left, names
+    finally:
+        kill_session(p.pid)
