@@ -88,6 +88,9 @@ FIELDS: tuple[Field, ...] = (
     Field("skipped_images", (_I, _N), "unreadable images skipped and counted (every rank, epoch and evaluation)"),
     Field("baseline_id", (_S, _N), "the dense Trial whose weights a starts_from_baseline method loaded"),
     Field("train_device", (_S, _N), "the device the trial trained on"),
+    Field("node", (_D,), "trials run by Ray: where it ran, {id: Ray node id, ip}", always=False),
+    Field("baseline_node", (_D,), "trials that started from a baseline run by Ray: where the baseline ran",
+          always=False),
     Field("history", (_L,), "one dict per epoch run (phase, epoch, loss, val_top1, seconds)"),
     Field("compressed_model", (_S,), "ok trials: the deployed model's file beside the row, <trial_id>.model.pt "
           "(rankbench.bench.load_compressed loads it)", always=False),

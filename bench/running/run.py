@@ -179,6 +179,7 @@ def _run(trial: Trial, row: dict[str, Any], env: _Env) -> None:
     t_start = time.perf_counter()
     b = _build(trial, env)
     row["train_device"] = str(b.device)
+    _record_nodes(trial, row, env.store, b.from_baseline)
     if b.from_baseline:
         row["baseline_id"] = _load_baseline(trial, b.model, env.store)
     model, forward = _attach(trial, b, env)
@@ -226,6 +227,31 @@ def _build(trial: Trial, env: _Env) -> _Built:
     if env.is_main:
         env.store.checkpoint_dir(trial.id).mkdir(parents=True, exist_ok=True)
     return _Built(data, model, model_opts, method, from_baseline, device, tc)
+
+
+def _record_nodes(trial: Trial, row: dict[str, Any], store: Store, from_baseline: bool) -> None:
+    """Where the trial runs (the Ray node, when Ray runs it) and where its baseline ran."""
+    node = ray_node()
+    if node is not None:
+        row["node"] = node
+    base = store.read_result(trial.baseline().id) if from_baseline else None
+    if base is not None and base.get("node"):
+        row["baseline_node"] = base["node"]
+
+
+def ray_node() -> dict[str, str] | None:
+    """This process's Ray node: {id, ip}; None outside a Ray worker or driver."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        node_id = ray.get_runtime_context().get_node_id()
+        # the address the node registered with (what `ray status` and the preflight name)
+        ip = next((n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == node_id), None)
+        return {"id": node_id, "ip": ip or ray.util.get_node_ip_address()}
+    except Exception:  # noqa: BLE001 (no Ray, or a Ray without a runtime context here)
+        return None
 
 
 def _load_baseline(trial: Trial, model: nn.Module, store: Store) -> str:

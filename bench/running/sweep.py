@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rankbench.bench.checks import bad
+from rankbench.bench.preflight.cluster import NodeNeeds, check_nodes, describe, needs_of, node_problems, write_marker
 from rankbench.bench.running.reaper import start_reaper
 from rankbench.bench.results.filesystem import ray_storage
 from rankbench.bench.results.row import failed_row
@@ -59,9 +60,12 @@ class SweepSummary:
     csv: Path | None = None
 
 
-def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | None = None) -> None:
+def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | None = None,
+               needs: NodeNeeds | None = None) -> None:
     """Ray Tune function trainable: one trial, handed over as ``config["trial"]`` (``Trial.to_dict``,
-    as Ray Train's workers get it). Runs in a Ray worker process."""
+    as Ray Train's workers get it). Runs in a Ray worker process. ``needs``: on a cluster, what
+    this node must have (``rankbench.bench.preflight.cluster``); a node that joined after the
+    sweep's preflight and fails it fails the trial at once, before it trains."""
     from ray import tune
 
     from rankbench.bench.running.distributed import run_distributed
@@ -69,6 +73,14 @@ def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | Non
     from rankbench.bench.running.run import run_trial
 
     trial = Trial.from_dict(config["trial"])
+    problems = node_problems(needs) if needs is not None else []
+    if problems:
+        from rankbench.bench.running.run import ray_node
+
+        node = ray_node() or {"id": "?", "ip": "?"}
+        line = str(describe(node["ip"], node["id"], problems))
+        tune.report({"status": "failed", "error": f"NodePreflight: {line}", "wall_s": 0.0, "top1": 0.0})
+        return
     if is_distributed(trial.resources_cfg):
         # a data-parallel trial: Ray Train workers run it; a dead worker raises here, and Tune
         # retries the trial from its epoch checkpoint as for any other trial
@@ -137,7 +149,7 @@ def _trial_id(config: dict) -> str:
     return Trial.from_dict(config["trial"]).id
 
 
-def _callback(by_id: dict[str, Trial], prog: _StatusLine):
+def _callback(by_id: dict[str, Trial], prog: _StatusLine, store: Store | None = None):
     from ray import tune
 
     class Cb(tune.Callback):
@@ -148,6 +160,9 @@ def _callback(by_id: dict[str, Trial], prog: _StatusLine):
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
             tid = _trial_id(trial.config)
             res = trial.last_result or {}
+            if res.get("status") == "failed" and store is not None and store.read_result(tid) is None:
+                # the trial's node could not write its row (it failed the node check): the driver does
+                store.write_result(failed_row(by_id[tid], res.get("error") or "no result written"))
             prog.finish(tid, by_id[tid].label, res.get("status", "failed"), res.get("error", ""))
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
@@ -366,6 +381,17 @@ def relabel(store: Store, done: list[Trial]) -> int:
     return n
 
 
+def _preflight(todo: list[Trial], store: Store, out: Callable[[str], None]) -> NodeNeeds:
+    """Every alive node of the cluster can run ``todo`` (``rankbench.bench.preflight.cluster``),
+    or one line naming the first that cannot, before any trial trains."""
+    marker, token = write_marker(store.dir)
+    needs = needs_of(todo, marker, token, os.getcwd())
+    n = check_nodes(needs)
+    out(f"preflight: {n} node{'s' if n != 1 else ''} see the results folder, run rankbench {needs.version} "
+        f"and have every method and path the trials use")
+    return needs
+
+
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
               max_concurrent: int | None = None, out: Callable[[str], None] = print,
               wait_for_nodes: float | None = None, mlflow: str | None = None) -> SweepSummary:
@@ -399,6 +425,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
             import ray
 
             capacity.check_cluster(todo, wait_s, out)
+            needs = _preflight(todo, store, out) if address else None
             cpus = ray.cluster_resources().get("CPU", 1)
             per = max(t.resources_cfg.get("cpus", 1) for t in todo)
             slots = max_concurrent or max(1, int(cpus // per))
@@ -413,7 +440,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
                         prog.finish(t.id, t.label, "failed", row["error"])
                 todo = [t for t in todo if t.id not in refused]
             if todo:
-                _tune(todo, store, max_concurrent, prog, mlflow)
+                _tune(todo, store, max_concurrent, prog, mlflow, needs)
             summary.ran = len(todo)
         ids = [t.id for t in sweep.trials]
         rows = {i: store.read_result(i) for i in ids}
@@ -424,7 +451,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
 
 
 def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _StatusLine,
-          mlflow: str | None = None) -> None:
+          mlflow: str | None = None, needs: NodeNeeds | None = None) -> None:
     """One Tune run over ``trials``; ``rankbench.bench.running.queue.TrialQueue`` decides when each may start."""
     from ray import tune
 
@@ -445,7 +472,7 @@ def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, results_root=str(store.root.resolve()),   # path or URI
-                             base_dir=os.getcwd(), mlflow=mlflow), resources)
+                             base_dir=os.getcwd(), mlflow=mlflow, needs=needs), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -453,7 +480,7 @@ def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _
             num_samples=len(trials), max_concurrent_trials=max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
             name="sweep", storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
-            callbacks=[_callback(by_id, prog)],
+            callbacks=[_callback(by_id, prog, store)],
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
     )
