@@ -11,7 +11,11 @@ parameters as they are after ``attach`` (a method may replace layers to train th
 the method's ``param_groups`` says. The checkpoint carries the method's ``state_dict``.
 
 The loop never syncs with the host inside a step: the loss is summed on the device and read once
-per epoch, which is also where a NaN/inf loss is detected (``TrainingDiverged``).
+per epoch, which is also where a NaN/inf loss is detected (``TrainingDiverged``). A method hook
+that raises (TRP's eigensolver failing on NaN weights, say) has the model's weights and gradients
+checked then, and only then: if any is NaN/inf, the training diverged and ends as
+``TrainingDiverged`` in that epoch, the hook's error as its cause; on finite weights the hook's own
+error is raised as it is.
 """
 from __future__ import annotations
 
@@ -34,16 +38,56 @@ from rankbench.methods.api.base import Method
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf. ``epoch`` is the 1-based epoch it happened in."""
+    """The loss became NaN or inf, or (``cause``: what the hook raised) a method's hook failed on
+    NaN/inf weights. ``epoch`` is the 1-based epoch it happened in, counted over the trial."""
 
-    def __init__(self, epoch: int, loss: float, phase: str = "train"):
+    def __init__(self, epoch: int, loss: float, phase: str = "train", cause: str | None = None):
         self.epoch = epoch
         self.loss = loss
         self.phase = phase
+        self.cause = cause
         # the phase names the knob: fine-tuning runs at train.finetune_lr, not train.lr
         knob = "train.finetune_lr" if phase == "finetune" else "train.lr"
-        super().__init__(f"{phase} loss became {loss} in epoch {epoch}; "
-                         f"try a lower {knob} or amp: false")
+        what = f"loss became {loss}" if cause is None else "weights became non-finite"
+        why = "" if cause is None else f" ({cause})"
+        super().__init__(f"{phase} {what} in epoch {epoch}{why}; try a lower {knob} or amp: false")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled (a data-parallel worker's error crossing to the driver) with its own arguments
+        return type(self), (self.epoch, self.loss, self.phase, self.cause)
+
+
+class NonFiniteWeights(RuntimeError):
+    """A method's hook raised while the model's weights or gradients were NaN/inf: ``hook``
+    names it (``TRP.before_step``), ``error`` is what it raised. :func:`train` reports it as
+    :class:`TrainingDiverged` in the epoch it happened in."""
+
+    def __init__(self, hook: str, error: BaseException):
+        self.hook, self.error = hook, error
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"{hook} raised {type(error).__name__}: {detail}")
+
+
+def all_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` and its gradient is free of NaN/inf (host syncs:
+    the loop reads it only where a method's hook has raised)."""
+    return all(bool(torch.isfinite(t).all()) for p in model.parameters() for t in (p, p.grad) if t is not None)
+
+
+def call_hook(method: Method, hook: str, model: nn.Module, *args: Any) -> Any:
+    """``method.<hook>(model, *args)``; an error it raises on NaN/inf weights is
+    :class:`NonFiniteWeights` (the divergence it is), any other is raised as it is. Nothing is
+    checked unless the hook raises: no host sync in a step that goes well."""
+    try:
+        return getattr(method, hook)(model, *args)
+    except Exception as e:
+        try:
+            finite = all_finite(model)
+        except Exception:  # noqa: BLE001  (weights that cannot be read now: the hook's error stands)
+            finite = True
+        if finite:
+            raise
+        raise NonFiniteWeights(f"{type(method).__name__}.{hook}", e) from e
 
 
 @dataclass
@@ -125,20 +169,21 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     because CPU bf16 autocast is slower than float32 for these models.
     ``forward``: the module that runs the forward pass when it is not ``model`` itself (the
     DistributedDataParallel wrapper of ``model``); the method's hooks always get bare ``model``,
-    whose layer names they picked at attach."""
+    whose layer names they picked at attach. A hook that raises on NaN/inf weights raises
+    :class:`NonFiniteWeights` (:func:`call_hook`)."""
     amp = bool(amp) and x.device.type == "cuda"
     if method is not None:
-        method.before_step(model, step)
+        call_hook(method, "before_step", model, step)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = nn.functional.cross_entropy((model if forward is None else forward)(x), y)
     if method is not None:
-        extra = method.extra_loss(model, step)   # outside autocast: regularizers want full precision
+        extra = call_hook(method, "extra_loss", model, step)   # outside autocast: regularizers want full precision
         if extra is not None:
             loss = loss + extra
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if method is not None:
-        method.after_backward(model, step)
+        call_hook(method, "after_backward", model, step)
     opt.step()
     return loss.detach()
 
@@ -257,8 +302,11 @@ def train(model: nn.Module, data: Any, config: TrainConfig, phase: Phase | None 
     st = _State(model, data, config, phase, method, loop, device, forward)
     named_skips: set[str] = set()     # unreadable files already named in the log
     for epoch in range(resume(st), phase.epochs):
-        mean_loss, top1, lr_now, secs = run_epoch(st, epoch)
-        _record(st, epoch, mean_loss, top1, lr_now, secs)
+        try:
+            mean_loss, top1, lr_now, secs = run_epoch(st, epoch)
+            _record(st, epoch, mean_loss, top1, lr_now, secs)
+        except NonFiniteWeights as e:   # a hook failed on weights the epoch's steps blew up
+            raise TrainingDiverged(phase.epoch_offset + epoch + 1, math.nan, phase.name, str(e)) from e.error
         named_skips = _log_skipped(data, loop.log, phase.name, sum_over_ranks(getattr(data, "skipped", 0)),
                                    named_skips)
         save(st, epoch)
@@ -355,13 +403,15 @@ def run_epoch(st: _State, epoch: int) -> tuple[float, float, float, float]:
 def _record(st: _State, epoch: int, mean_loss: float, top1: float, lr_now: float, secs: float) -> None:
     """The epoch in the progress, the log and (rank 0) the trackers."""
     p, name = st.loop.progress, st.phase.name
+    send = st.loop.on_epoch is not None and is_main()
+    # first: epoch_metrics failing on NaN weights (NonFiniteWeights) leaves the epoch unrecorded
+    extra = dict(call_hook(st.method, "epoch_metrics", st.model)) if send and st.method is not None else {}
     p.elapsed_s += secs
     p.ran_s += secs
     p.history.append({"phase": name, "epoch": epoch + 1, "loss": mean_loss, "val_top1": top1, "seconds": secs})
     st.loop.log(f"[{name}] epoch {epoch + 1}/{st.phase.epochs} loss {mean_loss:.4f} val top-1 {top1:.2f}% "
                 f"{secs:.1f}s")
-    if st.loop.on_epoch is not None and is_main():
-        extra = dict(st.method.epoch_metrics(st.model)) if st.method is not None else {}
+    if send:
         # the loop's own keys win over a method's of the same name
         st.loop.on_epoch({**extra, "phase": name, "epoch": st.phase.epoch_offset + epoch + 1, "loss": mean_loss,
                           "val_top1": top1, "lr": lr_now})

@@ -6,11 +6,14 @@ The built-in methods are imported by the ``methods`` package (``methods/__init__
 method modules import this one: nothing here imports a method back. Entry points are for
 third-party plugins only.
 
-Plugins: an entry point whose module fails to import is skipped with a one-line warning on
-stderr naming it and its error (the built-ins and every other plugin still work; ``skipped()``
-lists them). An entry point whose name is taken (by a built-in or an earlier plugin), or whose
-target is not a :class:`~rankbench.methods.api.base.Method` subclass, is an error (:class:`PluginError`, a
-``UserError``) naming both.
+Plugins: one bad package never stops the others. An entry point whose module fails to import,
+whose target is not a :class:`~rankbench.methods.api.base.Method` subclass, or whose name is taken
+(by a built-in or an earlier plugin, which keeps it) is skipped with one warning line on stderr
+naming the entry point, its package and the problem; whatever its import registered is dropped,
+and the built-ins and every other plugin still work. ``skipped()`` lists them, and a spec or
+lookup asking for a skipped name is refused with that problem (a clashing name gets the method
+that kept it). In-tree and test-defined methods registering a taken name are an error
+(:class:`PluginError`, a ``UserError``) naming both.
 
 Choice parameters: a parameter annotated ``Literal[...]`` or listed in the class's ``choices``
 (``{"solver": ("auto", "svd")}``) accepts only those values: :func:`build` refuses any other
@@ -35,13 +38,14 @@ from rankbench.methods.api.base import Method
 ENTRY_POINT_GROUP = "rankbench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
 _entry_points_loaded = False
-_SKIPPED: dict[str, str] = {}   # entry-point name -> why it was skipped (its import failed)
+_SKIPPED: dict[str, str] = {}   # entry-point name -> why it was skipped ("plugin 'x' (package p) ...")
 
 M = TypeVar("M", bound=type[Method])
 
 
 class PluginError(UserError):
-    """A method plugin that cannot be registered: its name is taken, or its target is not a Method."""
+    """A method that cannot be registered under a name: the name is taken, or the class declares
+    another (a ``ValueError``, as ``UserError`` is)."""
 
 
 def register(name: str) -> Callable[[M], M]:
@@ -52,7 +56,7 @@ def register(name: str) -> Callable[[M], M]:
             raise TypeError(f"@register({name!r}) needs a subclass of rankbench.methods.api.base.Method, got {cls!r}")
         declared = cls.__dict__.get("name")
         if declared is not None and declared != name:
-            raise ValueError(f"@register({name!r}): {cls.__module__}.{cls.__qualname__} declares name = "
+            raise PluginError(f"@register({name!r}): {cls.__module__}.{cls.__qualname__} declares name = "
                              f"{declared!r}; the registry key and the class's name must agree")
         old = _REGISTRY.get(name)
         if old is not None and old.__qualname__ != cls.__qualname__:
@@ -74,29 +78,66 @@ def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
         return
+    _entry_points_loaded = True   # first: a plugin's import may look a method up
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        where = f"{ENTRY_POINT_GROUP}: {ep.name} = {ep.value}"
-        before = _REGISTRY.get(ep.name)
-        try:
-            target = ep.load()  # importing the module usually registers it; the value may be the class
-        except PluginError:
-            raise                # its own @register took a name that is taken: an error, not a skip
-        except Exception as e:   # noqa: BLE001  (any import failure of a third-party module)
-            if ep.name in _SKIPPED:
-                continue
-            _SKIPPED[ep.name] = _import_failure(e)
-            print(f"warning: method plugin {ep.name!r} ({ep.value}) skipped: {_SKIPPED[ep.name]}", file=sys.stderr)
+        kept = dict(_REGISTRY)
+        problem = _load_plugin(ep) or _replaced(kept)
+        if problem is None:
             continue
-        if isinstance(target, type) and issubclass(target, Method):
-            if before is not None and before is not target:
-                raise PluginError(f"{where}: name {ep.name!r} is taken by {_qualname(before)}; accepted: a name "
-                                  "no built-in or other plugin method uses")
-            if _REGISTRY.get(ep.name) is not target:
+        _REGISTRY.clear()                     # a skipped plugin adds nothing, whatever its import registered
+        _REGISTRY.update(kept)
+        if ep.name in _SKIPPED:               # the same entry point seen twice: one warning
+            continue
+        pkg = _package(ep)
+        _SKIPPED[ep.name] = f"plugin {ep.name!r} (package {pkg}) {problem}"
+        print(f"warning: method plugin {ep.name!r} ({ep.value}, package {pkg}) skipped: it {problem}", file=sys.stderr)
+
+
+def _package(ep: metadata.EntryPoint) -> str:
+    """The distribution an entry point comes from (else its module's top-level name)."""
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return str(name) if name else ep.value.split(":")[0].split(".")[0]
+
+
+def _load_plugin(ep: metadata.EntryPoint) -> str | None:
+    """Load and register one entry point; None when it is registered, else what is wrong with
+    it ("failed to import: ...", "is not a Method: ...", "cannot take its name: ...")."""
+    before = _REGISTRY.get(ep.name)
+    try:
+        target = ep.load()  # importing the module usually registers it; the value may be the class
+    except PluginError as e:  # its own @register took a name in use, or disagrees with its class's name
+        return f"cannot take its name: {_first_line(e)}"
+    except Exception as e:   # noqa: BLE001  (any import failure of a third-party module)
+        return f"failed to import: {_import_failure(e)}"
+    if isinstance(target, type) and issubclass(target, Method):
+        if before is not None and before is not target:
+            return (f"cannot take its name: {ep.name!r} is {_qualname(before)}, which keeps it (a plugin "
+                    "names a method no built-in or other plugin uses)")
+        if _REGISTRY.get(ep.name) is not target:
+            try:
                 register(ep.name)(target)
-        elif _REGISTRY.get(ep.name) is None or _REGISTRY.get(ep.name) is before:
-            raise PluginError(f"{where}: {_qualname(target)} is not a subclass of rankbench.methods.api.base.Method; accepted: "
-                              "a Method subclass, or a module whose import registers one under this name")
-    _entry_points_loaded = True   # only once every plugin loaded: a plugin error is raised on every lookup
+            except PluginError as e:
+                return f"cannot take its name: {_first_line(e)}"
+        return None
+    if _REGISTRY.get(ep.name) is None or _REGISTRY.get(ep.name) is before:
+        return (f"is not a Method: {_qualname(target)} is not a subclass of rankbench.methods.api.base.Method (an "
+                "entry point names a Method subclass, or a module whose import registers one under its name)")
+    return None
+
+
+def _replaced(kept: dict[str, type[Method]]) -> str | None:
+    """What a plugin's import took over of the methods registered before it (a class of the
+    same qualified name re-registered under a built-in's name), or None."""
+    for name, cls in kept.items():
+        if _REGISTRY.get(name) is not cls:
+            return f"cannot take its name: its import registered {name!r}, which is {_qualname(cls)}, which keeps it"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    """An error's first line, without the "; accepted: ..." a lookup of the name adds again."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].split("; accepted:")[0]
 
 
 # the import names of the three folders before rankbench was one namespace (rankbench.bench, ...)
@@ -115,7 +156,8 @@ def _import_failure(e: Exception) -> str:
 
 
 def skipped() -> dict[str, str]:
-    """Method plugins whose import failed: entry-point name -> the error (first line)."""
+    """Method plugins skipped: entry-point name -> why, one line ("plugin 'x' (package p) failed
+    to import: ...", "... is not a Method: ...", "... cannot take its name: ...")."""
     _load_entry_points()
     return dict(_SKIPPED)
 
@@ -128,8 +170,8 @@ def available() -> list[str]:
 def get_method(name: str) -> type[Method]:
     names = available()
     if name in _SKIPPED and name not in _REGISTRY:
-        raise KeyError(f"method: {name!r}: its plugin failed to import ({_SKIPPED[name]}); accepted: "
-                       "a method whose plugin imports (fix or reinstall that package)")
+        raise KeyError(f"method: {name!r}: {_SKIPPED[name]}; accepted: a method whose plugin loads "
+                       "(fix or reinstall that package)")
     if name not in _REGISTRY:
         # a KeyError (a lookup), in the one-line format of rankbench.bench.checks
         raise KeyError(str(unknown("method", name, names, "unknown method")))
