@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Sequence
 
-from rankbench.bench.checks import bad
+from rankbench.bench.checks import bad, quote
 
 ACCEPTED = "KEY=VALUE, KEY a dotted path into the spec (e.g. train.epochs=3, seeds=[0], methods.0.rule=energy:0.8)"
 
@@ -33,9 +33,10 @@ def is_override(arg: str) -> bool:
     return "=" in arg and bool(key) and "/" not in key and not key.endswith(".yaml")
 
 
-def apply_overrides(raw: Any, overrides: Sequence[str], load_value: Callable[[str, str], Any]) -> Any:
+def apply_overrides(raw: Any, overrides: Sequence[str], load_value: Callable[[str, str, str], Any]) -> Any:
     """A copy of the spec ``raw`` (as read from YAML) with ``overrides`` applied in order.
-    ``load_value(text, source)`` reads a value (the spec's own YAML loader)."""
+    ``load_value(text, source, field)`` reads a value (the spec's own YAML loader; ``field``, the
+    dotted key, is what an error about the value itself names, e.g. an integer of too many digits)."""
     if not overrides:
         return raw
     out = copy.deepcopy(raw) if raw is not None else {}
@@ -43,7 +44,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str], load_value: Callable[[st
         return out     # not a mapping: the spec's own check says so
     for item in overrides:
         path, text = split_override(item)
-        value = load_value(text, f"override {item}") if text.strip() else ""
+        value = load_value(text, f"override {item}", ".".join(path)) if text.strip() else ""
         node: Any = out
         for depth, key in enumerate(path[:-1]):
             node = _step(node, key, path[: depth + 1], item)
@@ -52,9 +53,12 @@ def apply_overrides(raw: Any, overrides: Sequence[str], load_value: Callable[[st
 
 
 def _index(node: list, key: str, where: list[str], item: str) -> int:
-    if not key.isdigit() or int(key) >= len(node):
-        raise bad(".".join(where), key, f"a list index 0..{len(node) - 1}", f"in override {item!r}")
-    return int(key)
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and no more of them than an
+    # index has (int() refuses 4300 and more)
+    digits = key.lstrip("0") or "0"
+    if not (key.isascii() and key.isdigit()) or len(digits) > len(str(len(node))) or int(digits) >= len(node):
+        raise bad(".".join(where), key, f"a list index 0..{len(node) - 1}", f"in override {quote(item)}")
+    return int(digits)
 
 
 def _step(node: Any, key: str, where: list[str], item: str) -> Any:
@@ -71,9 +75,9 @@ def _step(node: Any, key: str, where: list[str], item: str) -> Any:
         elif isinstance(child, str):
             child = node[key] = {"name": child}     # `data: digits` is `data: {name: digits}`
     else:
-        raise bad(".".join(where[:-1]), node, "a mapping or a list to set keys in", f"in override {item!r}")
+        raise bad(".".join(where[:-1]), node, "a mapping or a list to set keys in", f"in override {quote(item)}")
     if not isinstance(child, (dict, list)):
-        raise bad(".".join(where), child, "a mapping or a list to set keys in", f"in override {item!r}")
+        raise bad(".".join(where), child, "a mapping or a list to set keys in", f"in override {quote(item)}")
     return child
 
 

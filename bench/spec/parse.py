@@ -8,6 +8,8 @@ Every error is a ``SpecError`` (``rankbench.bench.checks.UserError``) with one l
 ``rankbench.bench.checks``: ``<field>: <value>: <problem>; accepted: <what is accepted>``.
 
 The ``Trial`` itself lives in ``rankbench.bench.trial`` (re-exported here); this module adds the YAML.
+It holds one concern past 500 lines, the spec from its YAML to its trials: the loader, each level's
+checks, the count of the grid and its expansion, which call one another.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from rankbench.bench.checks import (PATH_QUOTE, UserError, bad, check_keys, did_you_mean, is_int, is_number, missing,
-                                    need_bool, need_choice, need_float, need_int, need_mapping, unknown)
+from rankbench.bench.checks import (MAX_QUOTE, MAX_TEXT, PATH_QUOTE, UserError, bad, check_keys, clip, did_you_mean, int_digits,
+                                    is_int, is_number, missing, need_bool, need_choice, need_float, need_int,
+                                    need_mapping, quote, shown, unknown)
 from rankbench.bench.train.config import TrainConfig
 from rankbench.bench.spec.shipped import default_spec_path, resolve_spec, shipped_specs
-from rankbench.bench.trial import Trial, format_value, freeze
+from rankbench.bench.trial import Trial, freeze
 from rankbench.bench.preflight.model import check_model_option, check_models, check_pretrained_files, check_reachable
 
 __all__ = ["SpecError", "Sweep", "Trial", "default_spec_path", "file_problems", "load_spec",
@@ -49,6 +52,8 @@ MEASURE_DEFAULTS: dict[str, Any] = {"latency_device": "cpu", "latency_dtype": "f
 LATENCY_DEVICES = ("cpu", "cuda")
 LATENCY_DTYPES = ("float32", "float16", "bfloat16")
 MAX_SEED = 2**32 - 1   # numpy's seeds are 32-bit
+MAX_INT_DIGITS = 4300  # Python's int-to-str limit: a longer integer could not even be printed or hashed
+MAX_TRIALS = 10_000    # trials a spec may expand to (--max-trials N raises it), counted before expanding
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
@@ -86,17 +91,45 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             line = key_node.start_mark.line + 1
-            raise SpecError(f"yaml: line {line}: duplicate key {key!r}; accepted: each key once per mapping")
+            raise SpecError(f"yaml: line {line}: duplicate key {quote(key)}; accepted: each key once per mapping")
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
+class _TooManyDigits(yaml.constructor.ConstructorError):
+    """An integer past ``MAX_INT_DIGITS`` digits."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """PyYAML's int, refused past ``MAX_INT_DIGITS`` digits: there its ``int()`` raises a ValueError
+    (not a YAMLError), and a hex or binary one passes, to break whatever prints or hashes it."""
+    try:
+        value = loader.construct_yaml_int(node)
+        digits = int_digits(value) if abs(value).bit_length() > 3 * MAX_INT_DIGITS else 0
+    except ValueError:                           # a decimal integer past Python's limit
+        digits = sum(c.isdigit() for c in str(node.value))
+        if digits <= MAX_INT_DIGITS:
+            raise
+    if digits > MAX_INT_DIGITS:
+        raise _TooManyDigits(None, None, f"an integer of {digits} digits: too many digits", node.start_mark)
+    return value
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
-def _load_yaml(text: str, source: str) -> Any:
+def _load_yaml(text: str, source: str, field: str | None = None) -> Any:
+    """``text`` read from ``source`` (a file); errors name the file, or ``field`` (an override's key)
+    for an integer of too many digits in ``text``, a single value."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except _TooManyDigits as e:
+        where = f"line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}: {e.problem}"
+        raise bad(field or "yaml", text if field else source, f"integers of at most {MAX_INT_DIGITS} digits",
+                  where, MAX_QUOTE if field else PATH_QUOTE) from None
+    except RecursionError:
+        raise bad("yaml", source, "a valid YAML mapping", "nested too deeply", PATH_QUOTE) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
@@ -248,11 +281,13 @@ class _Expansion:
 
 
 def parse_spec(text: str, source: str = "<string>", check: bool = True, overrides: Sequence[str] = (),
-               check_files: bool = True) -> Sweep:
+               check_files: bool = True, max_trials: int | None = None) -> Sweep:
     """Parse a spec's text into a Sweep, after the dotted ``overrides`` (``rankbench.bench.spec.overrides``).
     ``check=False``: the structure only (no method built, no file touched); ``check_files=False``:
-    no file (:func:`file_problems`)."""
+    no file (:func:`file_problems`). A spec whose grids expand to more than ``max_trials`` trials
+    (default ``MAX_TRIALS``) is refused before anything is expanded."""
     raw = _read_raw(text, source, overrides)
+    _check_count(raw, MAX_TRIALS if max_trials is None else max_trials)
     g = _globals(raw)
     out = _Expansion()
     for i, entry in enumerate(raw["methods"]):
@@ -277,6 +312,31 @@ def _read_raw(text: str, source: str, overrides: Sequence[str]) -> dict:
         if req not in raw:
             raise missing(req, "a spec needs sweep, methods")
     return raw
+
+
+def _check_count(raw: dict, max_trials: int) -> None:
+    """Refuse a spec of more than ``max_trials`` trials, counted before anything is expanded or
+    checked: per method entry, the product of its parameters' list lengths times its data, models
+    and seeds (the baselines they start from not counted). A malformed part counts as one value:
+    the checks after this one name it."""
+    def n(v: Any) -> int:
+        return len(v) if isinstance(v, list) and v else 1
+
+    counts = []
+    for e in raw["methods"] if isinstance(raw.get("methods"), list) else []:
+        e = e if isinstance(e, dict) else {}
+        count = n(raw.get("seeds")) * n(e.get("data", raw.get("data"))) * n(e.get("model", raw.get("model")))
+        for k, v in e.items():      # counted up to 10**18 (past it, "more than"), never a huge int
+            count = min(count * (1 if k in ENTRY_KEYS else n(v)), 10**18)
+        counts.append(count)
+    total, most = sum(counts), max(counts, default=0)
+    if total > max_trials:
+        def say(k: int) -> str:
+            return str(k) if k < 10**18 else "10**18 or more"
+
+        raise bad("methods", total, f"at most {max_trials} trials (rankbench run / show --max-trials N raises the "
+                  f"limit)", f"the grids expand to {say(total)} trials, {say(most)} of them from "
+                  f"methods[{counts.index(most)}]")
 
 
 def _globals(raw: dict) -> _Globals:
@@ -345,8 +405,7 @@ def _entry_head(i: int, entry: Any) -> tuple[str, str, str]:
         raise missing(f"{where}.name", ", ".join(available()))
     why = skipped().get(entry["name"]) if isinstance(entry["name"], str) else None
     if why is not None and entry["name"] not in available():
-        raise bad(f"{where}.name", entry["name"], "a method whose plugin imports (fix or reinstall that package)",
-                  f"its plugin failed to import: {why}")
+        raise bad(f"{where}.name", entry["name"], "a method whose plugin loads (fix or reinstall that package)", why)
     name = need_choice(f"{where}.name", entry["name"], available())
     where = f"methods[{i}]({name})"
     label = entry.get("label", "")
@@ -404,8 +463,9 @@ def _build_method(where: str, name: str, params: dict) -> None:
         msg = str(msg)
         # the registry already names the field ("rankbench.methods.svd.x: ..."); a method's own check may not
         if not msg.startswith("methods."):
-            given = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()))
-            msg = f"{where} [{given}]: {msg}"
+            # the label is capped (each name and value, then the whole) like every piece of an error
+            given = clip(", ".join(f"{clip(k)}={shown(v)}" for k, v in sorted(params.items())), MAX_TEXT)
+            msg = f"{clip(where)} [{given}]: {clip(msg, 2 * MAX_TEXT)}"
         raise SpecError(msg) from None
 
 
@@ -437,8 +497,10 @@ def file_problems(sweep: Sweep) -> list[str]:
     return out
 
 
-def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (), check_files: bool = True) -> Sweep:
-    """Read and validate a spec (a file or a shipped spec's name) with ``overrides``; one-line SpecErrors."""
+def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (), check_files: bool = True,
+              max_trials: int | None = None) -> Sweep:
+    """Read and validate a spec (a file or a shipped spec's name) with ``overrides``; one-line SpecErrors.
+    ``max_trials``: the most trials it may expand to (default ``MAX_TRIALS``)."""
     p = resolve_spec(path)
     try:
         text = p.read_text()
@@ -449,4 +511,5 @@ def load_spec(path: str | Path, check: bool = True, overrides: Sequence[str] = (
         raise bad("spec", str(p), "a path to a YAML spec", "is a folder", PATH_QUOTE) from None
     except UnicodeDecodeError:
         raise bad("spec", str(p), "a YAML file", "not text", PATH_QUOTE) from None
-    return parse_spec(text, source=str(p), check=check, overrides=overrides, check_files=check_files)
+    return parse_spec(text, source=str(p), check=check, overrides=overrides, check_files=check_files,
+                      max_trials=max_trials)
