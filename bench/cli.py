@@ -1,11 +1,11 @@
 """The ``rankbench`` command (also ``python -m rankbench.bench``).
 
     rankbench run [SPEC] [KEY=VALUE ...] [--address ADDR] [--results|--storage DIR_OR_URI] [--max-concurrent N]
-                  [--mlflow URI]
+                  [--max-trials N] [--mlflow URI]
     rankbench methods
     rankbench check-method NAME [--check CHECK ...]   (rankbench.methods.api.conformance)
     rankbench specs
-    rankbench show [SPEC] [KEY=VALUE ...]
+    rankbench show [SPEC] [KEY=VALUE ...] [--max-trials N]
     rankbench export TRIAL_OR_PATH [--format torch|onnx] [--out FILE] [--results DIR]
     rankbench report ...        (rankbench.reports.cli)
     rankbench speed ...         (rankbench.bench.speed)
@@ -58,6 +58,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 SPEC_HELP = ("a YAML spec file, or a shipped spec's name (rankbench specs lists them); default: quick. "
              "Relative data.root and model.pretrained paths resolve against the current directory")
 OVERRIDE_HELP = "dotted overrides read as YAML, e.g. train.epochs=3 seeds=[0] resources.gpus=0.5"
+MAX_TRIALS_HELP = ("refuse a spec whose grids expand to more than N trials (default 10000), counted before "
+                   "they are expanded")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where rows, checkpoints, logs and Ray's state go: a local or NFS folder, or a "
                         "URI pyarrow opens (s3://bucket/dir, gs://..., file:///dir); default ./results")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    r.add_argument("--keep-old-code", action="store_true",
+                   help="keep finished rows made by other code of their method (default: run those trials again)")
+    r.add_argument("--max-trials", type=int, default=None, metavar="N", help=MAX_TRIALS_HELP)
     r.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
                    help="on a cluster (--address), how long to wait for nodes that can hold the spec's "
                         "resources to join (default: $RANKBENCH_WAIT_FOR_NODES, else 300)")
@@ -90,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     s.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR_OR_URI",
                    help="mark trials already done in this folder or storage URI")
+    s.add_argument("--max-trials", type=int, default=None, metavar="N", help=MAX_TRIALS_HELP)
     e = sub.add_parser("export", help="export a trial's compressed model (torch.export or ONNX), checked "
                                       "against the eager model")
     e.add_argument("model", metavar="TRIAL_OR_PATH",
@@ -132,10 +138,13 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args.cmd in ("run", "show"):
             spec, overrides = _spec_and_overrides(args.spec, args.overrides)
+            if args.max_trials is not None and args.max_trials < 1:
+                raise bad("--max-trials", args.max_trials, "an integer >= 1")
             if args.cmd == "run":
                 return cmd_run(spec, args.results, args.address, args.max_concurrent, overrides,
-                               wait_for_nodes=args.wait_for_nodes, mlflow=args.mlflow)
-            return cmd_show(spec, args.results, overrides)
+                               wait_for_nodes=args.wait_for_nodes, mlflow=args.mlflow, max_trials=args.max_trials,
+                               keep_old_code=args.keep_old_code)
+            return cmd_show(spec, args.results, overrides, max_trials=args.max_trials)
         if args.cmd == "methods":
             return cmd_methods()
         if args.cmd == "check-method":
@@ -160,7 +169,10 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"{what}: finished trials are kept; run the same command again to resume", file=sys.stderr)
+        # only a run has trials to keep and resume; any other command simply stopped
+        then = ("finished trials are kept; run the same command again to resume" if args.cmd == "run"
+                else "nothing was written")
+        print(f"{what}: {then}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     return EXIT_USER_ERROR
 
@@ -186,6 +198,9 @@ def _supervise(argv: list[str]) -> int:
         code = 1
         try:
             code = main(argv)
+        except SystemExit as e:                    # argparse's usage error (2), --help (0): its own status
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -214,7 +229,9 @@ def _supervise(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
         from rankbench.bench.spec.parse import load_spec
 
-        sweep = load_spec(_spec_path(args.spec), check=False)
+        spec, overrides = _spec_and_overrides(args.spec, args.overrides)
+        # the sweep the child ran: its spec as the overrides changed it (their sweep name included)
+        sweep = load_spec(_spec_path(spec), check=False, overrides=overrides, max_trials=args.max_trials)
         resume = "rankbench " + " ".join(shlex.quote(a) for a in argv)
         _stopped_summary(sweep, args.results, RuntimeError(
             f"the sweep's process ended with {how} before reporting (Ray's core ends it when its GCS is lost)"),
@@ -324,12 +341,13 @@ def failed_line(tid: str, row: dict | None, trial: Any, logs: Path) -> str:
     return f"failed {tid} {name}{rest}: no result written (see {logs / (tid + '.log')})"
 
 
-def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | None = None) -> int:
+def cmd_show(spec: str | None, results: str = "results", overrides: list[str] | None = None,
+             max_trials: int | None = None) -> int:
     from rankbench.bench.spec.parse import file_problems, load_spec
     from rankbench.bench.results.store import Store
 
     # a preview: data or weights not there yet are a warning here (run refuses them)
-    sweep = load_spec(_spec_path(spec), overrides=overrides or (), check_files=False)
+    sweep = load_spec(_spec_path(spec), overrides=overrides or (), check_files=False, max_trials=max_trials)
     store = Store(results, sweep.name)
     print(f"sweep {sweep.name} ({sweep.source}): {len(sweep.trials)} trials")
     names = {t.id: method_name(t.method, t.display_label) for t in sweep.trials}
@@ -360,7 +378,7 @@ def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
 
 def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
             overrides: list[str] | None = None, wait_for_nodes: float | None = None,
-            mlflow: str | None = None) -> int:
+            mlflow: str | None = None, max_trials: int | None = None, keep_old_code: bool = False) -> int:
     from rankbench.bench.spec.parse import load_spec
     from rankbench.bench.running.sweep import run_sweep, set_ray_env
 
@@ -374,7 +392,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
     check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
     # every input error (overrides included) surfaces here, before Ray
-    sweep = load_spec(_spec_path(spec), overrides=overrides or ())
+    sweep = load_spec(_spec_path(spec), overrides=overrides or (), max_trials=max_trials)
     from rankbench.bench.results.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI
@@ -392,7 +410,8 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         signal.signal(signal.SIGTERM, _term)
     try:
         summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
-                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes, mlflow=mlflow)
+                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes, mlflow=mlflow,
+                            keep_old_code=keep_old_code)
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001
         if isinstance(e, _user_errors()) or isinstance(e, OSError):
             raise                                  # bad input or an unwritable folder: one line (main)

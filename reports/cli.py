@@ -18,7 +18,7 @@ import pandas as pd
 
 from rankbench.bench.checks import PATH_QUOTE, bad
 from rankbench.reports import paper, plots, tables
-from rankbench.reports.collate import load_results, summarize
+from rankbench.reports.collate import load_results, mixed_code, summarize
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +69,9 @@ def _print_tables(df: pd.DataFrame, out: Path, fmt: str, columns: tuple[str, ...
         print("tables written: " + ", ".join(str(p) for p in written.values()))
     else:
         print("(no successful trials)")
+    for method, versions in mixed_code(df).items():
+        # a number from other code than the user thinks must not pass for one result
+        print(f"note: the {method} rows of this table come from {len(versions)} code versions: " + "; ".join(versions))
     failed = tables.failed_list(df)
     if failed:
         print("\n" + failed)

@@ -244,6 +244,23 @@ def canonical_variant(params: dict) -> str:
     return ",".join(f"{k}={params[k]}" for k in sorted(params))
 
 
+def mixed_code(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Methods whose ok rows were made by more than one code version (rankbench's commit or the
+    method's own source): method -> the versions, each as ``describe_code`` names it. Rows that
+    predate the ``code`` field count as "unrecorded"."""
+    from rankbench.bench.results.provenance import describe_code
+
+    ok = ok_trials(df)
+    if ok.empty or "code" not in ok:
+        return {}
+    out: dict[str, list[str]] = {}
+    for method, codes in ok.groupby("method")["code"]:
+        names = sorted({describe_code(c if isinstance(c, dict) else None) for c in codes})
+        if len(names) > 1:
+            out[str(method)] = names
+    return out
+
+
 def ok_trials(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"]
 

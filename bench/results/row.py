@@ -97,6 +97,8 @@ FIELDS: tuple[Field, ...] = (
     Field("ddp", (_D,), "data-parallel trials only: world_size, backend, sync_bn, every rank's weight checksum",
           always=False),
     Field("env", (_D,), "torch, cuda, gpu, python, rankbench, hostname, platform, cpu_threads"),
+    Field("code", (_D,), "the code that made the row: rankbench {version, commit, dirty, changes_sha256} and "
+          "method {name, module, distribution, version, source_sha256} (rows written since 0.2)", always=False),
     Field("spec", (_D,), "the Trial's fields (Trial.to_dict())"),
 )
 BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}

@@ -29,6 +29,7 @@ from rankbench.bench.measure.metrics import compare_latency, count_macs, count_p
 from rankbench.bench.models.builtin import build_model
 from rankbench.bench.results.compressed import compressed_path, save_compressed
 from rankbench.bench.results.filesystem import open_append, read_bytes_io
+from rankbench.bench.results.provenance import code_identity
 from rankbench.bench.results.row import clean, empty_row
 from rankbench.bench.results.store import Store, atomic_torch_save, previous, set_aside
 from rankbench.bench.running.tracking import open_tracker
@@ -80,6 +81,7 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
     """
     base = Path(base_dir or os.getcwd())
     row = empty_row(trial)
+    row["code"] = code_identity(trial.method)
     if dist is not None and not dist.is_main:
         _run(trial, row, _Env(Store(results_root, trial.sweep), Progress(), lambda line: None, base, dist))
         return row

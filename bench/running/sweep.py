@@ -23,6 +23,7 @@ from rankbench.bench.checks import bad
 from rankbench.bench.preflight.cluster import NodeNeeds, check_nodes, describe, needs_of, node_problems, write_marker
 from rankbench.bench.running.reaper import start_reaper
 from rankbench.bench.results.filesystem import ray_storage
+from rankbench.bench.results.provenance import describe_code, same_method_code
 from rankbench.bench.results.row import failed_row
 from rankbench.bench.results.store import Store, set_aside
 from rankbench.bench.trial import Trial
@@ -329,9 +330,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
-def _needs_run(store: Store, t: Trial, out: Callable[[str], None] = print) -> bool:
+def _needs_run(store: Store, t: Trial, out: Callable[[str], None] = print, keep_old_code: bool = False) -> bool:
     if not store.is_done(t.id):
         return True
+    row = store.read_result(t.id) or {}
+    if not same_method_code(row, t.method):
+        then = "kept (--keep-old-code)" if keep_old_code else "running it again"
+        out(f"trial {t.id} ({t.label}): its row was made by other code of method {t.method!r} "
+            f"({describe_code(row.get('code'))}); {then}")
+        if not keep_old_code:
+            return True
     if not t.is_baseline:
         return False
     # a finished baseline whose weights were deleted, or cannot be read, must run again, or the
@@ -394,9 +402,12 @@ def _preflight(todo: list[Trial], store: Store, out: Callable[[str], None]) -> N
 
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
               max_concurrent: int | None = None, out: Callable[[str], None] = print,
-              wait_for_nodes: float | None = None, mlflow: str | None = None) -> SweepSummary:
+              wait_for_nodes: float | None = None, mlflow: str | None = None,
+              keep_old_code: bool = False) -> SweepSummary:
     """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end.
     ``mlflow``: a tracking URI every trial also logs to (``rankbench.bench.running.tracking``).
+    A finished trial whose row was made by other code of its method runs again, unless
+    ``keep_old_code`` (``rankbench.bench.results.provenance``).
 
     Resources no node can hold are refused first (``rankbench.bench.preflight.capacity``): on a local Ray before it
     starts, on a cluster after ``wait_for_nodes`` seconds of waiting for nodes to join."""
@@ -414,7 +425,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
     store = Store(results_root, sweep.name)
     store.ensure()
     with store.lock():
-        todo = [t for t in sweep.trials if _needs_run(store, t, out)]
+        todo = [t for t in sweep.trials if _needs_run(store, t, out, keep_old_code)]
         relabel(store, [t for t in sweep.trials if t not in todo])
         skipped = len(sweep.trials) - len(todo)
         out(f"sweep {sweep.name}: {len(sweep.trials)} trials, {skipped} already done, {len(todo)} to run "
