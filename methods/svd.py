@@ -88,12 +88,16 @@ class DataDriven(SVD):
                     "an int >= 1 (training batches whose responses the fit uses)")
         self.calibration, self.finetune_epochs = int(calibration), int(finetune_epochs)
         self._fit: dict[str, dict[str, float]] = {}
+        self._read = 0    # calibration batches the last compress() read (the split may hold fewer than asked)
 
     def compress(self, model: nn.Module) -> nn.Module:
         chosen = [n for n, why in self.choose_layers(model) if why is None]
         stats: dict[str, Any] = {}
+        self._read = 0
         if chosen:
-            collect(model, chosen, self.calibration_batches(self.calibration), self.collector(stats))
+            batches = self.calibration_batches(self.calibration)
+            self._read = len(batches)
+            collect(model, chosen, batches, self.collector(stats))
         small = self.decompose(model, self.rank_spectra(model, stats), self.allocation)
         self._fit = {}
         for rep in self._reports:
@@ -118,5 +122,6 @@ class DataDriven(SVD):
 
     def report(self) -> MethodReport:
         report = super().report()
-        report.info = {"calibration_batches": self.calibration, "fit": dict(self._fit)}
+        # the batches read, not the ``calibration`` asked for: the harness gives at most one epoch
+        report.info = {"calibration_batches": self._read, "fit": dict(self._fit)}
         return report

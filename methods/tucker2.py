@@ -195,8 +195,14 @@ class Tucker2(Method):
         return tensordec.choose_layers(model, DECOMPOSITION, self.layers, self.include_stride2)
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        if self.rule != VBMF and lowrank.parse_rule(self.rule).is_global:  # out of reach: fail before training
-            plan = self._plan(model)
+        self.check_reachable(model, self.example_input(model))   # out of reach: fail before training
+
+    def check_reachable(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        """Fail (one line naming ``rule``) when a ``speedup:S`` rule is out of reach even at rank
+        (1, 1) on every chosen layer; ``rankbench.bench.preflight.model`` calls it on the untrained
+        network when the spec is read, :meth:`attach` again before training."""
+        if self.rule != VBMF and lowrank.parse_rule(self.rule).is_global:
+            plan = tensordec.plan_layers(model, DECOMPOSITION, self.layers, self.include_stride2, example_input)
             tensordec.check_speedup(plan, lowrank.parse_rule(self.rule).value, [(1, 1)] * len(plan.chosen))
 
     def compress(self, model: nn.Module) -> nn.Module:

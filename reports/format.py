@@ -109,9 +109,20 @@ def fmt_duration(seconds: float | None) -> str:
 
 # ---------------------------------------------------------------------------- cells
 
+# every character str.splitlines() breaks a line at, with the blanks around it
+_LINE_BREAK = re.compile(r"[ \t]*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+[ \t]*")
+
+
+def one_line(text: str) -> str:
+    """``text`` with each line break (and the blanks around it) turned into one space: a label
+    or value written with a newline stays on its table row, its list item, its LaTeX line."""
+    return _LINE_BREAK.sub(" ", text)
+
+
 def markdown_cell(text: str) -> str:
-    """``text`` safe inside a Markdown table row (a ``|`` would start a new cell)."""
-    return text.replace("|", "\\|")
+    """``text`` safe inside a Markdown table row: on one line, and a ``|`` escaped (it would start
+    a new cell), a backslash doubled first (``\\|`` would escape the backslash, not the pipe)."""
+    return one_line(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
 _LATEX_SPECIAL = {
@@ -121,8 +132,9 @@ _LATEX_SPECIAL = {
 
 
 def latex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped, to be typeset as written."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """``text`` with LaTeX's special characters escaped, to be typeset as written, on one line
+    (a blank line would end the paragraph, inside a tabular an error)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in one_line(text))
 
 
 def latex_cell(text: str) -> str:

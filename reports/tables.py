@@ -12,10 +12,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from rankbench.bench.checks import unknown
+from rankbench.bench.checks import bad, unknown
 from rankbench.reports.collate import BOUNDS, failed_trials, load_results, summarize
 from rankbench.reports.format import (CLIPPED, COLUMN_PARAMS, DASH, display_name, fix_counts, fmt_ci, fmt_duration, fmt_si,
-                            fmt_x, is_missing, latex_cell, latex_escape, markdown_cell, sort_rows)
+                            fmt_x, is_missing, latex_cell, latex_escape, markdown_cell, one_line, sort_rows)
 
 # Appended to the method of a row whose deployed model is the dense one (MACs = dense MACs):
 # the method ran, but compressed nothing, so its accuracy is the dense model's.
@@ -307,6 +307,10 @@ def select_columns(header: list[str], rows: list[list[str]], columns: Sequence[s
         return header, rows
     where = {column_key(h): i for i, h in enumerate(header)}
     idx = [where[k] for k in columns if k in where]
+    if not idx:
+        raise bad("--columns", ",".join(columns), f"keys of the columns this table has: {', '.join(where)}",
+                  "leaves no column of this table (dataset and model are columns only when the table "
+                  "spans several datasets or models)")
     rows = [list(r) for r in rows]
     m = where.get("method")
     dropped = [where[k] for k in ("scheme", "rule") if k in where and k not in columns]
@@ -334,21 +338,21 @@ def to_markdown(summary: pd.DataFrame, title: str | None = None, columns: Sequen
         return "(no successful trials)\n"
     header, rows, notes = table_cells(summary)
     header, rows = select_columns(header, rows, columns)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    cells = [[markdown_cell(c) for c in r] for r in rows]     # escaped first: widths are of what is printed
+    widths = [max(len(markdown_cell(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
     lines = []
     if title:
-        lines += [f"### {title}", ""]
+        lines += [f"### {one_line(title)}", ""]
     lines.append("| " + " | ".join(markdown_cell(h).ljust(w) for h, w in zip(header, widths)) + " |")
     lines.append("|" + "|".join(
         (":" + "-" * (w + 1)) if h in text_cols else ("-" * (w + 1) + ":")
         for h, w in zip(header, widths)) + "|")
-    for r in rows:
+    for r in cells:
         lines.append("| " + " | ".join(
-            markdown_cell(c).ljust(w) if h in text_cols else markdown_cell(c).rjust(w)
-            for c, h, w in zip(r, header, widths)) + " |")
+            c.ljust(w) if h in text_cols else c.rjust(w) for c, h, w in zip(r, header, widths)) + " |")
     lines.append("")
-    lines += [f"- {n}" for n in notes]
+    lines += [f"- {one_line(n)}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -7,8 +7,10 @@ from typing import Any
 from rankbench.bench.checks import bad, check, did_you_mean, is_int, is_number, missing, unknown
 
 from .cifar import CIFAR_LAYOUT, NORMALIZE
+from .digits import split_problem
 from .imagefolder import IMAGEFOLDER
 from .imagenet import IMAGENET_LAYOUTS
+from .synthetic import MAX_BYTES, footprint
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
 
@@ -75,6 +77,9 @@ def options(cfg: dict) -> tuple[str, dict[str, Any]]:
     if name == "digits":
         vf = opts["val_fraction"]
         need("val_fraction", is_number(vf) and 0 < vf < 1, "a number strictly between 0 and 1")
+        problem = split_problem(vf)
+        if problem:
+            raise bad("data.val_fraction", vf, *problem)
         need("split_seed", opts["split_seed"] is None or is_int(opts["split_seed"]),
              "an integer or null (null: the trial's seed)")
     if name in CIFAR_LAYOUT:
@@ -103,4 +108,43 @@ def options(cfg: dict) -> tuple[str, dict[str, Any]]:
         need("val_size", opts["val_size"] is None or _positive(opts["val_size"]),
              "a positive integer or null (size // 4)")
         need("data_seed", is_int(opts["data_seed"]), "an integer")
+        _check_synthetic_size(opts)
     return name, opts
+
+
+def _check_synthetic_size(opts: dict[str, Any]) -> None:
+    """Refuse synthetic data whose tensors exceed ``MAX_BYTES``, naming the bytes and the option to
+    lower: the count (num_classes, size, val_size) whose default would shrink them most, or the
+    shape when no value of that count makes them fit."""
+    parts = footprint(opts)
+    total = sum(parts.values())
+    if total <= MAX_BYTES:
+        return
+    default = OPTIONS["synthetic"]
+
+    def fits(key: str, value: Any) -> bool:
+        return sum(footprint({**opts, key: value}).values()) <= MAX_BYTES
+
+    key = min(("num_classes", "size", "val_size"), key=lambda k: sum(footprint({**opts, k: default[k]}).values()))
+    least = 2 if key == "num_classes" else 1
+    if opts[key] is None or not fits(key, least):
+        key = "shape"
+    accepted = f"sizes whose tensors fit in {_bytes(MAX_BYTES)}"
+    if key != "shape":
+        lo, hi = least, int(opts[key])
+        while hi - lo > 1:   # the largest value of this option that fits, the others as given
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(key, mid) else (lo, mid)
+        accepted = f"{key} up to {lo} with these options ({accepted})"
+    big = sorted(parts.items(), key=lambda kv: -kv[1])
+    raise bad(f"data.{key}", opts[key], accepted,
+              f"the synthetic data would take {_bytes(total)} ({total:,} bytes: "
+              + ", ".join(f"{k} {_bytes(v)}" for k, v in big) + ")")
+
+
+def _bytes(n: int) -> str:
+    """``160.0 GB``, ``513.0 MB``, ``2.4 KB``: decimal units, as memory sizes are quoted."""
+    for div, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if n >= div:
+            return f"{n / div:,.1f} {unit}"
+    return f"{n} bytes"

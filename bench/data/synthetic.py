@@ -1,9 +1,29 @@
 """Generated data of any shape with learnable labels, for smoke and speed runs that need no files."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .memory import CropFlip, Splits
+
+MAX_BYTES = 16 * 10**9   # what synthetic data may take at its peak (spec-time bound, data.* options)
+
+
+def footprint(opts: dict) -> dict[str, int]:
+    """Bytes of what :func:`load_synthetic` makes with ``opts`` (validated values) and what its
+    evaluation holds, by what they are: the inputs (uint8 images and their float copy while the
+    labels are drawn; float32 otherwise), the labelling map and its logits, and the
+    ``num_classes``-squared int64 confusion matrix of ``rankbench.bench.measure.metrics`` (and
+    bincount's copy of it)."""
+    shape, nc = tuple(opts["shape"]), int(opts["num_classes"])
+    n = int(opts["size"]) + int(opts["val_size"] or max(1, int(opts["size"]) // 4))
+    per = math.prod(shape)
+    image = len(shape) == 3
+    feats = shape[0] if image else per
+    return {"inputs": n * per * (1 + 4 if image else 4),
+            "labelling": (n + feats) * nc * 4,
+            "confusion matrix": 2 * nc * nc * 8}
 
 
 def load_synthetic(opts: dict) -> Splits:

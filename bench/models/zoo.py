@@ -9,11 +9,15 @@
   timm is an optional extra: ``pip install 'rankbench[timm]'``.
 
 Other options of the model entry go to the constructor (e.g. ``width_mult: 0.5``,
-``drop_path_rate: 0.1``). Weights come only from a local file (``pretrained: FILE``), never a
-download: torchvision files load with every key and shape checked (the classifier and an
-adapted first conv keep their fresh init when their shapes differ); timm files load through
-timm's own loader pointed at the file, which also adapts the classifier, the input channels
-and a ViT's position embedding to the data.
+``drop_path_rate: 0.1``), except what the harness passes itself (:data:`RESERVED`: the class
+count, input channels and image size come from the data, weights from ``pretrained: FILE``);
+a rate (``*_rate``, ``*dropout``, ``*_prob``) is a probability in [0, 1), even where the
+constructor would take another value (timm turns a negative ``drop_path_rate`` into no drop
+path). :func:`check_zoo_options` refuses both at spec time, naming the option. Weights come
+only from a local file (``pretrained: FILE``), never a download: torchvision files load with
+every key and shape checked (the classifier and an adapted first conv keep their fresh init
+when their shapes differ); timm files load through timm's own loader pointed at the file, which
+also adapts the classifier, the input channels and a ViT's position embedding to the data.
 """
 from __future__ import annotations
 
@@ -21,9 +25,18 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from rankbench.bench.checks import bad, did_you_mean
+from rankbench.bench.checks import bad, did_you_mean, is_number
 
 PREFIXES = ("torchvision", "timm")
+
+# What the harness passes a zoo constructor itself, so a spec's model entry may not: option -> why.
+_FROM_DATA = {"num_classes": "the data's class count", "input_shape": "the data's input shape"}
+_WEIGHTS = "weights come only from a local file, pretrained: FILE"
+RESERVED: dict[str, dict[str, str]] = {
+    "torchvision": {**_FROM_DATA, "weights": _WEIGHTS},
+    "timm": {**_FROM_DATA, "in_chans": "the data's channel count", "pretrained_cfg": _WEIGHTS,
+             "pretrained_cfg_overlay": _WEIGHTS, "checkpoint_path": _WEIGHTS},
+}
 
 
 def torchvision_names() -> list[str]:
@@ -64,6 +77,28 @@ def zoo_builder(name: str) -> Callable[..., nn.Module]:
             raise _unknown(prefix, arch, timm.list_models())
         return _timm(arch)
     raise bad("model", name, "torchvision:NAME or timm:NAME")
+
+
+def is_rate(option: str) -> bool:
+    """Whether a constructor option is a dropout / drop-path / stochastic-depth probability."""
+    return option.endswith(("_rate", "dropout", "_prob"))
+
+
+def check_zoo_options(name: str, options: dict[str, Any], where: str, num_classes: int,
+                      input_shape: Sequence[int]) -> None:
+    """Refuse, naming ``<where>.<option>``, an option the harness passes itself (:data:`RESERVED`)
+    and a rate outside [0, 1), before anything is built."""
+    prefix = name.partition(":")[0] if is_zoo_name(name) else "torchvision"   # a bare name is torchvision's
+    reserved = RESERVED.get(prefix, {})
+    own = {"num_classes": num_classes, "input_shape": tuple(input_shape), "in_chans": input_shape[0]}
+    for key, value in options.items():
+        if key in reserved:
+            now = f" ({own[key]} for this data)" if key in own else ""
+            raise bad(f"{where}.{key}", value, f"{name}'s other options (not {', '.join(reserved)})",
+                      f"the harness passes {key} itself: {reserved[key]}{now}")
+        if is_rate(key) and not (is_number(value) and 0 <= value < 1):
+            raise bad(f"{where}.{key}", value, "a number in [0, 1)",
+                      "a dropout / drop-path rate is a probability")
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:

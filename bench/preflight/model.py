@@ -30,12 +30,12 @@ def check_model_option(where: str, v: Any, default: Any) -> None:
 
 def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) -> None:
     """Each distinct model is built on the meta device (no memory, no init) and runs one example
-    input, so options a builder accepts but cannot use (a zero width, a stem too deep for the
-    input) fail here, naming the model field, instead of as a torch error in a Ray worker."""
-    import torch
-
+    input in eval mode and two in training mode, so what a builder or a zoo constructor accepts
+    but cannot use (a zero width, an option the harness passes itself, a rate outside [0, 1), a
+    stem whose smallest input exceeds the data's) fails here, naming the model field, instead of
+    as a torch error in a Ray worker. A failure on the meta device is confirmed on the CPU before
+    it refuses anything (an op without a meta kernel is no fault of the spec)."""
     from rankbench.bench.data import describe
-    from rankbench.bench.models.builtin import check_options, get_builder, is_zoo_model
 
     seen = set()
     for t in trials:
@@ -46,26 +46,108 @@ def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) ->
         opts = t.model_cfg
         opts.pop("pretrained", None)
         shape, nc = describe(t.data_cfg)
-        if is_zoo_model(t.model):   # its constructor takes **kwargs: rankbench.bench.models.builtin names what it refused
-            check_options(t.model, nc, shape, **opts)
-            continue
-        try:
-            with torch.device("meta"):
-                get_builder(t.model)(nc, tuple(shape), **opts).eval()(torch.empty((2, *shape)))
-        except Exception as e:  # noqa: BLE001 (whatever torch raises: the message names the model)
-            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            mwhere = wheres.get(t.id, ("", "model"))[1]
-            if isinstance(e, UserError) and detail.split(":")[0] in opts:
-                raise UserError(f"{mwhere}.{detail}") from None   # the builder named its option
-            given = {"name": t.model, **opts}
-            raise bad(mwhere, given,
-                      f"options that build a {t.model} for inputs {tuple(shape)}",
-                      f"cannot build it ({type(e).__name__}: {detail})") from None
+        check_model(t.model, opts, tuple(shape), nc, wheres.get(t.id, ("", "model"))[1])
+
+
+def check_model(name: str, opts: dict[str, Any], shape: tuple[int, ...], nc: int, where: str) -> None:
+    """:func:`check_models` for one model ``name`` with ``opts`` on inputs ``shape`` with ``nc``
+    classes; ``where`` is the spec field that names the model."""
+    from rankbench.bench.models.builtin import check_options, get_builder, is_zoo_model
+    from rankbench.bench.models.zoo import check_zoo_options
+
+    zoo = is_zoo_model(name)
+    if zoo:   # its constructor takes **kwargs: refuse what the harness passes itself, and silly rates
+        check_zoo_options(name, opts, where, nc, shape)
+
+    def make(s: tuple[int, ...], device: str) -> Any:
+        # on meta, a zoo constructor's refusal is check_options' one line naming the model and its
+        # options (check_options builds on meta); on the CPU the model was built on meta already
+        if zoo and device == "meta":
+            return check_options(name, nc, s, **opts)
+        return get_builder(name)(nc, s, **opts)
+
+    err, output = _try_model(make, shape, nc, "meta")
+    given = {"name": name, **opts}
+    if err is not None:
+        least = _smallest_input(make, shape, nc)     # it runs on bigger inputs: the stem does not fit
+        if least is not None:
+            c, m = shape[0], least
+            raise bad(where, given, f"a model whose smallest input fits the data's: images of at least {m}x{m} "
+                      f"(e.g. synthetic with shape [{c}, {m}, {m}], imagenet with image_size >= {m}), or a "
+                      "model for small inputs (cnn, resnet20, resnet18)",
+                      f"{name} does not run on the data's inputs {shape}: its smallest input is {c}x{m}x{m} "
+                      f"({_detail(err)})")
+        if not isinstance(err, UserError):
+            err, output = _try_model(make, shape, nc, "cpu")    # meta kernels can fail where torch runs
+    if err is None and output is None:
+        return
+    if err is None:
+        raise bad(where, given, "a model whose training forward returns the logits (torchvision's inception_v3 "
+                  "and googlenet: aux_logits: false)", f"in training it returns {output}")
+    if isinstance(err, UserError) and (zoo or str(err).split(":")[0] in opts):
+        # the constructor refused (zoo: check_options' line), or the builder named its option
+        raise (err if zoo else UserError(f"{where}.{err}")) from None
+    raise bad(where, given, f"options that build a {name} for inputs {shape}",
+              f"cannot build it ({_detail(err)})") from None
+
+
+def _detail(e: BaseException) -> str:
+    """``Type: first line`` of what torch raised, capped (of check_options' line: what the
+    constructor raised, as it quotes it)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, UserError) and text.startswith("model: ") and "': " in text:
+        return text.split("': ", 1)[1].split("; accepted: ")[0][:200]
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _try_model(make: Any, shape: tuple[int, ...], nc: int, device: str) -> tuple[BaseException | None, str | None]:
+    """Build with ``make(shape)`` on ``device``, run one input in eval mode and two in training
+    mode: (what it raised or None, what is wrong with the training output or None)."""
+    import torch
+
+    try:
+        with torch.device(device), torch.no_grad():
+            model = make(shape, device)
+            model.eval()(torch.zeros((1, *shape)))
+            out = model.train()(torch.zeros((2, *shape)))
+    except Exception as e:  # noqa: BLE001 (whatever torch raises: the message names the model)
+        return e, None
+    if not isinstance(out, torch.Tensor):
+        return None, f"{type(out).__name__}, not a tensor of logits"
+    if tuple(out.shape) != (2, nc):
+        return None, f"outputs of shape {tuple(out.shape)}, not (batch, {nc}) logits"
+    return None, None
+
+
+def _smallest_input(make: Any, shape: tuple[int, ...], nc: int, largest: int = 1024) -> int | None:
+    """For an image shape (C, H, W) the model does not run on: the least side ``m`` (up to
+    ``largest``) at which it runs on (C, max(H, m), max(W, m)), found on the meta device by
+    doubling then bisection; None if it runs at no size (so the fault is not the size)."""
+    if len(shape) != 3:
+        return None
+
+    def runs(m: int) -> bool:
+        return _try_model(make, (shape[0], max(shape[1], m), max(shape[2], m)), nc, "meta")[0] is None
+
+    lo = max(shape[1:])
+    hi = lo * 2
+    if lo >= largest:
+        return None
+    while not runs(hi):
+        if hi >= largest:
+            return None
+        lo, hi = hi, min(hi * 2, largest)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if runs(mid) else (mid, hi)
+    return hi
 
 
 def check_reachable(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) -> None:
     """A ``speedup:S`` rule (a method's ``rule`` or ``export``) out of reach even at rank 1 on every
-    layer fails here, on the untrained network, not after its baseline trained."""
+    layer fails here, on the untrained network, not after its baseline trained. A method that
+    decomposes by its own structure rather than a ``lowrank`` scheme (``cp``) checks its rules
+    itself: its ``check_reachable(model, example_input)``, what its ``attach`` calls."""
     import torch
 
     from rankbench.bench.data import describe
@@ -81,28 +163,33 @@ def check_reachable(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]])
         rules = [(f, getattr(method, f, None)) for f in ("rule", "export")]
         rules = [(f, r) for f, r in rules if isinstance(r, str) and r.startswith("speedup:")]
         scheme = getattr(method, "scheme", None)
+        own = getattr(method, "check_reachable", None)
         key = (t.method, t.params, t.model, t.model_options, t.data)
-        if not rules or scheme is None or key in seen:
+        if not rules or (scheme is None and not callable(own)) or key in seen:
             continue
         seen.add(key)
         opts = t.model_cfg
         opts.pop("pretrained", None)
         shape, nc = describe(t.data_cfg)
         model = build_model(t.model, nc, shape, **opts)
-        for f, rule in rules:
-            try:
-                lowrank.check_reachable(model, scheme, rule, torch.zeros((1, *shape)),
+        x = torch.zeros((1, *shape))
+        try:
+            if callable(own):
+                own(model, x)
+            for f, rule in rules if not callable(own) else ():
+                lowrank.check_reachable(model, scheme, rule, x,
                                         getattr(method, "layers", None), getattr(method, "include_stride2", True),
                                         getattr(method, "tiles", 1), field=f)
-            except ValueError as e:
-                raise UserError(f"{wheres.get(t.id, ('methods',))[0]}.{e}") from None
+        except ValueError as e:
+            raise UserError(f"{wheres.get(t.id, ('methods',))[0]}.{e}") from None
 
 
 def check_pretrained_files(trials: Iterable[Trial]) -> None:
     """Every pretrained file against the model its trials build (keys and shapes), so a wrong
     file fails here rather than in a Ray worker after the sweep started."""
     from rankbench.bench.data import describe
-    from rankbench.bench.models.builtin import check_pretrained
+    from rankbench.bench.models.builtin import check_pretrained, is_zoo_model
+    from rankbench.bench.models.zoo import check_zoo_options
 
     seen = set()
     for t in trials:
@@ -112,6 +199,11 @@ def check_pretrained_files(trials: Iterable[Trial]) -> None:
             continue
         seen.add((t.model, t.model_options, t.data))
         shape, nc = describe(t.data_cfg)
+        if is_zoo_model(t.model):
+            try:
+                check_zoo_options(t.model, opts, "model", nc, shape)
+            except UserError:
+                continue    # not the file's fault: check_models refuses the option, naming its field
         try:
             check_pretrained(t.model, nc, shape, str(Path(pre).expanduser()), **opts)
         except Exception as e:  # noqa: BLE001 (random bytes, an empty file: pickle's and zipfile's errors too)

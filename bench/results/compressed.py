@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from rankbench.bench.checks import PATH_QUOTE, bad
 from rankbench.bench.results.filesystem import Location, location, read_bytes_io
@@ -83,7 +84,7 @@ def save_compressed(model: nn.Module, path: Path, *, model_name: str, model_opti
     ``info`` (e.g. trial id, top-1) rides along for whoever opens the file."""
     opts = {k: v for k, v in model_options.items() if k != "pretrained"}
     payload: dict[str, Any] = {
-        "format": FORMAT, "rankbench": __version__, "torch": torch.__version__, "model": model_name, "model_options": opts,
+        "format": FORMAT, "rankbench": __version__, "torch": str(torch.__version__), "model": model_name, "model_options": opts,
         "num_classes": int(num_classes), "input_shape": [int(s) for s in input_shape],
         "layers": [dict(L) for L in layers], "method": method, "params": dict(params or {}),
         "info": dict(info or {}),
@@ -131,7 +132,9 @@ def read_payload(path: Location) -> dict[str, Any]:
     except FileNotFoundError:
         raise bad("model", str(path), f"an existing <trial_id>{SUFFIX} file", "no such file", PATH_QUOTE) from None
     try:   # tensors and plain values only: a file that needs more would run code to load
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # files written before 0.2 name torch's version as a TorchVersion (a str subclass)
+        with torch.serialization.safe_globals([TorchVersion]):
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         problem = (f"holds objects other than tensors and plain values, refused unloaded (loading them could run "
                    f"code; {type(e).__name__})" if isinstance(e, pickle.UnpicklingError)

@@ -210,13 +210,7 @@ class Store:
         if isinstance(self.dir, Path) and not os.access(self.dir, os.W_OK):
             raise _refused(self.dir, "not writable", "a writable folder")
         if self.format_path.exists():
-            try:
-                fmt = json.loads(self.format_path.read_text()).get("format")
-            except (ValueError, AttributeError):
-                fmt = "unreadable"
-            if fmt != FORMAT_VERSION:
-                raise _refused(self.dir, f"format {fmt} (written by another rankbench version)",
-                               f"format {FORMAT_VERSION}, or a new --results folder")
+            self._check_format()
         elif any(self.trials_dir.iterdir()):
             raise _refused(self.dir, "has trial files but no FORMAT file",
                            f"a folder written by rankbench {__version__}, or a new --results folder")
@@ -225,6 +219,31 @@ class Store:
                 atomic_write_json(self.format_path, {"format": FORMAT_VERSION, "rankbench": __version__})
             except OSError as e:
                 raise _refused(self.dir, f"cannot write ({e.strerror})", "a writable folder") from None
+
+    def _check_format(self) -> None:
+        """The folder's FORMAT file is rankbench's, of this format; else the one line saying which
+        it is: unreadable, not a FORMAT file rankbench writes (garbage), or another format number."""
+        accepted = f"format {FORMAT_VERSION}, or a new --results folder"
+        try:
+            text = self.format_path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        except OSError as e:
+            raise _refused(self.dir, f"its FORMAT file cannot be read ({e.strerror or type(e).__name__})",
+                           accepted) from None
+        try:
+            fmt = json.loads(text) if text is not None else None
+        except ValueError:
+            text = None
+        if text is None or not isinstance(fmt, dict):
+            raise _refused(self.dir, 'its FORMAT file is not a FORMAT file rankbench writes (not JSON {"format": N}: '
+                           "damaged, or not rankbench's)", accepted)
+        fmt = fmt.get("format")
+        if isinstance(fmt, bool) or not isinstance(fmt, int):
+            raise _refused(self.dir, f"its FORMAT file holds no format number (format: {str(fmt)[:40]})",
+                           accepted)
+        if fmt != FORMAT_VERSION:
+            raise _refused(self.dir, f"format {fmt} (written by another rankbench version)", accepted)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -183,13 +183,15 @@ class Method:
         return x.to(p.device, p.dtype) if p.is_floating_point() else x.to(p.device)
 
     def calibration_batches(self, n: int) -> list[tuple[Tensor, Tensor]]:
-        """``n`` batches ``(x, y)`` of the training split on the trial's device, no augmentation."""
+        """At most ``n`` batches ``(x, y)`` of the training split on the trial's device, no
+        augmentation: the harness gives at most one epoch, so a small split gives fewer than
+        ``n``. What a method reports as read is ``len()`` of this list, not ``n``."""
         checks.check("calibration_batches", n, checks.is_int(n) and n >= 1, "an int >= 1")
         ctx = self._context("calibration_batches")
         if ctx.train_batches is None:
             raise RuntimeError(f"{self._label()}: calibration_batches() needs training data, and this "
                                "trial's context has none (Context.train_batches is None)")
-        return ctx.train_batches(n)
+        return list(ctx.train_batches(n))[:n]
 
     def _label(self) -> str:
         return self.name or type(self).__name__

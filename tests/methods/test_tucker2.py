@@ -116,3 +116,13 @@ def test_parameters_defaults_and_reachability():
     model = build_model("cnn", 10, (1, 8, 8)).eval()
     with pytest.raises(ValueError, match=r"^rule: 'speedup:500.0': not reachable with these layers; accepted: speedup up to"):
         start(registry.build("tucker2", {"rule": "speedup:500"}), model, _ctx((1, 8, 8)))
+
+
+def test_an_unreachable_speedup_is_refused_when_the_spec_is_read():
+    from rankbench.bench.checks import UserError
+    from rankbench.bench.spec.parse import parse_spec
+
+    spec = ("sweep: t\nseeds: [0]\ndata: {name: digits}\nmodel: cnn\ntrain: {epochs: 1}\n"
+            "methods:\n  - {name: tucker2, rule: 'speedup:1000'}\n")
+    with pytest.raises(UserError, match="speedup"):
+        parse_spec(spec)
