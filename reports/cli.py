@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from rankbench.bench.checks import PATH_QUOTE, bad
-from rankbench.reports import paper, plots, tables
+from rankbench.reports import compare, paper, plots, tables
 from rankbench.reports.collate import load_results, mixed_code, summarize
 
 
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="Pareto plot; FILE.png and FILE.svg are written")
     p.add_argument("--ranks", metavar="FILE",
                    help="per-layer ranks (kept / full, one line per method variant); FILE.png and FILE.svg")
+    p.add_argument("--compare", metavar="REF",
+                   help="paired differences of every method to REF over the seeds both ran, with 95%% "
+                        "intervals: a method (dense), method[variant] or a spec label; compare.md is written")
     p.add_argument("--out", metavar="DIR",
                    help="where table.{md,tex,csv} go (default: the results folder when one is given)")
     return p
@@ -76,6 +79,21 @@ def _print_tables(df: pd.DataFrame, out: Path, fmt: str, columns: tuple[str, ...
     if failed:
         print("\n" + failed)
     return summary
+
+
+def _comparison(df: pd.DataFrame | None, ref: str, out: Path) -> int:
+    """Print and write (compare.md) each method's paired difference to ``ref``; the exit status."""
+    if df is None or df.empty:
+        return _fail(f"error: {bad('--compare', ref, 'results with successful trials', 'no result rows')}")
+    try:
+        text = compare.to_markdown(compare.paired(df, ref))
+    except ValueError as e:
+        return _fail(f"error: {e}")
+    print(f"\npaired comparison with {ref}:\n{text}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(text + "\n")
+    print(f"comparison written: {out / 'compare.md'}")
+    return 0
 
 
 def _paper_comparison(name: str, results: list[str], fmt: str, out: Path) -> pd.DataFrame:
@@ -144,6 +162,8 @@ def main_report(argv: list[str]) -> int:
     if not has_rows and not args.paper:
         return _fail(f"error: {bad('results', ' '.join(args.results), 'a folder holding trials/<id>.json rows', 'no result rows', PATH_QUOTE)}")
     summary = _print_tables(df, out, args.format, columns) if has_rows else None
+    if args.compare and (status := _comparison(df, args.compare, out)):
+        return status
     diff = _paper_comparison(args.paper, args.results, args.format, out) if args.paper else None
     if args.plot and (status := _pareto_plot(args, summary, diff)):
         return status
