@@ -214,7 +214,7 @@ def test_sigterm_to_the_driver_prints_what_finished_and_the_resume_command(tmp_p
         assert p.returncode == 143, out
         assert "terminated (SIGTERM): finished trials are kept; run the same command again to resume" in out
         assert "sweep term: 3 trials, 0 ok, 0 failed, 3 not finished" in out, out
-        assert f"resume with: rankbench run {spec} sweep=g --results {res} --max-concurrent 1" in out, out
+        assert f"resume with: rankbench run {spec} --results {res} --max-concurrent 1" in out, out
         assert "Traceback" not in out
         for _ in range(100):                            # Ray's processes go with their driver
             left = session_pids(p.pid)
