@@ -31,3 +31,14 @@ def ray_session():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Anything that would start Ray or a trial fails the test: bad input stops before."""
+    def started(*a, **kw):
+        raise AssertionError("bad input reached Ray / a trial")
+
+    monkeypatch.setattr("rankbench.bench.running.sweep.init_ray", started)
+    monkeypatch.setattr("rankbench.bench.running.run.run_trial", started)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)

@@ -346,17 +346,6 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-@pytest.fixture
-def no_run(monkeypatch):
-    """Anything that would start Ray or a trial fails the test: bad input stops before."""
-    def started(*a, **kw):
-        raise AssertionError("bad input reached Ray / a trial")
-
-    monkeypatch.setattr("rankbench.bench.running.sweep.init_ray", started)
-    monkeypatch.setattr("rankbench.bench.running.run.run_trial", started)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-
-
 def _error_line(rc: int, out: str, err: str) -> str:
     """The one ``error:`` line of a refused command (exit 2, no traceback)."""
     assert rc == 2, (rc, out, err)

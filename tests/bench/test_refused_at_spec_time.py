@@ -29,17 +29,6 @@ def offline(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
 
-@pytest.fixture
-def no_run(monkeypatch):
-    """Anything that would start Ray or a trial fails the test: bad input stops before."""
-    def started(*a, **kw):
-        raise AssertionError("bad input reached Ray / a trial")
-
-    monkeypatch.setattr("rankbench.bench.running.sweep.init_ray", started)
-    monkeypatch.setattr("rankbench.bench.running.run.run_trial", started)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-
-
 def refused(tmp_path: Path, capsys, **edit: Any) -> str:
     """The one ``error:`` line of ``rankbench run`` on the base spec with ``edit``; exit 2."""
     f = tmp_path / "bad.yaml"
