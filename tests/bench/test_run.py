@@ -150,7 +150,7 @@ def test_a_row_written_through_run_trial_matches_the_schema_and_collate_reads_th
         assert result_row.problems(row) == []
         # an ok row also names its compressed model, saved beside it, and the code that made it;
         # `node` where Ray runs the process (the test session's Ray is up in this one)
-        optional = {"compressed_model", "code"} | ({"node"} if "node" in row else set())
+        optional = {"compressed_model", "code"} | ({"node", "baseline_node"} & set(row))
         assert set(row) == {f.key for f in result_row.FIELDS if f.always} | optional
         assert (Store(tmp_path, "schema").trials_dir / row["compressed_model"]).is_file()
     svd = on_disk[1]
