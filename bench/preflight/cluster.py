@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankbench.bench.checks import UserError
-from rankbench.bench.results.filesystem import is_uri, location
+from rankbench.bench.results.filesystem import is_uri, location, resolve_against
 
 MARKER = ".preflight"
 NODE_TIMEOUT_S = 60.0
@@ -50,11 +50,8 @@ def needs_of(trials: Any, marker: str, token: str, base_dir: str) -> NodeNeeds:
     """The needs of ``trials`` (relative paths resolved against ``base_dir``, as the trials do)."""
     from rankbench.bench.version import __version__
 
-    paths: set[str] = set()
-    for t in trials:
-        for p in (t.data_cfg.get("root"), t.model_cfg.get("pretrained")):
-            if isinstance(p, str) and p:
-                paths.add(p if is_uri(p) or os.path.isabs(os.path.expanduser(p)) else os.path.join(base_dir, p))
+    paths = {resolve_against(p, base_dir) for t in trials for p in (t.data_cfg.get("root"), t.model_cfg.get("pretrained"))
+             if isinstance(p, str) and p}
     return NodeNeeds(marker, token, __version__, tuple(sorted({t.method for t in trials})), tuple(sorted(paths)))
 
 
@@ -68,7 +65,7 @@ def node_problems(needs: NodeNeeds) -> list[tuple[str, str]]:
                     "install the driver's rankbench on every node"))
     out += _method_problems(needs.methods)
     for p in needs.paths:
-        if not location(p).exists():
+        if not location(p if is_uri(p) else os.path.expanduser(p)).exists():
             out.append((f"cannot see {p}", "the same path on every node (a shared mount) or a URI every node reaches"))
     return out
 

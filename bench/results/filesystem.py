@@ -37,6 +37,15 @@ def is_uri(text: str | os.PathLike) -> bool:
     return isinstance(text, str) and "://" in text
 
 
+def resolve_against(path: Any, base_dir: str | os.PathLike) -> Any:
+    """A spec's path (``data.root``, ``model.pretrained``) as the trials read it: a relative one
+    taken from ``base_dir`` (where ``rankbench run`` started; Ray workers run elsewhere); an
+    absolute or ``~`` path, a URI, or anything but a non-empty string, as it is."""
+    if isinstance(path, str) and path and not is_uri(path) and not Path(path).expanduser().is_absolute():
+        return str(Path(base_dir) / Path(path).expanduser())
+    return path
+
+
 class RemotePath:
     """A file or folder on a pyarrow file system, addressed like a ``pathlib.Path``."""
 

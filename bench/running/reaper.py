@@ -4,8 +4,9 @@ When the driver is killed outright (SIGKILL, or its parent's death, which the su
 ``rankbench run`` passes on), no code of it runs: Ray's GCS and raylet go, but the raylet's
 dashboard and runtime-env agents stay for minutes, retrying to flush their logs to the GCS that
 is gone. A small watchdog, started in a session of its own right after ``ray.init`` started the
-local Ray, records the driver's descendants (each with its start time, so a reused pid is never
-touched) while the driver lives, and once it is gone kills what is left of them.
+local Ray, looks at the driver's descendants every second (each with its start time, so a reused
+pid is never touched) while the driver lives, and once it is gone kills what is left of the last
+look.
 
 ``python -m rankbench.bench.running.reaper DRIVER_PID`` is the watchdog; :func:`start_reaper`
 starts it. Linux only (it reads ``/proc``); elsewhere it does nothing.
@@ -67,7 +68,7 @@ def reap(driver_pid: int) -> int:
     born = _stat(driver_pid)
     seen: dict[int, int] = {}
     while born is not None and _stat(driver_pid) == born:
-        seen.update(descendants(driver_pid))
+        seen = descendants(driver_pid)          # the last look while the driver lived is what is killed
         seen.pop(os.getpid(), None)
         time.sleep(POLL_S)
     killed = 0

@@ -28,7 +28,7 @@ from rankbench.bench.data import build_data
 from rankbench.bench.measure.metrics import compare_latency, count_macs, count_params, evaluate
 from rankbench.bench.models.builtin import build_model
 from rankbench.bench.results.compressed import compressed_path, save_compressed
-from rankbench.bench.results.filesystem import open_append, read_bytes_io
+from rankbench.bench.results.filesystem import open_append, read_bytes_io, resolve_against
 from rankbench.bench.results.provenance import code_identity
 from rankbench.bench.results.row import clean, empty_row
 from rankbench.bench.results.store import Store, atomic_torch_save, previous, set_aside
@@ -135,12 +135,6 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
     return row
 
 
-def _resolve(path: Any, base_dir: Path) -> Any:
-    if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
-        return str(base_dir / Path(path).expanduser())
-    return path
-
-
 @dataclass
 class _Env:
     """Where one trial runs and what it reports to: its results store, log, progress and
@@ -214,13 +208,13 @@ def _build(trial: Trial, env: _Env) -> _Built:
     device = env.dist.device if env.dist is not None else _device(trial)
     data_cfg = trial.data_cfg
     if data_cfg.get("root"):
-        data_cfg["root"] = _resolve(data_cfg["root"], env.base_dir)
+        data_cfg["root"] = resolve_against(data_cfg["root"], env.base_dir)
     tc = TrainConfig.of(trial)
     # train.batch_size is the global batch: each of the `world` ranks gets its exact share
     shard = {"rank": env.dist.rank, "world_size": env.world} if env.dist is not None else {}
     data = build_data(data_cfg, trial.seed, tc.batch_size // env.world, tc.augment, device, **shard)
     model_opts = trial.model_cfg
-    pretrained = _resolve(model_opts.pop("pretrained", None), env.base_dir)
+    pretrained = resolve_against(model_opts.pop("pretrained", None), env.base_dir)
     method = build(trial.method, trial.params_dict)
     from_baseline = needs_baseline(trial.method)
     # a method that starts from the baseline gets the baseline's weights: no need to read pretrained
@@ -301,8 +295,8 @@ def _train_phase(trial: Trial, row: dict[str, Any], b: _Built, env: _Env, model:
                  forward: nn.Module | None) -> None:
     """Train with the method's hooks; a baseline saves its weights for the trials that start from it."""
     tc = b.config
-    train(model, b.data, tc, tc.phase("train"), b.method, _loop(env, b.device, env.store.epoch_checkpoint(trial.id),
-                                                                 forward))
+    train(model, b.data, tc, tc.train_phase(), b.method,
+          _loop(env, b.device, env.store.epoch_checkpoint(trial.id), forward))
     if env.world > 1:
         row["ddp"] = {"world_size": env.world, "backend": env.dist.backend, "sync_bn": tc.sync_bn,
                       "weights_sha256": check_identical(model, "train")}

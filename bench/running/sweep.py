@@ -150,7 +150,7 @@ def _trial_id(config: dict) -> str:
     return Trial.from_dict(config["trial"]).id
 
 
-def _callback(by_id: dict[str, Trial], prog: _StatusLine, store: Store | None = None):
+def _callback(by_id: dict[str, Trial], prog: _StatusLine, store: Store):
     from ray import tune
 
     class Cb(tune.Callback):
@@ -161,7 +161,7 @@ def _callback(by_id: dict[str, Trial], prog: _StatusLine, store: Store | None = 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
             tid = _trial_id(trial.config)
             res = trial.last_result or {}
-            if res.get("status") == "failed" and store is not None and store.read_result(tid) is None:
+            if res.get("status") == "failed" and store.read_result(tid) is None:
                 # the trial's node could not write its row (it failed the node check): the driver does
                 store.write_result(failed_row(by_id[tid], res.get("error") or "no result written"))
             prog.finish(tid, by_id[tid].label, res.get("status", "failed"), res.get("error", ""))

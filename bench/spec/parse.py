@@ -21,9 +21,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from rankbench.bench.checks import (MAX_QUOTE, MAX_TEXT, PATH_QUOTE, UserError, bad, check_keys, clip, did_you_mean, int_digits,
-                                    is_int, is_number, missing, need_bool, need_choice, need_float, need_int,
-                                    need_mapping, quote, shown, unknown)
+from rankbench.bench.checks import (MAX_QUOTE, MAX_TEXT, PATH_QUOTE, UserError, bad, check_keys, clip, int_digits,
+                                    is_int, missing, need_choice, need_float, need_int, need_mapping, quote, shown)
 from rankbench.bench.train.config import TrainConfig
 from rankbench.bench.spec.shipped import default_spec_path, resolve_spec, shipped_specs
 from rankbench.bench.trial import Trial, freeze

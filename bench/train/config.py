@@ -3,10 +3,10 @@
 The spec's ``train:`` mapping is checked and completed here once (:meth:`TrainConfig.parse`);
 the trial stores its :meth:`~TrainConfig.id_form` (every key, except the ones that were added
 after the first sweeps ran and are at their default: ``sync_bn``, ``compile``), so a trial's id
-is what it always was; the loop and the runner read the object back (``trial.train_config``).
+is what it always was; the runner reads the object back (:meth:`TrainConfig.of`).
 
 A phase of a trial (training, then fine-tuning after compression) trains with the same options
-at its own length and learning rate: :meth:`TrainConfig.phase`.
+at its own length and learning rate: :class:`Phase`.
 
 May import: ``rankbench.bench.checks`` only.
 """
@@ -91,10 +91,10 @@ class TrainConfig:
         """A ``rankbench.bench.trial.Trial``'s training options."""
         return cls.from_id_form(trial.train_cfg)
 
-    def phase(self, name: str) -> "Phase":
-        """The length and learning rate of ``name`` ("train"); fine-tuning phases are made by
-        the runner with :func:`Phase` directly (their length is the method's)."""
-        return Phase(name=name, epochs=self.epochs, lr=self.lr)
+    def train_phase(self) -> "Phase":
+        """The training phase: ``epochs`` at ``lr``. Fine-tuning phases are made by the runner
+        with :class:`Phase` directly (their length is the method's, their lr ``finetune_lr``)."""
+        return Phase(name="train", epochs=self.epochs, lr=self.lr)
 
 
 @dataclass(frozen=True)

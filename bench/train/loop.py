@@ -283,7 +283,7 @@ def train(model: nn.Module, data: Any, config: TrainConfig, phase: Phase | None 
     """Train ``model`` in place for ``phase.epochs`` epochs on ``data.train`` at ``phase.lr``
     with ``config``'s other options; evaluate on ``data.val`` after each epoch.
 
-    ``phase``: default ``config.phase("train")``. ``method`` (already attached): its
+    ``phase``: default ``config.train_phase()``. ``method`` (already attached): its
     ``before_step`` / ``extra_loss`` / ``after_backward`` hooks run around each step, its
     ``param_groups`` shape the optimizer, and its ``state_dict`` is checkpointed and restored on
     resume. ``loop``: device, checkpoint, progress, log and callbacks (:class:`Loop`).
@@ -291,7 +291,7 @@ def train(model: nn.Module, data: Any, config: TrainConfig, phase: Phase | None 
     and checkpoints use ``model`` itself. The method's hooks change the weights in place between
     steps, which a compiled forward reads as inputs.
     """
-    phase = phase or config.phase("train")
+    phase = phase or config.train_phase()
     loop = loop or Loop()
     device = torch.device(loop.device)
     model.to(device)

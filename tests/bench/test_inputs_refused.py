@@ -150,18 +150,15 @@ def test_a_spec_of_a_million_trials_is_refused_at_once_with_its_count(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     for cmd in ("show", "run"):
-        t0 = time.monotonic()
-        try:
+        try:   # the timeout is the hang guard: before the count, the grid was still expanding after minutes
             r = subprocess.run([sys.executable, "-m", "rankbench.bench", cmd, path], cwd=tmp_path, env=env,
                                capture_output=True, text=True, timeout=30)
         except subprocess.TimeoutExpired:
             pytest.fail(f"rankbench {cmd} still expanding the grid after 30 s")
-        took = time.monotonic() - t0
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
         assert lines[0].startswith("error: methods: ") and "1000000 trials" in lines[0], lines[0]
         assert "--max-trials" in lines[0]
-        assert took < 30
         assert not (tmp_path / "results").exists()
 
 

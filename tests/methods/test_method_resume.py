@@ -7,7 +7,6 @@ state is the number of steps it has seen, so a lost state shows as a short count
 ``svd-training``, which replaces layers at attach (the checkpoint's U, s, V load into them)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rankbench.bench.results.store import Store
