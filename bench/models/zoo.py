@@ -21,6 +21,7 @@ also adapts the classifier, the input channels and a ViT's position embedding to
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -101,6 +102,39 @@ def check_zoo_options(name: str, options: dict[str, Any], where: str, num_classe
                       "a dropout / drop-path rate is a probability")
 
 
+def check_drop_path(name: str, key: str | None, options: dict[str, Any], rate: float, where: str) -> None:
+    """``train.drop_path`` (``where``) at ``rate`` > 0 for model ``name`` (builder key ``key``, from
+    ``rankbench.bench.models.builtin.canonical_name``): refused, in one line, unless ``key`` is a
+    timm model whose constructor takes ``drop_path_rate`` (found by building it on the meta
+    device: no memory, no init) and its model entry does not set ``drop_path_rate`` itself."""
+    if "drop_path_rate" in options:
+        raise bad(where, rate, f"0 when the model sets drop_path_rate itself ({name}: "
+                  f"drop_path_rate={options['drop_path_rate']})", "two values for one rate")
+    if not (key or "").startswith("timm:"):
+        raise bad(where, rate, "0 for this model; drop path is for timm models that take drop_path_rate",
+                  f"{name} has no drop path")
+    if not _takes_drop_path(key.partition(":")[2]):
+        raise bad(where, rate, "0 for this model; drop path is for timm models that take drop_path_rate",
+                  f"{name}'s constructor takes no drop_path_rate")
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_drop_path(arch: str) -> bool:
+    """Whether timm's ``arch`` accepts ``drop_path_rate``: a TypeError naming it says no; any
+    other failure is left to the model check (``rankbench.bench.preflight.model``)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, drop_path_rate=0.1)
+    except TypeError as e:
+        return "drop_path_rate" not in str(e)
+    except Exception:  # noqa: BLE001 (not this check's business: the model check names it)
+        return True
+    return True
+
+
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
     for n, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -154,6 +188,44 @@ def _timm(arch: str) -> Callable[..., nn.Module]:
         return timm.create_model(arch, **load, **kw)
     make.__doc__ = f"timm {arch}, for the data's class count, input channels and image size."
     return make
+
+
+def native_side(name: str, options: dict[str, Any]) -> int | None:
+    """The side of the square input zoo model ``name`` (``torchvision:NAME``/``timm:NAME``) was
+    built for, as its library records it: timm's ``pretrained_cfg.input_size``, torchvision's
+    first weights' evaluation crop (``crop_size``); None where neither says. A timm model built
+    with another ``patch_size`` than its own sees its native token grid at the side scaled by the
+    ratio of the two (the default read from the model built on the meta device)."""
+    import torch
+
+    prefix, _, arch = name.partition(":")
+    if prefix == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch)
+        size = tuple(getattr(cfg, "input_size", None) or ()) if cfg is not None else ()
+        if not size:
+            return None
+        side = int(size[-1])
+        patch = options.get("patch_size")
+        if is_number(patch) and patch > 0:
+            with torch.device("meta"):
+                embed = getattr(timm.create_model(arch, pretrained=False), "patch_embed", None)
+            own = getattr(embed, "patch_size", None)
+            if own:
+                side = round(side * patch / tuple(own)[-1])
+        return side
+    if prefix == "torchvision":
+        import torchvision
+
+        try:
+            weights = list(torchvision.models.get_model_weights(arch))
+        except (ValueError, KeyError):
+            return None
+        keywords = getattr(weights[0].transforms, "keywords", {}) if weights else {}
+        crop = keywords.get("crop_size")
+        return int(crop) if is_number(crop) else None
+    return None
 
 
 def adaptable_keys(model: nn.Module) -> tuple[str, ...]:

@@ -293,6 +293,8 @@ def parse_spec(text: str, source: str = "<string>", check: bool = True, override
         _expand_entry(i, entry, g, out, check, check_files)
     if check and check_files:
         _check_expansion(out)
+    elif check:   # a preview: the models against the data's shape, read from its options (no file)
+        check_models(out.trials.values(), out.wheres, read_files=False)
     # baselines first, then in spec order: `show` and the sweep list them the way they run
     ordered = sorted(out.trials.values(), key=lambda t: not t.is_baseline)
     return Sweep(name=g.sweep, trials=tuple(ordered), source=source)
@@ -377,6 +379,8 @@ def _expand_entry(i: int, entry: Any, g: _Globals, out: _Expansion, check: bool,
     datas = ([_normalize_data(f"{where}.data", d) for d in _non_empty(f"{where}.data", entry["data"], "dataset")]
              if "data" in entry else g.data)
     train = _entry_train(where, entry, g)
+    if check and train.get("drop_path"):
+        _check_drop_path(where, entry, train["drop_path"], models)
     for p in _grid(where, name, entry):
         if check:
             _build_method(where, name, p)
@@ -428,6 +432,18 @@ def _entry_train(where: str, entry: dict, g: _Globals) -> dict:
         raise bad(f"{twhere}.sync_bn", True, "false on CPU, or true together with resources.gpus > 0 "
                   "(torch's SyncBatchNorm runs on GPUs only)")
     return train
+
+
+def _check_drop_path(where: str, entry: dict, rate: float, models: list) -> None:
+    """``train.drop_path`` for each model of the entry: a timm model that takes drop_path_rate
+    (``rankbench.bench.models.zoo.check_drop_path``), or a one-line refusal naming the model."""
+    from rankbench.bench.models.builtin import canonical_name
+    from rankbench.bench.models.zoo import check_drop_path
+
+    own = isinstance(entry.get("train"), dict) and "drop_path" in entry["train"]
+    for name, options in models:
+        check_drop_path(name, canonical_name(name), options, rate,
+                        f"{where}.train.drop_path" if own else "train.drop_path")
 
 
 def _grid(where: str, name: str, entry: dict) -> list[dict]:

@@ -113,15 +113,32 @@ def weights_checksum(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def gather_checksums(model: nn.Module) -> list[str]:
-    """Every rank's ``weights_checksum`` (a collective: all ranks must call it)."""
-    mine = weights_checksum(model)
+def gather_objects(mine: Any) -> list[Any]:
+    """Every rank's ``mine``, rank 0 first (a collective: all ranks must call it); [mine] alone."""
     ctx = current()
     if ctx is None:
         return [mine]
     out: list[Any] = [None] * ctx.world_size
     torch.distributed.all_gather_object(out, mine)
-    return [str(x) for x in out]
+    return out
+
+
+def gather_checksums(model: nn.Module) -> list[str]:
+    """Every rank's ``weights_checksum`` (a collective: all ranks must call it)."""
+    return [str(x) for x in gather_objects(weights_checksum(model))]
+
+
+# what a collective raises when another rank's process or node is gone: gloo fails a read or write
+# on its TCP pair; NCCL and the store raise torch's DistBackendError / DistNetworkError
+PEER_LOST = ("gloo/transport", "Connection reset by peer", "Connection closed by peer")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another rank is gone (its process or node
+    lost), which Ray retries from the checkpoint, rather than a fault of the trial itself."""
+    dist_errors = tuple(getattr(torch.distributed, n) for n in ("DistBackendError", "DistNetworkError")
+                        if hasattr(torch.distributed, n))
+    return isinstance(e, dist_errors) or (isinstance(e, RuntimeError) and any(s in str(e) for s in PEER_LOST))
 
 
 class RanksDiverged(RuntimeError):

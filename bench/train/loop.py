@@ -1,4 +1,5 @@
-"""The training loop every trial uses: SGD + momentum + weight decay, cosine or step schedule,
+"""The training loop every trial uses: the phase's recipe (optimizer, warmup then a cosine or
+step schedule, label smoothing, gradient clipping, EMA weights: ``rankbench.bench.train.config.Recipe``),
 the Method's hooks around each step, and a per-epoch checkpoint so a trial resumes where it stopped.
 
 ``train(model, data, config, phase, method, loop)``: what to train with is a ``TrainConfig``
@@ -10,6 +11,11 @@ The method is attached before ``train`` is called, so the optimizer built here h
 parameters as they are after ``attach`` (a method may replace layers to train them), grouped as
 the method's ``param_groups`` says. The checkpoint carries the method's ``state_dict``.
 
+With ``ema`` in the recipe, an average of the weights (``rankbench.bench.train.ema``) follows every
+step; each epoch's validation reads it, the checkpoint holds it, and the phase ends with the model
+holding it: what comes next (compress, fine-tuning, the final evaluation, the saved model) uses
+the averaged weights.
+
 The loop never syncs with the host inside a step: the loss is summed on the device and read once
 per epoch, which is also where a NaN/inf loss is detected (``TrainingDiverged``). A method hook
 that raises (TRP's eigensolver failing on NaN weights, say) has the model's weights and gradients
@@ -19,6 +25,7 @@ error is raised as it is.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -32,8 +39,9 @@ from torch import nn
 from rankbench.bench.measure.metrics import evaluate
 from rankbench.bench.results.filesystem import read_bytes_io
 from rankbench.bench.results.store import previous, rotate_and_save, set_aside
-from rankbench.bench.train.config import COMPILE_MODES, Phase, TrainConfig
+from rankbench.bench.train.config import COMPILE_MODES, Phase, Recipe, TrainConfig, build_optimizer
 from rankbench.bench.train.ddp import epoch_sync, is_main, sum_over_ranks
+from rankbench.bench.train.ema import EmaWeights
 from rankbench.methods.api.base import Method
 
 
@@ -101,30 +109,39 @@ class Progress:
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                   groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
-    """SGD over ``model``'s current parameters, or over ``groups`` (a method's ``param_groups``:
-    each dict's own settings override ``lr``, ``momentum`` and ``weight_decay``)."""
+                   groups: list[dict[str, Any]] | None = None, optimizer: str = "sgd",
+                   options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """``optimizer`` (default SGD + momentum, as ``train.optimizer`` names it) over ``model``'s
+    current parameters, or over ``groups`` (a method's ``param_groups``: each dict's own settings
+    override ``lr``, ``momentum`` and ``weight_decay``), with ``options`` (``optimizer_options``)."""
     params: Any = groups if groups is not None else model.parameters()
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    return build_optimizer(params, optimizer, lr, momentum, weight_decay, options or {})
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int,
-                   milestones: list[int] | tuple[int, ...] = (), gamma: float = 0.1
+                   milestones: list[int] | tuple[int, ...] = (), gamma: float = 0.1, warmup_epochs: float = 0.0
                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per iteration: cosine decays smoothly over all iterations; step multiplies
-    by ``gamma`` at each milestone epoch (as the official TRP recipe: 81 and 122 of 164)."""
+    """Stepped once per iteration. ``warmup_epochs``: the first ``W`` steps (that many epochs,
+    at most the phase) run at ``lr * (step + 1) / W``, reaching ``lr`` at step ``W - 1``. Then
+    cosine decays smoothly over the remaining iterations; step multiplies by ``gamma`` at each
+    milestone epoch, counted from the phase's start (as the official TRP recipe: 81 and 122 of 164)."""
     total = max(1, epochs * steps_per_epoch)
     spe = max(1, steps_per_epoch)
+    warm = min(total, max(1, round(warmup_epochs * spe))) if warmup_epochs > 0 else 0
     ms = sorted(milestones)
     if schedule == "cosine":
-        def factor(step: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        def after(step: int) -> float:
+            span = total - warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span)) if span > 0 else 1.0
     elif schedule == "step":
-        def factor(step: int) -> float:
+        def after(step: int) -> float:
             epoch = step // spe
             return gamma ** sum(1 for m in ms if epoch >= m)
     else:
         raise ValueError(f"train.schedule: {schedule!r}: accepted: cosine, step")
+
+    def factor(step: int) -> float:
+        return (step + 1) / warm if step < warm else after(step)
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -161,9 +178,14 @@ def _to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                method: Method | None = None, step: int = 0, amp: bool = False,
-               forward: nn.Module | None = None) -> torch.Tensor:
-    """One SGD step with the method's hooks; returns the detached loss (no host sync), the
+               forward: nn.Module | None = None, label_smoothing: float = 0.0, grad_clip: float = 0.0
+               ) -> torch.Tensor:
+    """One optimizer step with the method's hooks; returns the detached loss (no host sync), the
     method's ``extra_loss`` included.
+
+    ``label_smoothing``: of the cross-entropy (torch's). ``grad_clip`` (> 0): the gradients of
+    ``model``'s parameters are scaled to a global L2 norm of at most that, after the method's
+    ``after_backward`` (a gradient it adds counts) and before the optimizer step.
 
     ``amp``: bf16 autocast (no loss scaling needed), used on CUDA only; on CPU it is ignored,
     because CPU bf16 autocast is slower than float32 for these models.
@@ -175,7 +197,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     if method is not None:
         call_hook(method, "before_step", model, step)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = nn.functional.cross_entropy((model if forward is None else forward)(x), y)
+        loss = nn.functional.cross_entropy((model if forward is None else forward)(x), y,
+                                           label_smoothing=label_smoothing)
     if method is not None:
         extra = call_hook(method, "extra_loss", model, step)   # outside autocast: regularizers want full precision
         if extra is not None:
@@ -184,6 +207,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     loss.backward()
     if method is not None:
         call_hook(method, "after_backward", model, step)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)   # no host sync: the scale stays on the device
     opt.step()
     return loss.detach()
 
@@ -259,9 +284,15 @@ class _State:
     forward: nn.Module | None
     opt: torch.optim.Optimizer = field(init=False)
     sched: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+    ema: EmaWeights | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.fresh_optimizer()
+
+    @property
+    def recipe(self) -> Recipe:
+        """The phase's recipe; a phase without one trains with the config's training recipe."""
+        return self.phase.recipe if self.phase.recipe is not None else self.config.recipe()
 
     @property
     def use_amp(self) -> bool:
@@ -269,13 +300,15 @@ class _State:
         return bool(self.config.amp) and self.device.type == "cuda"
 
     def fresh_optimizer(self) -> None:
-        """The optimizer and schedule of the phase's start, over the model's current parameters
-        (built after the method's attach: the parameters of any layer it replaced are the ones
-        trained)."""
-        c, spe = self.config, int(self.data.steps_per_epoch)
+        """The optimizer, schedule and weight average of the phase's start, over the model's
+        current parameters (built after the method's attach: the parameters of any layer it
+        replaced are the ones trained)."""
+        r, spe = self.recipe, int(self.data.steps_per_epoch)
         groups = self.method.param_groups(self.model) if self.method is not None else None
-        self.opt = make_optimizer(self.model, self.phase.lr, c.momentum, c.weight_decay, groups)
-        self.sched = make_scheduler(self.opt, c.schedule, self.phase.epochs, spe, c.milestones, c.gamma)
+        self.opt = r.make_optimizer(groups if groups is not None else self.model.parameters(), self.phase.lr)
+        self.sched = make_scheduler(self.opt, r.schedule, self.phase.epochs, spe, r.milestones, r.gamma,
+                                    r.warmup_epochs)
+        self.ema = EmaWeights(self.model, r.ema) if r.ema > 0 else None
 
 
 def train(model: nn.Module, data: Any, config: TrainConfig, phase: Phase | None = None,
@@ -311,6 +344,9 @@ def train(model: nn.Module, data: Any, config: TrainConfig, phase: Phase | None 
                                    named_skips)
         save(st, epoch)
         loop.progress.last_good_epoch = phase.epoch_offset + epoch + 1
+    if st.ema is not None:   # the phase ends with the averaged weights: what follows uses them
+        st.ema.copy_to(model)
+        loop.log(f"[{phase.name}] the model holds the EMA of its weights (decay {st.ema.decay})")
     if config.channels_last:
         model.to(memory_format=torch.contiguous_format)
     return loop.progress
@@ -365,6 +401,8 @@ def _restore(st: _State, ck: dict[str, Any]) -> int:
     st.sched.load_state_dict(ck["scheduler"])
     if st.method is not None and ck.get("method") is not None:
         st.method.load_state_dict(ck["method"])
+    if st.ema is not None and ck.get("ema") is not None:
+        st.ema.load_state_dict(ck["ema"])
     _set_rng_state(ck["rng"])
     start = int(ck["epoch"])
     p = st.loop.progress
@@ -385,18 +423,23 @@ def run_epoch(st: _State, epoch: int) -> tuple[float, float, float, float]:
     lr_now = float(st.opt.param_groups[0]["lr"])
     loss_sum = torch.zeros((), device=st.device)
     n_seen = 0
+    r = st.recipe
     for i, (x, y) in enumerate(data.train):
         x = _to_input(x, st.device, st.config.channels_last)
         y = y.to(st.device, non_blocking=True)
-        loss = train_step(model, x, y, st.opt, st.method, epoch * spe + i, amp=st.use_amp, forward=st.forward)
+        loss = train_step(model, x, y, st.opt, st.method, epoch * spe + i, amp=st.use_amp, forward=st.forward,
+                          label_smoothing=r.label_smoothing, grad_clip=r.grad_clip)
         st.sched.step()
+        if st.ema is not None:
+            st.ema.update(model)
         loss_sum += loss.float() * y.shape[0]
         n_seen += y.shape[0]
     loss_sum, n_seen = epoch_sync(model, loss_sum, n_seen)   # no-op without DDP
     mean_loss = (loss_sum / max(1, n_seen)).item()   # the one host sync of the epoch
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(st.phase.epoch_offset + epoch + 1, mean_loss, st.phase.name)
-    top1 = evaluate(model, data.val, data.num_classes, amp_dtype=torch.bfloat16 if st.use_amp else None)["top1"]
+    with st.ema.swapped_in(model) if st.ema is not None else contextlib.nullcontext(model):
+        top1 = evaluate(model, data.val, data.num_classes, amp_dtype=torch.bfloat16 if st.use_amp else None)["top1"]
     return mean_loss, top1, lr_now, time.perf_counter() - t0
 
 
@@ -425,6 +468,7 @@ def save(st: _State, epoch: int) -> None:
         "phase": st.phase.name, "epoch": epoch + 1, "model": st.model.state_dict(),
         "optimizer": st.opt.state_dict(), "scheduler": st.sched.state_dict(),
         "method": st.method.state_dict() if st.method is not None else None,
+        "ema": st.ema.state_dict() if st.ema is not None else None,
         "rng": _rng_state(), "elapsed_s": st.loop.progress.elapsed_s, "history": st.loop.progress.history,
     }
     rotate_and_save(state, st.loop.checkpoint)

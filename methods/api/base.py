@@ -7,7 +7,7 @@ calls its hooks around the ordinary training loop::
     method = get_method(name)(**params)        # bad parameter -> UserError naming it
     start(method, model, ctx)                  # sets method.ctx, then method.attach(model, ctx): once,
                                                # before training (and before the optimizer exists)
-    optimizer = SGD(method.param_groups(model) or model.parameters(), ...)
+    optimizer = <train.optimizer>(method.param_groups(model) or model.parameters(), ...)
     for step, batch in ...:                    # a resume first calls method.load_state_dict(saved)
         method.before_step(model, step)
         loss = cross_entropy(model(x), y) + (method.extra_loss(model, step) or 0)
@@ -17,7 +17,8 @@ calls its hooks around the ordinary training loop::
     # every epoch: the checkpoint saves method.state_dict() with the model and optimizer, and
     # method.epoch_metrics(model) goes to TensorBoard / MLflow beside the loss and val top-1
     small = method.compress(model)             # the deployable (factorized) model
-    # fine-tuning of ``small`` for ``method.finetune_epochs`` epochs (0: none)
+    # fine-tuning of ``small`` for ``method.finetune_epochs`` epochs (0: none): without the
+    # method's hooks, unless ``hooks_in_finetune`` (then the same loop as above, on ``small``)
     row = method.report()                      # a MethodReport: per-layer facts, scheme, rule, info
 
 Hooks, each with a do-nothing default (a method overrides only what it needs):
@@ -42,7 +43,17 @@ Hooks, each with a do-nothing default (a method overrides only what it needs):
 - ``state_dict()`` / ``load_state_dict(d)``: method state, checkpointed every epoch and restored on resume.
 
 Attributes: ``name`` (the registry key), ``starts_from_baseline``, ``ctx`` (the trial's
-:class:`Context`, set by the harness before ``attach``), ``finetune_epochs`` (read after compress).
+:class:`Context`, set by the harness before ``attach``), ``finetune_epochs`` (read after compress),
+``hooks_in_finetune``.
+
+Fine-tuning after compress: by default (``hooks_in_finetune = False``) the harness fine-tunes
+``small`` as a plain network: no ``before_step`` / ``extra_loss`` / ``after_backward`` /
+``epoch_metrics``, one parameter group with the fine-tuning recipe's settings, and no method state
+in the fine-tuning checkpoint. A method whose compressed model still needs its hooks (keep
+projecting, keep a regularizer, no weight decay on its factors) sets ``hooks_in_finetune = True``:
+then every hook above, ``param_groups`` and ``state_dict`` / ``load_state_dict`` are called in the
+fine-tuning phase too, with ``small`` as ``model`` and ``step`` counted from 0 again; the hooks
+must accept the compressed model (``ctx`` is the training's, unchanged).
 Helpers for subclasses: ``example_input(model)``, ``calibration_batches(n)``.
 
 Constructor keyword arguments *are* the method's parameters: the registry reads their names,
@@ -120,6 +131,9 @@ class Method:
     ctx: Context | None = None
     # epochs of fine-tuning after compress; a method that takes it as a parameter sets it in __init__
     finetune_epochs: int = 0
+    # True: fine-tuning after compress calls this method's hooks, param_groups and state_dict on
+    # the compressed model; False (default): fine-tuning trains the compressed model without them
+    hooks_in_finetune: ClassVar[bool] = False
     # accepted values of choice parameters not annotated Literal[...], e.g. {"solver": ("auto", "svd")}
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
