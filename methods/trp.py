@@ -17,7 +17,8 @@ decomposed with the ``export`` rule (value 0.05 by default), no fine-tuning.
 
 Which layers (``layers: official``, the default, as the official ``cifar-TRP.py`` / ``decompose.py``):
 every conv larger than 1x1 except the network's first is projected during training, stride-2
-convs included. ``stride2`` says what happens to the stride-2 ones:
+convs included; with ``scheme: linear``, every ``nn.Linear`` (a transformer's layers) instead.
+``stride2`` says what happens to the stride-2 ones:
 
 - ``official`` (default): projected in training; at export the channel and spatial schemes leave
   them dense (``decompose.py`` factorizes only ``stride == (1, 1)``), while network decoupling
@@ -51,7 +52,7 @@ from rankbench.methods import lowrank
 from rankbench.methods.api.base import Context, Method, MethodReport, check_param
 from rankbench.methods.api.registry import register
 
-TRP_SCHEMES = ("channel", "spatial", "decoupling")
+TRP_SCHEMES = ("channel", "spatial", "decoupling", "linear")   # linear: every nn.Linear (a ViT's)
 STRIDE2 = ("official", "include", "exclude")
 PERIOD_BASES = ("global", "epoch")
 
@@ -143,20 +144,23 @@ class TRP(Method):
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         """The mean rank the energy rule keeps over the chosen layers (and as a fraction of their
-        full rank), on the weights as they stand at the end of the epoch."""
+        full rank), and each layer's as ``rank/<layer>`` (the mean over its matrices where the
+        scheme has several, e.g. decoupling's one per filter), on the weights as they stand at
+        the end of the epoch."""
         if not self.names:
             return {}
         rule = lowrank.Rule("energy", self.energy)
-        kept, frac = [], []
+        kept, frac, per_layer = [], [], {}
         with torch.no_grad():
             for n in self.names:
                 m = lowrank.to_matrix(model.get_submodule(n).weight.detach().float(), self.scheme)
                 s = torch.linalg.svdvals(m.reshape(-1, m.shape[-2], m.shape[-1]))
-                for row in s:
-                    r = lowrank.rank_from_rule(row, rule)
-                    kept.append(r)
-                    frac.append(r / max(1, row.numel()))
-        return {"mean_kept_rank": sum(kept) / len(kept), "mean_kept_rank_fraction": sum(frac) / len(frac)}
+                ranks = [lowrank.rank_from_rule(row, rule) for row in s]
+                kept += ranks
+                frac += [r / max(1, row.numel()) for r, row in zip(ranks, s)]
+                per_layer[f"rank/{n}"] = sum(ranks) / len(ranks)
+        return {"mean_kept_rank": sum(kept) / len(kept), "mean_kept_rank_fraction": sum(frac) / len(frac),
+                **per_layer}
 
     def compress(self, model: nn.Module) -> nn.Module:
         small, self._reports = lowrank.decompose_model(

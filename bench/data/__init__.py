@@ -23,7 +23,7 @@ Modules, each importing only those above it in this list::
     stream       StreamLoader, EpochSampler, collate_samples
     imagenet     layout choice, checks, ImageNet loaders over either layout
     options      dataset names, options, defaults and their validation
-    build        build_data, check_data, describe
+    build        build_data, check_data, describe, data_shape
     fake         synthetic JPEG ImageFolders and shards
     probe        ``python -m rankbench.bench.data``: input-pipeline images/s, shard writing
 
@@ -31,7 +31,7 @@ May import: ``rankbench.bench.checks``, ``rankbench.bench.measure`` (the probe t
 training step).
 """
 from .base import Data
-from .build import build_data, check_data, describe
+from .build import build_data, check_data, data_shape, describe
 from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, OFFICIAL_MEAN, OFFICIAL_STD
 from .fake import fake_imagefolder, write_fake_imagefolder, write_fake_shards
 from .imagenet import IMAGENET_LAYOUTS, IMAGENET_MEAN, IMAGENET_STD
@@ -41,6 +41,7 @@ from .shards import imagefolder_to_shards
 
 __all__ = [
     "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "IMAGENET_LAYOUTS", "IMAGENET_MEAN",
-    "IMAGENET_STD", "OFFICIAL_MEAN", "OFFICIAL_STD", "OPTIONS", "CropFlip", "Data", "TensorLoader", "build_data", "check_data", "describe",
+    "IMAGENET_STD", "OFFICIAL_MEAN", "OFFICIAL_STD", "OPTIONS", "CropFlip", "Data", "TensorLoader", "build_data",
+    "check_data", "data_shape", "describe",
     "fake_imagefolder", "imagefolder_to_shards", "write_fake_imagefolder", "write_fake_shards",
 ]

@@ -10,8 +10,8 @@ from .base import Data
 from .cifar import CIFAR_LAYOUT, cifar_classes, check_cifar, load_cifar
 from .digits import load_digits
 from .imagenet import check_imagenet, imagenet_classes, imagenet_data
-from .memory import memory_data
-from .options import options
+from .memory import adapt_splits, memory_data
+from .options import input_shape, options
 from .synthetic import load_synthetic
 
 
@@ -32,13 +32,21 @@ def describe(cfg: dict) -> tuple[tuple[int, ...], int]:
     check a pretrained file against the model its trials will build. Validates as ``check_data``."""
     check_data(cfg)
     name, opts = options(cfg)
+    shape = input_shape(name, opts)
     if name == "digits":
-        return (1, 8, 8), 10
+        return shape, 10
     if name in CIFAR_LAYOUT:
-        return (3, 32, 32), cifar_classes(name, opts["labels"] if name == "cifar100" else "fine")
+        return shape, cifar_classes(name, opts["labels"] if name == "cifar100" else "fine")
     if name == "imagenet":
-        return (3, opts["image_size"], opts["image_size"]), len(imagenet_classes(opts))
-    return tuple(opts["shape"]), int(opts["num_classes"])
+        return shape, len(imagenet_classes(opts))
+    return shape, int(opts["num_classes"])
+
+
+def data_shape(cfg: dict) -> tuple[int, ...]:
+    """The input shape a data config gives the model (after ``resize`` and ``channels``), from its
+    options alone: validated as ``options`` does, no file read (a spec preview checks its models
+    against it before the data is there)."""
+    return input_shape(*options(cfg))
 
 
 def build_data(cfg: dict, seed: int, batch_size: int, augment: bool, device: str | torch.device = "cpu",
@@ -62,4 +70,5 @@ def build_data(cfg: dict, seed: int, batch_size: int, augment: bool, device: str
         splits = load_cifar(name, opts)
     else:
         splits = load_synthetic(opts)
+    splits = adapt_splits(splits, opts["resize"], opts["channels"], device)
     return memory_data(name, splits, seed, batch_size, augment, device, rank, world_size)

