@@ -104,7 +104,7 @@ def test_run_quick_with_overrides_from_an_empty_directory(tmp_path):
     assert all(r["spec"]["train"]["epochs"] == 1 for r in rows)
     assert all((tmp_path / "results" / "quick" / "trials" / r["compressed_model"]).is_file() for r in rows)
     tb = tmp_path / "results" / "quick" / "tensorboard"       # and per-epoch scalars for every trial
-    assert all(any((tb / r["trial_id"]).glob("events.out.tfevents.*")) for r in rows)
+    assert all(any(tb.glob(f"*/*/*/seed0-{r['trial_id']}/events.out.tfevents.*")) for r in rows)
 
 
 def test_show_and_the_failed_list_name_a_method_by_its_label_too(tmp_path, capsys):
