@@ -21,7 +21,7 @@ import yaml
 
 from rankbench.bench.checks import bad, check, is_int, is_number, missing, unknown
 from rankbench.bench.trial import BASELINE
-from rankbench.reports.collate import BOUNDS, load_results, summarize
+from rankbench.reports.collate import BOUNDS, load_results, summarize, t_quantile_975
 from rankbench.reports.format import CLIPPED, DASH, display_name, fmt_ci, fmt_x, is_missing, latex_cell, latex_escape, markdown_cell
 from rankbench.reports.recipe import paper_trials, recipe_differences, same_value
 
@@ -30,6 +30,9 @@ __all__ = ["available_papers", "command_for", "coverage_problem", "diff_cells", 
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 NUMBERS = ("top1", "top5", "speedup", "params_m")
+# Optional spread of a published top-1: its standard deviation over top1_n runs. Where a row gives
+# both (and ours has 2+ seeds), its top-1 difference gets a 95% Welch t interval.
+SPREAD = ("top1_std", "top1_n")
 BASES = ("conv", "model")
 # The row key holding our speed-up on each basis (conv-only counts need rows that carry them).
 BASIS_KEY = {"conv": "conv_macs_speedup", "model": "macs_speedup"}
@@ -43,6 +46,7 @@ DIFF_COLUMNS = (
     "ours_speedup", "ours_speedup_ci95", "ours_speedup_basis", "ours_built_speedup",
     "theirs_speedup", "diff_speedup",
     "ours_latency_speedup", "ours_params_m", "theirs_params_m",
+    "ours_top1_std", "theirs_top1_std", "theirs_top1_n", "diff_top1_lo", "diff_top1_hi",
 )
 
 
@@ -82,6 +86,9 @@ def load_published(name: str) -> dict[str, Any]:
         for k in NUMBERS:
             v = row.get(k)
             check(f"{where}.{k}", v, v is None or is_number(v), "a number or null")
+        check(f"{where}.top1_std", row.get("top1_std"), row.get("top1_std") is None
+              or (is_number(row["top1_std"]) and row["top1_std"] >= 0 and is_int(row.get("top1_n"))
+                  and row["top1_n"] >= 2), "null, or a standard deviation >= 0 with top1_n (runs, 2 or more)")
         for k in row.get("derived") or {}:
             check(f"{where}.derived", k, k in NUMBERS and row.get(k) is not None,
                   "a number this row gives: " + ", ".join(n for n in NUMBERS if row.get(n) is not None))
@@ -150,7 +157,21 @@ def _diff(ours: float, theirs: Any) -> float:
 
 
 def _theirs(row: dict) -> dict[str, Any]:
-    return {f"theirs_{k}": (math.nan if row.get(k) is None else float(row[k])) for k in NUMBERS}
+    return {f"theirs_{k}": (math.nan if row.get(k) is None else float(row[k])) for k in (*NUMBERS, *SPREAD)}
+
+
+def welch_interval(m1: float, s1: float, n1: float, m2: float, s2: float, n2: float) -> tuple[float, float]:
+    """95% Welch t interval of ``m1 - m2`` from two means, standard deviations and counts (NaN
+    ends when either side has fewer than 2 runs or no deviation)."""
+    vals = (m1, s1, n1, m2, s2, n2)
+    if any(is_missing(v) for v in vals) or n1 < 2 or n2 < 2:
+        return math.nan, math.nan
+    a, b = s1 * s1 / n1, s2 * s2 / n2
+    if a + b == 0:
+        return m1 - m2, m1 - m2
+    dof = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1))
+    half = t_quantile_975(dof) * math.sqrt(a + b)
+    return m1 - m2 - half, m1 - m2 + half
 
 
 def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) -> pd.DataFrame:
@@ -217,6 +238,10 @@ def paper_diff(name: str, results_dirs: str | Path | Sequence[str | Path] = ()) 
                             for o, t, ok in zip(out[f"ours_{k}"], out[f"theirs_{k}"], diffed)]
     # a speed-up on another basis than the paper's is shown, never diffed
     out.loc[out["ours_speedup_basis"] != table["basis"], "diff_speedup"] = math.nan
+    ends = [welch_interval(o, so, n, t, st, nt) if ok else (math.nan, math.nan) for o, so, n, t, st, nt, ok in zip(
+        out["ours_top1"], out["ours_top1_std"], out["n"], out["theirs_top1"], out["theirs_top1_std"],
+        out["theirs_top1_n"], diffed)]
+    out["diff_top1_lo"], out["diff_top1_hi"] = [e[0] for e in ends], [e[1] for e in ends]
     out.attrs["table"] = table
     return out
 
@@ -276,7 +301,7 @@ def _ours(g: pd.Series, basis: str) -> dict[str, Any]:
     return {
         "ours_built_speedup": built,
         "n": int(g["n"]),
-        "ours_top1": g["top1_mean"], "ours_top1_ci95": g["top1_ci95"],
+        "ours_top1": g["top1_mean"], "ours_top1_ci95": g["top1_ci95"], "ours_top1_std": g.get("top1_std", math.nan),
         "ours_top5": g["top5_mean"], "ours_top5_ci95": g["top5_ci95"],
         "ours_speedup": (g[f"{key}_mean"] if not is_missing(g.get(f"{key}_mean"))
                          else g["macs_speedup_mean"]),
@@ -318,7 +343,9 @@ def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str
             status = f"published only ({r['command']})"
         cells = [str(r["label"]), status,
                  fmt_ci(r["ours_top1"], r["ours_top1_ci95"], BOUNDS["top1"]),
-                 _plain(r["theirs_top1"], derived="top1:" in der), _signed(r["diff_top1"])]
+                 _plain(r["theirs_top1"], derived="top1:" in der),
+                 _signed(r["diff_top1"]) + ("" if is_missing(r["diff_top1_lo"]) else
+                                            f" [{_signed(r['diff_top1_lo'])}, {_signed(r['diff_top1_hi'])}]")]
         if has_top5:
             cells += [fmt_ci(r["ours_top5"], r["ours_top5_ci95"], BOUNDS["top5"]),
                       _plain(r["theirs_top5"], derived="top5:" in der), _signed(r["diff_top5"])]
@@ -353,6 +380,13 @@ def diff_cells(diff: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str
                      "recorded), so their speed-up is on another basis than the paper's and is not diffed.")
     if (diff["n"] == 2).any():
         notes.append("With n = 2 seeds a 95% t interval is 12.7 standard errors wide.")
+    if diff["diff_top1_lo"].notna().any():
+        notes.append("Δ Top-1 [low, high]: 95% Welch t interval of the difference of the two means, from our "
+                     "seeds and the published standard deviation and run count; an interval that holds 0 "
+                     "cannot tell the two apart.")
+    if diff["theirs_top1_std"].isna().all():
+        notes.append("Δ has no interval: the published table gives no standard deviation (one number per row), "
+                     "so a Δ cannot be told from seed-to-seed noise; our ± is the interval of our seeds alone.")
     notes.append("Sources: " + "; ".join(f"{k}: {source_text(v)}" for k, v in table.get("sources", {}).items()))
     for _, r in diff.iterrows():
         if not is_missing(r["derived"]) and r["derived"]:

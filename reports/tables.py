@@ -2,7 +2,8 @@
 
 Input is ``collate.summarize``'s grouped view. Markdown and LaTeX are for people and follow
 paper conventions (``90.50 ± 0.21``, ``2.17x``, ``40.6M``); CSV is for machines and keeps the
-raw numbers (mean, std, CI half-width, n) in separate columns.
+raw numbers (mean, std, CI half-width, n) in separate columns. Which columns people see, and
+which cells are set in bold, is ``rankbench.reports.columns``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from rankbench.bench.checks import bad, unknown
+from rankbench.bench.checks import unknown
 from rankbench.reports.collate import BOUNDS, failed_trials, load_results, summarize
+from rankbench.reports.columns import (COLUMN_KEYS, COLUMN_SETS, best_cells, column_key, parse_columns,  # noqa: F401 (re-exported)
+                                       select_columns)
 from rankbench.reports.format import (CLIPPED, COLUMN_PARAMS, DASH, display_name, fix_counts, fmt_ci, fmt_duration, fmt_si,
                             fmt_x, is_missing, latex_cell, latex_escape, markdown_cell, one_line, sort_rows)
 
@@ -199,146 +202,110 @@ def _row_cells(r: pd.Series, varying: dict[str, list[str]], shape: _Shape) -> li
     return row
 
 
-def _convention_notes(s: pd.DataFrame, shape: _Shape) -> list[str]:
+# A note is shown when the table shows a column it speaks of (``NOTE_KEYS``); one with no key
+# (a warning about the rows themselves) always is.
+Note = tuple[frozenset, str]
+_INTERVAL_KEYS = frozenset({"top1", "top5", "macs_speedup", "latency_speedup"})
+
+
+def _seeds_phrase(s: pd.DataFrame, seeds_shown: bool) -> str:
+    """Where a reader finds n: the Seeds column when shown, else n itself."""
+    if seeds_shown:
+        return "the n seeds in the Seeds column"
+    ns = sorted({int(n) for n in s["n"]})
+    if len(ns) == 1:
+        return f"n = {ns[0]} seed{'s' * (ns[0] != 1)}"
+    return f"each row's seeds (n = {ns[0]} to {ns[-1]}; table.csv gives each row's n)"
+
+
+def _convention_notes(s: pd.DataFrame, shape: _Shape, seeds_shown: bool = True) -> list[Note]:
     """Notes that say what each number of the table means: its interval, MAC count, latency, cost."""
     notes = [
-        "Top-1/Top-5: mean ± 95% CI half-width (t distribution) over the n seeds in the Seeds column; "
-        "no ± with one seed.",
-        "MACs per image (one multiply-add = one MAC, fvcore count of the model actually run); "
-        "MAC speed-up = dense MACs / MACs.",
+        (frozenset({"top1", "top5"}), f"Top-1/Top-5: mean ± 95% CI half-width (t distribution) over "
+         f"{_seeds_phrase(s, seeds_shown)}" + ("; no ± with one seed." if (s["n"] == 1).any() else ".")),
+        (frozenset({"macs", "macs_speedup"}), "MACs per image (one multiply-add = one MAC, fvcore count of the "
+         "model actually run); MAC speed-up = dense MACs / MACs."),
     ]
     if shape.lat_setting:
-        notes.append("Measured speed-up = dense median latency / median latency"
-                     + (f" on {next(iter(shape.lat_setting))}." if shape.lat_uniform else ", setting per cell."))
+        notes.append((frozenset({"latency_speedup"}), "Measured speed-up = dense median latency / median latency"
+                      + (f" on {next(iter(shape.lat_setting))}." if shape.lat_uniform else ", setting per cell.")))
         if "latency_layout" in s and s["latency_layout"].notna().any():
-            notes.append(_layout_note(s))
+            notes.append((frozenset({"latency_speedup"}), _layout_note(s)))
     what = {"cpu": "Compression cost is wall time on CPU (no GPU was used)",
             "gpu": "Compression cost in GPU-hours",
             "mixed": "Compression cost: GPU-hours where a GPU was used, else CPU wall time"}[shape.cost]
+    cost = frozenset({"cost", "cost_total"})
     if shape.with_base:
-        notes.append(what + "; own: the trial's training + compression + fine-tuning (a method that "
-                     "starts from the trained dense baseline does not train it); incl. baseline: "
-                     "own plus that baseline's training (- when its row is not in the results).")
+        notes.append((cost, what + "; own: the trial's training + compression + fine-tuning (a method that "
+                      "starts from the trained dense baseline does not train it); incl. baseline: "
+                      "own plus that baseline's training (- when its row is not in the results)."))
     else:
-        notes.append(what + ": training + compression + fine-tuning.")
+        notes.append((cost, what + ": training + compression + fine-tuning."))
     return notes
 
 
-def _caveat_notes(s: pd.DataFrame, rows: list[list[str]], constant: dict[str, dict]) -> list[str]:
+def _caveat_notes(s: pd.DataFrame, rows: list[list[str]], constant: dict[str, dict]) -> list[Note]:
     """Notes that only some tables need: clipped or wide intervals, uncompressed models, the
-    parameters a method kept constant, and rows that merge different specs."""
-    notes = []
+    parameters a method kept constant, and rows that merge different specs. ``rows``: the cells
+    shown (a clipped interval in a column left out needs no note)."""
+    notes: list[Note] = []
     if any(c.endswith(CLIPPED) or f"{CLIPPED} " in c for row in rows for c in row):
-        notes.append(f"{CLIPPED} The 95% interval reaches past what the metric can take; shown as "
-                     "[low, high], clipped to it (0-100 for accuracies, > 0 for speed-ups).")
+        notes.append((frozenset(), f"{CLIPPED} The 95% interval reaches past what the metric can take; shown as "
+                      "[low, high], clipped to it (0-100 for accuracies, > 0 for speed-ups)."))
     if (s["n"] == 2).any():
-        notes.append("With n = 2 seeds a 95% t interval is 12.7 standard errors wide: "
-                     "such an interval says little; run more seeds to narrow it.")
+        notes.append((_INTERVAL_KEYS, "With n = 2 seeds a 95% t interval is 12.7 standard errors wide: "
+                      "such an interval says little; run more seeds to narrow it."))
     if "n_uncompressed" in s and (s["n_uncompressed"].fillna(0) > 0).any():
-        notes.append(f"{NOT_COMPRESSED}: the deployed model is the dense one (MACs = dense MACs): "
-                     "the method selected no layer or kept every rank; its accuracy is the dense model's.")
+        notes.append((frozenset({"method"}), f"{NOT_COMPRESSED}: the deployed model is the dense one (MACs = dense "
+                      "MACs): the method selected no layer or kept every rank; its accuracy is the dense model's."))
     for m, const in constant.items():
         if const:
-            notes.append(f"{m}: " + ", ".join(f"{k}={v}" for k, v in const.items()))
+            notes.append((frozenset({"method"}), f"{m}: " + ", ".join(f"{k}={v}" for k, v in const.items())))
     if "mixed_recipes" in s and s["mixed_recipes"].any():
-        notes.append("Warning: some rows merge seeds trained with different specs "
-                     "(results from several sweeps); compare them with care.")
+        notes.append((frozenset(), "Warning: some rows merge seeds trained with different specs "
+                      "(results from several sweeps); compare them with care."))
     return notes
 
 
-def table_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows of display strings and notes for the people-facing formats."""
+def table_cells(summary: pd.DataFrame, columns: Sequence[str] | None = None
+                ) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows of display strings and notes for the people-facing formats; ``columns``:
+    keys of ``COLUMN_KEYS`` to keep (see :func:`select_columns`), and only the notes that speak
+    of a column shown (no "Seeds column" note without that column)."""
     s = sort_rows(summary)
     varying, constant = _varying_params(s)
     shape = _shape(s)
-    rows = [_row_cells(r, varying, shape) for _, r in s.iterrows()]
-    notes = _convention_notes(s, shape) + _caveat_notes(s, rows, constant)
-    return _header(shape), rows, notes
+    header, rows = select_columns(_header(shape), [_row_cells(r, varying, shape) for _, r in s.iterrows()], columns)
+    shown = {column_key(h) for h in header}
+    notes = _convention_notes(s, shape, "seeds" in shown) + _caveat_notes(s, rows, constant)
+    return header, rows, [text for keys, text in notes if not keys or keys & shown]
 
 
-# ---------------------------------------------------------------------------- column sets
-
-# ``--columns``: one key per column of ``table_cells`` (the headers vary with the data: the
-# latency setting, the cost unit), and named sets of them. Dataset and Model only ever appear
-# when the table spans several (dataset, model) pairs, cost_total when a row reused a baseline.
-COLUMN_KEYS = ("dataset", "model", "method", "scheme", "rule", "top1", "top5", "macs", "macs_speedup",
-               "latency_speedup", "params", "cost", "cost_total", "seeds")
-COLUMN_SETS: dict[str, tuple[str, ...]] = {
-    "all": COLUMN_KEYS,
-    # what a paper's results table usually shows: accuracy, counted and measured speed-up, size
-    "paper": ("dataset", "model", "method", "top1", "top5", "macs_speedup", "latency_speedup", "params"),
-    "compact": ("dataset", "model", "method", "top1", "macs_speedup"),
-}
-_HEADER_KEYS = {"Dataset": "dataset", "Model": "model", "Method": "method", "Scheme": "scheme",
-                "Rank rule": "rule", "Top-1 (%)": "top1", "Top-5 (%)": "top5", "MACs": "macs",
-                "MAC speed-up": "macs_speedup", "Params": "params", "Seeds": "seeds"}
-
-
-def column_key(header: str) -> str:
-    """The ``--columns`` key of a header of :func:`table_cells`."""
-    if header in _HEADER_KEYS:
-        return _HEADER_KEYS[header]
-    if header.startswith("Measured speed-up"):
-        return "latency_speedup"
-    if header.endswith(", incl. baseline"):
-        return "cost_total"   # beside the own cost when a row reused a trained baseline
-    return "cost"     # GPU-hours, Wall time (CPU), Compression cost (", own" when cost_total is there)
-
-
-def parse_columns(text: str | None) -> tuple[str, ...] | None:
-    """``--columns``: a set name (``all``, ``paper``, ``compact``) or comma-separated keys of
-    ``COLUMN_KEYS`` in the order wanted; None keeps every column."""
-    if text is None:
-        return None
-    if text in COLUMN_SETS:
-        return COLUMN_SETS[text]
-    keys = tuple(k.strip() for k in text.split(",") if k.strip())
-    for k in keys or (text,):
-        if k not in COLUMN_KEYS:
-            raise unknown("--columns", k, [*COLUMN_SETS, *COLUMN_KEYS])
-    return keys
-
-
-def select_columns(header: list[str], rows: list[list[str]], columns: Sequence[str] | None
-                   ) -> tuple[list[str], list[list[str]]]:
-    """Keep the columns named in ``columns`` (keys of ``COLUMN_KEYS``), in that order; a key the
-    table does not have (Dataset in a one-model table, Top-5 without top-5) is left out."""
-    if columns is None:
-        return header, rows
-    where = {column_key(h): i for i, h in enumerate(header)}
-    idx = [where[k] for k in columns if k in where]
-    if not idx:
-        raise bad("--columns", ",".join(columns), f"keys of the columns this table has: {', '.join(where)}",
-                  "leaves no column of this table (dataset and model are columns only when the table "
-                  "spans several datasets or models)")
-    rows = [list(r) for r in rows]
-    m = where.get("method")
-    dropped = [where[k] for k in ("scheme", "rule") if k in where and k not in columns]
-    if m is not None and m in idx and dropped:
-        # rows that differ only in a dropped column (TRP+Nu channel / spatial) keep it in the name
-        ident = [where[k] for k in ("dataset", "model") if k in where] + [m]
-        groups: dict[tuple, list[int]] = {}
-        for j, r in enumerate(rows):
-            groups.setdefault(tuple(r[i] for i in ident), []).append(j)
-        for members in groups.values():
-            differ = [i for i in dropped if len({rows[j][i] for j in members}) > 1]
-            for j in members if differ else []:
-                extra = ", ".join(rows[j][i] for i in differ)
-                name = rows[j][m]
-                rows[j][m] = f"{name[:-1]}, {extra})" if name.endswith(")") else f"{name} ({extra})"
-    return [header[i] for i in idx], [[r[i] for i in idx] for r in rows]
+def caption_for(summary: pd.DataFrame) -> str:
+    """One sentence naming what the table shows: the models and the data they ran on."""
+    if summary.empty:
+        return "Accuracy versus speed-up."
+    per_data: dict[str, list[str]] = {}
+    for d, m in summary[["dataset", "model"]].drop_duplicates().itertuples(index=False, name=None):
+        per_data.setdefault(str(d), []).append(str(m))
+    what = "; ".join(f"{' and '.join(sorted(ms))} on {d}" for d, ms in sorted(per_data.items()))
+    return f"Accuracy versus speed-up of low-rank compression: {what}."
 
 
 # ---------------------------------------------------------------------------- renderers
 
-def to_markdown(summary: pd.DataFrame, title: str | None = None, columns: Sequence[str] | None = None) -> str:
+def to_markdown(summary: pd.DataFrame, title: str | None = None, columns: Sequence[str] | None = None,
+                bold_best: bool = False) -> str:
     """A Markdown table with its notes as a list below it (what ``rankbench run`` prints);
-    ``columns``: keys of ``COLUMN_KEYS`` to keep (see :func:`parse_columns`)."""
+    ``columns``: keys of ``COLUMN_KEYS`` to keep (see :func:`parse_columns`); ``bold_best``:
+    the best value of each column among the compressed methods in bold (:func:`best_cells`)."""
     if summary.empty:
         return "(no successful trials)\n"
-    header, rows, notes = table_cells(summary)
-    header, rows = select_columns(header, rows, columns)
-    cells = [[markdown_cell(c) for c in r] for r in rows]     # escaped first: widths are of what is printed
+    header, rows, notes = table_cells(summary, columns)
+    bold = best_cells(summary, header) if bold_best else set()
+    # escaped first: widths are of what is printed
+    cells = [[(f"**{markdown_cell(c)}**" if (j, i) in bold else markdown_cell(c)) for i, c in enumerate(r)]
+             for j, r in enumerate(rows)]
     widths = [max(len(markdown_cell(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
     lines = []
@@ -352,6 +319,8 @@ def to_markdown(summary: pd.DataFrame, title: str | None = None, columns: Sequen
         lines.append("| " + " | ".join(
             c.ljust(w) if h in text_cols else c.rjust(w) for c, h, w in zip(r, header, widths)) + " |")
     lines.append("")
+    if bold:
+        notes.append("Bold: the best value of its column among the compressed methods of its dataset and model.")
     lines += [f"- {one_line(n)}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -372,19 +341,22 @@ def latex_label(summary: pd.DataFrame, columns: Sequence[str] | None = None) -> 
     return f"tab:rankbench-{slug}-{digest}"
 
 
-def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
-             label: str | None = None, columns: Sequence[str] | None = None) -> str:
-    """A booktabs ``table`` environment; needs ``\\usepackage{booktabs}``. The caption is the
-    one sentence given; the notes (CI, MAC convention, latency setting, cost) follow the
-    tabular as a footnote-size paragraph. ``label``: default :func:`latex_label`, unique to
-    the table. ``columns``: keys of ``COLUMN_KEYS`` to keep."""
+def to_latex(summary: pd.DataFrame, caption: str | None = None, label: str | None = None,
+             columns: Sequence[str] | None = None, bold_best: bool = False) -> str:
+    """A booktabs ``table`` environment; needs ``\\usepackage{booktabs}``. The caption is one
+    sentence (default :func:`caption_for`: the models and data); the notes (CI, MAC convention,
+    latency setting, cost; only those of the columns shown) follow the tabular as a
+    footnote-size paragraph. ``label``: default :func:`latex_label`, unique to the table.
+    ``columns``: keys of ``COLUMN_KEYS`` to keep; ``bold_best``: see :func:`best_cells`."""
     if summary.empty:
         header, rows, notes = ["Method"], [], ["no successful trials"]
     else:
-        header, rows, notes = table_cells(summary)
-        header, rows = select_columns(header, rows, columns)
-        # the latency setting is in the notes; a narrow header keeps the table printable
-        header = ["Measured speed-up" if h.startswith("Measured speed-up") else h for h in header]
+        header, rows, notes = table_cells(summary, columns)
+    bold = best_cells(summary, header) if bold_best and not summary.empty else set()
+    if bold:
+        notes.append("Bold: the best value of its column among the compressed methods of its dataset and model.")
+    # the latency setting is in the notes; a narrow header keeps the table printable
+    header = ["Measured speed-up" if h.startswith("Measured speed-up") else h for h in header]
     label = label or latex_label(summary, columns)
     text_cols = {"Dataset", "Model", "Method", "Scheme", "Rank rule"}
     spec = "".join("l" if h in text_cols else "r" for h in header)
@@ -392,14 +364,15 @@ def to_latex(summary: pd.DataFrame, caption: str = "Accuracy versus speed-up.",
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        f"\\caption{{{latex_escape(caption)}}}",
+        f"\\caption{{{latex_escape(caption or caption_for(summary))}}}",
         f"\\label{{{label}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
         " & ".join(latex_cell(h) for h in header) + r" \\",
         r"\midrule",
     ]
-    lines += [" & ".join(latex_cell(c) for c in r) + r" \\" for r in rows]
+    lines += [" & ".join((f"\\textbf{{{latex_cell(c)}}}" if (j, i) in bold else latex_cell(c))
+                         for i, c in enumerate(r)) + r" \\" for j, r in enumerate(rows)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if notes:
         lines += [r"\par\smallskip", r"{\footnotesize\raggedright"]
@@ -431,26 +404,41 @@ def to_csv(summary: pd.DataFrame) -> str:
     return out.to_csv(index=False)
 
 
-def render(summary: pd.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> str:
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """``--format``: one of ``FORMATS``, several joined by commas (``md,latex``) or ``all``; the
+    first is the one printed, every one is written. None: ``md``."""
+    if text is None:
+        return ("md",)
+    if text == "all":
+        return FORMATS
+    fmts = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    for f in fmts or (text,):
+        if f not in FORMATS:
+            raise unknown("--format", f, (*FORMATS, "all"))
+    return fmts
+
+
+def render(summary: pd.DataFrame, fmt: str, columns: Sequence[str] | None = None, bold_best: bool = False) -> str:
     """The table in one of ``FORMATS``; ``columns`` selects the people-facing columns (md,
-    latex); CSV always keeps every raw number."""
+    latex); CSV always keeps every raw number. ``bold_best``: see :func:`best_cells`."""
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     if fmt == "csv":
         return to_csv(summary)
-    return (to_markdown if fmt == "md" else to_latex)(summary, columns=columns)
+    return (to_markdown if fmt == "md" else to_latex)(summary, columns=columns, bold_best=bold_best)
 
 
 def write_tables(summary: pd.DataFrame, out_dir: str | Path, stem: str = "table",
-                 columns: Sequence[str] | None = None) -> dict[str, Path]:
-    """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` into ``out_dir``."""
+                 columns: Sequence[str] | None = None, formats: Sequence[str] = FORMATS,
+                 bold_best: bool = False) -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` (those of ``formats``) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for fmt in FORMATS:
+    for fmt in formats:
         path = out / f"{stem}.{SUFFIX[fmt]}"
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(render(summary, fmt, columns))
+        tmp.write_text(render(summary, fmt, columns, bold_best))
         tmp.replace(path)  # atomic, like every other write of the harness
         written[fmt] = path
     return written

@@ -230,7 +230,7 @@ def test_a_label_with_a_newline_or_pipe_keeps_the_table_one_row_per_line(label, 
     from rankbench.reports import tables
 
     res = _results(tmp_path, label)
-    assert main(["report", str(res)]) == 0
+    assert main(["report", str(res), "--format", "md,latex"]) == 0
     capsys.readouterr()
     text = (res / "table.md").read_text()
     table = [ln for ln in text.splitlines() if ln.startswith("|")]

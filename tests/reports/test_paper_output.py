@@ -83,7 +83,8 @@ def test_latex_has_booktabs_a_one_sentence_caption_notes_below_and_a_unique_labe
     tex = tables.to_latex(s)
     check_latex(tex)
     caption = re.search(r"\\caption\{(.*)\}", tex).group(1)
-    assert caption == "Accuracy versus speed-up."              # the notes are not in the caption
+    # one sentence naming the model and the data; the notes are not in the caption
+    assert caption == "Accuracy versus speed-up of low-rank compression: resnet20 on cifar10."
     after = tex.split(r"\bottomrule", 1)[1]
     assert r"\footnotesize" in after and "95\\% CI" in after and "MACs per image" in after
     label = re.search(r"\\label\{([^}]*)\}", tex).group(1)
@@ -123,7 +124,8 @@ def test_the_full_table_has_13_columns_and_sets_or_keys_select_them(tmp_path):
 
 def test_cli_columns_and_a_bad_column_in_one_line(tmp_path, capsys):
     _rows(tmp_path / "res")
-    assert main_report([str(tmp_path / "res"), "--columns", "compact", "--out", str(tmp_path / "o")]) == 0
+    assert main_report([str(tmp_path / "res"), "--columns", "compact", "--format", "md,latex",
+                        "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split("|")[1].strip() == "Method" and "Scheme" not in out.splitlines()[0]
     assert "Scheme" not in (tmp_path / "o" / "table.tex").read_text().split(r"\toprule")[1].split(r"\\")[0]
@@ -152,13 +154,15 @@ def test_one_thread_is_singular_in_the_latency_setting(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- plots
 
-def test_dodge_spreads_only_series_that_meet_at_one_speedup():
+def test_series_that_meet_at_one_speedup_get_slots_and_the_front_stays_in_place():
     xs = [1.0, 2.0, 2.0, 2.001, 2.0, 3.0]
+    ys = [91.0, 90.0, 85.0, 84.0, 90.0, 86.0]
     series = ["dense", "a", "b", "c", "d", "a"]
-    off = plots.dodge(xs, series, 0.1)
-    assert off[0] == 0.0 and off[5] == 0.0                       # alone at its speed-up
-    assert sorted(off[1:5]) == pytest.approx([-0.15, -0.05, 0.05, 0.15])   # four series at 2.00x
-    assert len({round(x + d, 6) for x, d in zip(xs[1:5], off[1:5])}) == 4
+    slots = plots.series_slots(xs, ys, series, 0.1)
+    # dense and a hold the front (a's (2.0, 90.0) before d's identical point): in place
+    assert slots["dense"] == 0 and slots["a"] == 0
+    assert (slots["b"], slots["c"], slots["d"]) == (1, -1, 2)   # the others: +1, -1, +2 marker widths
+    assert len({slots[s] for s in "abcd"}) == 4          # four series at 2.00x: four places
 
 
 def test_pareto_plot_uses_labels_dodges_and_marks_clipped_error_bars(tmp_path):
@@ -174,7 +178,7 @@ def test_pareto_plot_uses_labels_dodges_and_marks_clipped_error_bars(tmp_path):
     assert png.stat().st_size > 0
     for name in ("TRP+Nu channel", "SVD channel", "DeepTwist channel", "lrd channel"):
         assert name in text
-    assert "shifted sideways by about a marker" in text and "A triangle at an error bar" in text
+    assert "drawn about a marker's width apart" in text and "A triangle at an error bar" in text
 
 
 def test_rank_plot_draws_each_variants_kept_fraction_per_layer(tmp_path, capsys):
@@ -183,9 +187,11 @@ def test_rank_plot_draws_each_variants_kept_fraction_per_layer(tmp_path, capsys)
     series = plots.rank_series(df)
     lines = series[("cifar10", "resnet20")]
     # one TRP+Nu label holds two variants: its lines name what differs; dense rows have no layers
-    assert set(lines) == {"SVD", "SVD+FT", "TRP+Nu (scheme=channel)", "TRP+Nu (scheme=spatial)"}
-    assert lines["SVD"]["layer1.0.conv1"] == (0.5, False)        # rank 8 of 16
-    assert lines["SVD"]["conv1"] == (1.0, True)                  # skipped: kept dense
+    assert set(lines) == {"SVD channel (finetune_epochs=0)", "SVD+FT channel (finetune_epochs=2)",
+                          "TRP+Nu channel (nuclear=0.0003)", "TRP+Nu spatial (nuclear=0.0003)"}
+    svd = lines["SVD channel (finetune_epochs=0)"]
+    assert svd["layer1.0.conv1"] == (0.5, False)        # rank 8 of 16
+    assert svd["conv1"] == (1.0, True)                  # skipped: kept dense
     assert plots.kept_fraction({"rank": [2, 4], "full_rank": [4, 8], "skipped": None}) == (0.5, False)
     rc = main_report([str(tmp_path / "res"), "--ranks", str(tmp_path / "ranks"), "--out", str(tmp_path / "o")])
     assert rc == 0 and "ranks plot written" in capsys.readouterr().out

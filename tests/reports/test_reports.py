@@ -350,9 +350,12 @@ def test_cli_report_writes_all_formats_plot_and_paper(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert r"\begin{tabular}" in out and "failed trial" in out and "RuntimeError: boom" in out
-    for f in ("table.md", "table.tex", "table.csv", "paper-trp-cifar10-resnet20.md"):
-        assert (tmp_path / "out" / f).stat().st_size > 0
+    # --format decides what is written: LaTeX only
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["paper-trp-cifar10-resnet20.tex", "table.tex"]
     check_latex((tmp_path / "out" / "table.tex").read_text())
+    assert main_report([str(res), "--paper", "trp-cifar10-resnet20", "--format", "all", "--out", str(tmp_path / "all")]) == 0
+    for f in ("table.md", "table.tex", "table.csv", "paper-trp-cifar10-resnet20.md", "paper-trp-cifar10-resnet20.csv"):
+        assert (tmp_path / "all" / f).stat().st_size > 0
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "pareto.svg").stat().st_size > 0
 
     # default output folder is the results folder itself
