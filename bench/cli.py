@@ -65,7 +65,7 @@ MAX_TRIALS_HELP = ("refuse a spec whose grids expand to more than N trials (defa
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankbench", description="Benchmark low-rank compression methods.")
     p.add_argument("--version", action="version", version=f"rankbench {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="{run,methods,check-method,specs,show,export,report,speed}")
+    sub = p.add_subparsers(dest="cmd", metavar="{run,plan,methods,check-method,specs,show,export,report,speed}")
     r = sub.add_parser("run", help="run a spec's trials (default: the shipped quick spec)")
     r.add_argument("spec", nargs="?", help=SPEC_HELP)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
                    help="on a cluster (--address), how long to wait for nodes that can hold the spec's "
                         "resources to join (default: $RANKBENCH_WAIT_FOR_NODES, else 300)")
+    r.add_argument("--preflight-only", action="store_true",
+                   help="a rehearsal: make every check a run makes before training (on a cluster: every node "
+                        "sees the results, runs this rankbench, has the methods and paths), then stop")
     r.add_argument("--mlflow", default=None, metavar="URI",
                    help="also log every trial's epochs to this MLflow tracking URI (needs rankbench[mlflow]); "
                         "TensorBoard files are always written under <results>/<sweep>/tensorboard")
@@ -106,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--results", default="results", help="where a trial id is looked up (default ./results)")
     sub.add_parser("report", help="tables / paper comparison / plots from results (rankbench.reports.cli)",
                    add_help=False)
+    sub.add_parser("plan", help="what a sweep will cost before it runs: measured step times -> device-hours, "
+                                "makespan on N GPUs (rankbench.bench.speed.plan)", add_help=False)
     sub.add_parser("speed", help="training-step, projection and latency micro-benchmarks (rankbench.bench.speed)",
                    add_help=False)
     return p
@@ -129,8 +134,8 @@ def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return _report(argv[1:])
-    if argv and argv[0] == "speed":
-        return _speed(argv[1:])
+    if argv and argv[0] in ("speed", "plan"):
+        return _speed(argv)
     args = _parser().parse_args(argv)
     if args.cmd is None:
         _parser().print_help()
@@ -143,7 +148,7 @@ def _main(argv: list[str] | None) -> int:
             if args.cmd == "run":
                 return cmd_run(spec, args.results, args.address, args.max_concurrent, overrides,
                                wait_for_nodes=args.wait_for_nodes, mlflow=args.mlflow, max_trials=args.max_trials,
-                               keep_old_code=args.keep_old_code)
+                               keep_old_code=args.keep_old_code, preflight_only=args.preflight_only)
             return cmd_show(spec, args.results, overrides, max_trials=args.max_trials)
         if args.cmd == "methods":
             return cmd_methods()
@@ -378,21 +383,26 @@ def cmd_export(model: str, fmt: str, out: str | None, results: str) -> int:
 
 def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent: int | None,
             overrides: list[str] | None = None, wait_for_nodes: float | None = None,
-            mlflow: str | None = None, max_trials: int | None = None, keep_old_code: bool = False) -> int:
+            mlflow: str | None = None, max_trials: int | None = None, keep_old_code: bool = False,
+            preflight_only: bool = False) -> int:
     from rankbench.bench.spec.parse import load_spec
-    from rankbench.bench.running.sweep import run_sweep, set_ray_env
+    from rankbench.bench.running.sweep import rehearse, run_sweep, set_ray_env
 
     set_ray_env()
     if max_concurrent is not None and max_concurrent < 1:
         raise bad("--max-concurrent", max_concurrent, "an integer >= 1")
     if wait_for_nodes is not None and not wait_for_nodes >= 0:
         raise bad("--wait-for-nodes", wait_for_nodes, "a number of seconds >= 0")
-    from rankbench.bench.running.tracking import check_mlflow
+    from rankbench.bench.running.tracking import check_mlflow, open_mlflow
 
     check_mlflow(mlflow)                            # a missing extra is refused before Ray starts
     t0 = time.monotonic()
     # every input error (overrides included) surfaces here, before Ray
     sweep = load_spec(_spec_path(spec), overrides=overrides or (), max_trials=max_trials)
+    if preflight_only:
+        rehearse(sweep, results, address, wait_for_nodes, out=lambda s: print(s, flush=True))
+        return 0
+    mlflow_target = open_mlflow(mlflow, sweep.name)   # the store opened and written once, or one line
     from rankbench.bench.results.store import Store
 
     store_dir = Store(results, sweep.name).dir    # a Path, or a RemotePath for a storage URI
@@ -410,7 +420,7 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
         signal.signal(signal.SIGTERM, _term)
     try:
         summary = run_sweep(sweep, results, address=address, max_concurrent=max_concurrent,
-                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes, mlflow=mlflow,
+                            out=lambda s: print(s, flush=True), wait_for_nodes=wait_for_nodes, mlflow=mlflow_target,
                             keep_old_code=keep_old_code)
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001
         if isinstance(e, _user_errors()) or isinstance(e, OSError):
@@ -441,18 +451,8 @@ def cmd_run(spec: str | None, results: str, address: str | None, max_concurrent:
 
 def _stopped_summary(sweep: object, results: str, e: BaseException, resume: str) -> None:
     """What finished before the sweep stopped, and the command that resumes it (stderr)."""
-    from rankbench.bench.results.store import Store
+    from rankbench.bench.running.sweep import stopped_lines
 
-    store = Store(results, sweep.name)
-    ok = failed = 0
-    for t in sweep.trials:
-        try:
-            row = store.read_result(t.id)
-        except OSError:
-            row = None
-        if row is not None:
-            ok += row.get("status") == "ok"
-            failed += row.get("status") != "ok"
     if isinstance(e, Terminated):
         why = "terminated (SIGTERM)"
     elif isinstance(e, KeyboardInterrupt):
@@ -460,11 +460,8 @@ def _stopped_summary(sweep: object, results: str, e: BaseException, resume: str)
     else:
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         why = f"stopped by a fault of Ray or the driver ({type(e).__name__}: {detail})"
-    err = sys.stderr
-    print(f"{why}: finished trials are kept; run the same command again to resume", file=err)
-    print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {ok} ok, {failed} failed, "
-          f"{len(sweep.trials) - ok - failed} not finished (rows in {store.dir / 'trials'})", file=err)
-    print(f"resume with: {resume}", file=err)
+    for line in stopped_lines(sweep, results, why, resume):
+        print(line, file=sys.stderr)
 
 
 def _report(argv: list[str]) -> int:
@@ -487,10 +484,12 @@ def _report(argv: list[str]) -> int:
 
 
 def _speed(argv: list[str]) -> int:
-    from rankbench.bench.speed import main as main_speed  # imported here: `rankbench run` does not need it
+    """``rankbench speed`` and ``rankbench plan``: imported here, since ``rankbench run`` needs neither."""
+    import importlib
 
+    main_cmd = importlib.import_module("rankbench.bench.speed" + (".plan" if argv[0] == "plan" else "")).main
     try:
-        return int(main_speed(argv) or 0)
-    except ValueError as e:  # a bad --model: one line, as every other user error
+        return int(main_cmd(argv[1:]) or 0)
+    except (ValueError, *_user_errors()) as e:   # a bad --model or value: one line, as every other user error
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -91,6 +91,8 @@ FIELDS: tuple[Field, ...] = (
     Field("node", (_D,), "trials run by Ray: where it ran, {id: Ray node id, ip}", always=False),
     Field("baseline_node", (_D,), "trials that started from a baseline run by Ray: where the baseline ran",
           always=False),
+    Field("rank_nodes", (_L,), "data-parallel trials run by Ray: every rank's node {id, ip}, rank 0 first",
+          always=False),
     Field("history", (_L,), "one dict per epoch run (phase, epoch, loss, val_top1, seconds)"),
     Field("compressed_model", (_S,), "ok trials: the deployed model's file beside the row, <trial_id>.model.pt "
           "(rankbench.bench.load_compressed loads it)", always=False),

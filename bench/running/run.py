@@ -6,6 +6,10 @@ Three kinds of method (``rankbench.methods.api.base.Method``):
   then fine-tune ``finetune_epochs`` epochs;
 - training-time (trp, deeptwist, ...): attach to a fresh model, train every epoch with the
   method's hooks, compress (then fine-tune if the method asks for it).
+Fine-tuning runs without the method's hooks and ``param_groups`` unless the method sets
+``hooks_in_finetune``; each phase trains with its own recipe (``TrainConfig.train_phase`` /
+``finetune_phase``). With ``train.ema`` a phase ends with the model holding its averaged
+weights, so compress, the final evaluation and the saved model all use them.
 Then measure the deployed model next to the dense architecture. A failure still writes a row
 (status failed, error, last good epoch) so a sweep never loses track of a trial.
 """
@@ -32,9 +36,10 @@ from rankbench.bench.results.filesystem import open_append, read_bytes_io, resol
 from rankbench.bench.results.provenance import code_identity
 from rankbench.bench.results.row import clean, empty_row
 from rankbench.bench.results.store import Store, atomic_torch_save, previous, set_aside
-from rankbench.bench.running.tracking import open_tracker
-from rankbench.bench.train.config import Phase, TrainConfig
-from rankbench.bench.train.ddp import DistContext, check_identical, sum_over_ranks, sync_batch_norm, wrap
+from rankbench.bench.running.tracking import MlflowTarget, open_tracker
+from rankbench.bench.train.config import TrainConfig
+from rankbench.bench.train.ddp import (DistContext, check_identical, current, gather_objects, peer_lost, sum_over_ranks,
+                                      sync_batch_norm, wrap)
 from rankbench.bench.train.loop import Loop, Progress, train
 from rankbench.bench.trial import Trial
 from rankbench.methods.api.base import Context, Method, MethodReport, start
@@ -62,7 +67,7 @@ def _device(trial: Trial) -> torch.device:
 
 def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None] | None = None,
               base_dir: Path | str | None = None, dist: DistContext | None = None,
-              mlflow: str | None = None) -> dict:
+              mlflow: MlflowTarget | str | None = None) -> dict:
     """Run one trial end to end and write its Result row to ``results/<sweep>/trials/<id>.json``.
 
     ``base_dir``: where relative paths of the spec (data.root, model.pretrained) start; the
@@ -76,8 +81,9 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
     ranks write nothing and return their partial row. Under DDP a failure is raised after rank 0 wrote its row: the other ranks would otherwise wait
     forever in the next collective, and raising makes Ray Train stop the whole worker group.
 
-    Rank 0 also sends every epoch's metrics to TensorBoard (``<results>/<sweep>/tensorboard/<id>``)
-    and, with ``mlflow`` (a tracking URI), to MLflow (``rankbench.bench.running.tracking``).
+    Rank 0 also sends every epoch's metrics, the deployed model's spectra and the row's numbers
+    to TensorBoard (``<results>/<sweep>/tensorboard/<run name>``) and, with ``mlflow`` (the sweep's
+    ``MlflowTarget`` or a tracking URI), to MLflow (``rankbench.bench.running.tracking``).
     """
     base = Path(base_dir or os.getcwd())
     row = empty_row(trial)
@@ -96,11 +102,21 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
                 log(line)
 
         _log(f"trial {trial.id}: {trial.label}")
+        node = ray_node()
+        if node is not None:     # a trial retried after its node was lost starts again elsewhere
+            _log(f"on node {node['ip']} (Ray node {node['id']})")
         tracker = open_tracker(trial, store.dir, _log, mlflow=mlflow)
         try:
-            _run(trial, row, _Env(store, progress, _log, base, dist, on_epoch=tracker.epoch))
+            _run(trial, row, _Env(store, progress, _log, base, dist, on_epoch=tracker.epoch,
+                                  on_export=tracker.export))
             row["status"] = "ok"
         except Exception as e:  # noqa: BLE001 (every failure becomes a row; Ctrl-C still propagates)
+            if dist is not None and dist.world_size > 1 and peer_lost(e):
+                # another rank's node or process is gone: not the trial's fault, and no row, so
+                # Ray starts the group again and it resumes from the last epoch checkpoint
+                _log(f"trial {trial.id}: a rank was lost ({type(e).__name__}: {str(e)[:200]}); "
+                     f"the group restarts from the last epoch checkpoint")
+                raise
             row["status"] = "failed"
             row["error"] = f"{type(e).__name__}: {e}"
             row["last_good_epoch"] = progress.last_good_epoch
@@ -109,7 +125,6 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
             failure = e
         row["history"] = progress.history
         row = clean(row)
-        tracker.finish(row)
         try:
             store.write_result(row)
         except OSError as e:
@@ -119,20 +134,27 @@ def run_trial(trial: Trial, results_root: Path | str, log: Callable[[str], None]
                 _log(f"trial {trial.id}: result not written: {type(e).__name__}: {e}")
             raise
         if row["status"] == "ok":
-            # the result is safely written: resume points are no longer needed (baseline.pt stays)
-            for p in (store.epoch_checkpoint(trial.id), store.checkpoint_dir(trial.id) / "finetune.pt"):
-                for q in (p, previous(p)):
-                    with contextlib.suppress(FileNotFoundError):
-                        q.unlink()
-            with contextlib.suppress(OSError):
-                store.checkpoint_dir(trial.id).rmdir()   # only when empty (no baseline.pt)
-            # after the row is written nothing may fail: a metric that came out null prints as such
-            top1, speedup = row.get("top1"), row.get("macs_speedup")
-            _log(f"trial {trial.id}: ok top-1 {'n/a' if top1 is None else f'{top1:.2f}%'} "
-                 f"macs x{'n/a' if speedup is None else f'{speedup:.2f}'}")
+            _finished(trial, row, store, _log)
+        # after the row is written (a row that could not be written leaves the trackers' runs
+        # open: the trial runs again and goes on in them), with the log up to its last line
+        tracker.finish(row, [store.log_path(trial.id), compressed_path(store.trials_dir, trial.id)])
     if failure is not None and dist is not None and dist.world_size > 1:
         raise failure
     return row
+
+
+def _finished(trial: Trial, row: dict[str, Any], store: Store, log: Callable[[str], None]) -> None:
+    """An ok row is safely written: its resume points go (baseline.pt stays), the log says so."""
+    for p in (store.epoch_checkpoint(trial.id), store.checkpoint_dir(trial.id) / "finetune.pt"):
+        for q in (p, previous(p)):
+            with contextlib.suppress(FileNotFoundError):
+                q.unlink()
+    with contextlib.suppress(OSError):
+        store.checkpoint_dir(trial.id).rmdir()   # only when empty (no baseline.pt)
+    # after the row is written nothing may fail: a metric that came out null prints as such
+    top1, speedup = row.get("top1"), row.get("macs_speedup")
+    log(f"trial {trial.id}: ok top-1 {'n/a' if top1 is None else f'{top1:.2f}%'} "
+        f"macs x{'n/a' if speedup is None else f'{speedup:.2f}'}")
 
 
 @dataclass
@@ -146,6 +168,7 @@ class _Env:
     base_dir: Path
     dist: DistContext | None = None
     on_epoch: Callable[[dict[str, Any]], None] | None = None
+    on_export: Callable[[nn.Module], None] | None = None   # the deployed model, once saved
 
     @property
     def world(self) -> int:
@@ -175,7 +198,7 @@ def _run(trial: Trial, row: dict[str, Any], env: _Env) -> None:
     t_start = time.perf_counter()
     b = _build(trial, env)
     row["train_device"] = str(b.device)
-    _record_nodes(trial, row, env.store, b.from_baseline)
+    _record_nodes(trial, row, env, b.from_baseline)
     if b.from_baseline:
         row["baseline_id"] = _load_baseline(trial, b.model, env.store)
     model, forward = _attach(trial, b, env)
@@ -197,6 +220,8 @@ def _run(trial: Trial, row: dict[str, Any], env: _Env) -> None:
     row.update({"top1": metrics.get("top1"), "top5": metrics.get("top5"), "f1": metrics.get("f1"), "wall_s": wall_s,
                 "gpu_hours": wall_s / 3600.0 * float(trial.resources_cfg.get("gpus", 0) if b.device.type == "cuda" else 0)})
     row["compressed_model"] = _save_model(trial, row, b, small, env.store)
+    if env.on_export is not None:
+        env.on_export(small)
 
 
 def _build(trial: Trial, env: _Env) -> _Built:
@@ -218,19 +243,26 @@ def _build(trial: Trial, env: _Env) -> _Built:
     method = build(trial.method, trial.params_dict)
     from_baseline = needs_baseline(trial.method)
     # a method that starts from the baseline gets the baseline's weights: no need to read pretrained
+    # train.drop_path: timm's drop_path_rate (the spec check refused it for a model without one)
     model = build_model(trial.model, data.num_classes, data.input_shape,
-                        pretrained=None if from_baseline else pretrained, **model_opts)
+                        pretrained=None if from_baseline else pretrained, **model_opts,
+                        **({"drop_path_rate": tc.drop_path} if tc.drop_path else {}))
     if env.is_main:
         env.store.checkpoint_dir(trial.id).mkdir(parents=True, exist_ok=True)
     return _Built(data, model, model_opts, method, from_baseline, device, tc)
 
 
-def _record_nodes(trial: Trial, row: dict[str, Any], store: Store, from_baseline: bool) -> None:
-    """Where the trial runs (the Ray node, when Ray runs it) and where its baseline ran."""
+def _record_nodes(trial: Trial, row: dict[str, Any], env: _Env, from_baseline: bool) -> None:
+    """Where the trial runs (the Ray node, when Ray runs it; every rank's under DDP) and where
+    its baseline ran."""
     node = ray_node()
     if node is not None:
         row["node"] = node
-    base = store.read_result(trial.baseline().id) if from_baseline else None
+    if current() is not None:    # a collective: every rank of a data-parallel trial is here
+        row["rank_nodes"] = gather_objects(node)
+        if node is not None:
+            env.log("ranks on Ray nodes " + " ".join(n["id"] if n else "?" for n in row["rank_nodes"]))
+    base = env.store.read_result(trial.baseline().id) if from_baseline else None
     if base is not None and base.get("node"):
         row["baseline_node"] = base["node"]
 
@@ -306,16 +338,17 @@ def _train_phase(trial: Trial, row: dict[str, Any], b: _Built, env: _Env, model:
 
 def _finetune_phase(trial: Trial, row: dict[str, Any], b: _Built, env: _Env, small: nn.Module) -> nn.Module:
     """Fine-tune the compressed model for the method's ``finetune_epochs`` (none: as it is), at
-    ``train.finetune_lr`` with a cosine decay and without the method's hooks."""
+    ``train.finetune_lr`` with the fine-tuning recipe (``train.finetune``; a cosine decay), and
+    with the method's hooks and ``param_groups`` only when it sets ``hooks_in_finetune``."""
     fe = int(b.method.finetune_epochs)
     if fe <= 0:
         return small
     tc = b.config
     small, small_forward = wrap(small, env.dist)   # BN layers were already converted with model
-    phase = Phase("finetune", epochs=fe, lr=tc.finetune_lr, epoch_offset=0 if b.from_baseline else tc.epochs)
-    config = dataclasses.replace(tc, schedule="cosine", milestones=())
+    phase = tc.finetune_phase(fe, epoch_offset=0 if b.from_baseline else tc.epochs)
+    method = b.method if b.method.hooks_in_finetune else None
     ckpt = env.store.checkpoint_dir(trial.id) / "finetune.pt"
-    train(small, b.data, config, phase, None, _loop(env, b.device, ckpt, small_forward))
+    train(small, b.data, tc, phase, method, _loop(env, b.device, ckpt, small_forward))
     if env.world > 1:
         row.setdefault("ddp", {"world_size": env.world, "backend": env.dist.backend, "sync_bn": tc.sync_bn})
         row["ddp"]["finetuned_weights_sha256"] = check_identical(small, "finetune")

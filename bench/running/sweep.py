@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,15 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rankbench.bench.checks import bad
+from rankbench.bench.running.address import RUNNING_CLUSTER, check_address, check_listening
 from rankbench.bench.preflight.cluster import NodeNeeds, check_nodes, describe, needs_of, node_problems, write_marker
 from rankbench.bench.running.reaper import start_reaper
 from rankbench.bench.results.filesystem import ray_storage
 from rankbench.bench.results.provenance import describe_code, same_method_code
 from rankbench.bench.results.row import failed_row
 from rankbench.bench.results.store import Store, set_aside
-from rankbench.bench.trial import Trial
+from rankbench.bench.trial import Trial, is_distributed
 
 if TYPE_CHECKING:
+    from rankbench.bench.running.tracking import MlflowTarget
     from rankbench.bench.spec.parse import Sweep
 
 # Ray reads these at import / init time; a user's own setting wins
@@ -61,7 +61,7 @@ class SweepSummary:
     csv: Path | None = None
 
 
-def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | None = None,
+def _trainable(config: dict, results_root: str, base_dir: str, mlflow: MlflowTarget | None = None,
                needs: NodeNeeds | None = None) -> None:
     """Ray Tune function trainable: one trial, handed over as ``config["trial"]`` (``Trial.to_dict``,
     as Ray Train's workers get it). Runs in a Ray worker process. ``needs``: on a cluster, what
@@ -70,7 +70,6 @@ def _trainable(config: dict, results_root: str, base_dir: str, mlflow: str | Non
     from ray import tune
 
     from rankbench.bench.running.distributed import run_distributed
-    from rankbench.bench.trial import is_distributed
     from rankbench.bench.running.run import run_trial
 
     trial = Trial.from_dict(config["trial"])
@@ -183,115 +182,6 @@ def _callback(by_id: dict[str, Trial], prog: _StatusLine, store: Store):
     return Cb()
 
 
-ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-_]*):([0-9]{1,5})$")
-
-
-def _importable(module: str) -> bool:
-    """Whether ``module`` can be found without importing it (a finder that refuses it counts as not)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def check_address(address: str) -> None:
-    """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray Client); else one line, before
-    Ray prints a screen of warnings and a traceback for it."""
-    accepted = "auto, local, HOST:PORT (a cluster's GCS) or ray://HOST:PORT (Ray Client, needs ray[client])"
-    if address in ("auto", "local"):
-        return
-    m = ADDRESS.match(address)
-    if not m or not 0 < int(m.group(3)) < 65536:
-        raise bad("--address", address, accepted)
-    if m.group(1):
-        missing = [mod for mod in ("grpc",) if not _importable(mod)]
-        if missing:
-            raise bad("--address", address, accepted,
-                      f"Ray Client needs {', '.join(missing)}: pip install 'ray[client]'")
-
-
-# what --address accepts once its form is right
-RUNNING_CLUSTER = "the address of a running Ray cluster (ray status there prints it)"
-ADDRESS_TIMEOUT_S = 5.0   # a cluster's head answers a TCP connection within this, or is not there
-# Ray's GCS and its Ray Client server are both gRPC servers: to a client's HTTP/2 connection
-# preface (here with an empty SETTINGS frame) they answer with their own SETTINGS frame first
-# (RFC 9113, section 3.4). A dashboard, a web server or anything else answers otherwise or not at all.
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-H2_SETTINGS = 4           # the frame type in byte 3 of a frame's 9-byte header
-
-
-def _not_grpc(sock: socket.socket, timeout: float) -> str | None:
-    """None if the server on ``sock`` answers an HTTP/2 preface as a gRPC server does; else why not."""
-    sock.settimeout(timeout)
-    head = b""
-    try:
-        sock.sendall(H2_PREFACE)
-        while len(head) < 9:          # a frame header; TCP may deliver it in pieces
-            more = sock.recv(9 - len(head))
-            if not more:
-                break
-            head += more
-    except socket.timeout:
-        if not head:
-            return f"it accepts connections but does not answer as a Ray cluster (gRPC) within {timeout:g} s"
-    except OSError:               # reset or broken pipe: it hung up, as the empty reply below
-        head = b""
-    if len(head) >= 4 and head[3] == H2_SETTINGS:
-        return None
-    if not head:
-        return "it closed the connection without answering as a Ray cluster (gRPC)"
-    if head.startswith((b"HTTP/", b"<")):
-        return (f"it answers HTTP/1 ({head!r}...), not gRPC: a dashboard or web port? (a cluster's GCS "
-                "listens on 6379 unless `ray start --port` said otherwise, Ray Client on 10001)")
-    return f"it answers {head!r}..., not as a Ray cluster (gRPC)"
-
-
-def resolve_auto() -> str:
-    """The cluster ``--address auto`` would join, found as Ray finds it (``RAY_ADDRESS``, else the
-    cluster file Ray's last ``ray start`` wrote, else a GCS process on this machine), without
-    connecting; one line when there is none."""
-    from ray._private.services import get_ray_address_from_environment
-
-    try:
-        return str(get_ray_address_from_environment("auto", None))
-    except ConnectionError:
-        raise bad("--address", "auto", RUNNING_CLUSTER, "no running Ray cluster found on this machine (no "
-                  "RAY_ADDRESS, no cluster file of `ray start`, no GCS process)") from None
-
-
-def check_listening(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """``HOST:PORT`` and ``ray://HOST:PORT``: a Ray cluster must answer there, else one line now
-    instead of the minute ``ray.init`` spends retrying: something must accept a TCP connection
-    and answer an HTTP/2 preface as a gRPC server does (Ray's GCS and Ray Client both are; with
-    ``RAY_USE_TLS`` set only the connection is tried). ``auto`` is resolved first, as Ray would
-    (a cluster file may name a cluster that is gone); ``local`` names no port to try."""
-    if address == "auto":
-        resolved = resolve_auto()
-        why = _no_cluster_at(resolved, timeout)
-        if why is not None:
-            raise bad("--address", "auto", RUNNING_CLUSTER, f"it resolves to {resolved} (RAY_ADDRESS or Ray's "
-                      f"cluster file), where {why}")
-        return
-    why = _no_cluster_at(address, timeout)
-    if why is not None:
-        raise bad("--address", address, RUNNING_CLUSTER, why)
-
-
-def _no_cluster_at(address: str, timeout: float) -> str | None:
-    """Why no Ray cluster answers at ``address`` (None: one does, or the form names no port)."""
-    m = ADDRESS.match(address)
-    if m is None:
-        return None
-    try:
-        with socket.create_connection((m.group(2).strip("[]"), int(m.group(3))), timeout=timeout) as sock:
-            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
-            return None if tls else _not_grpc(sock, timeout)
-    except OSError as e:
-        return f"nothing answers there within {timeout:g} s ({e.strerror or str(e) or type(e).__name__})"
-
-
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a quiet local Ray with every core."""
     set_ray_env()
@@ -402,17 +292,17 @@ def _preflight(todo: list[Trial], store: Store, out: Callable[[str], None]) -> N
 
 def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None,
               max_concurrent: int | None = None, out: Callable[[str], None] = print,
-              wait_for_nodes: float | None = None, mlflow: str | None = None,
+              wait_for_nodes: float | None = None, mlflow: MlflowTarget | str | None = None,
               keep_old_code: bool = False) -> SweepSummary:
     """Run every unfinished trial of ``sweep`` with Ray Tune; write results.csv at the end.
-    ``mlflow``: a tracking URI every trial also logs to (``rankbench.bench.running.tracking``).
+    ``mlflow``: where every trial also logs to MLflow (``rankbench.bench.running.tracking.sweep_tracking``).
     A finished trial whose row was made by other code of its method runs again, unless
     ``keep_old_code`` (``rankbench.bench.results.provenance``).
 
     Resources no node can hold are refused first (``rankbench.bench.preflight.capacity``): on a local Ray before it
     starts, on a cluster after ``wait_for_nodes`` seconds of waiting for nodes to join."""
-    from rankbench.bench.preflight import capacity
-    from rankbench.bench.preflight.memory import check_packing, is_packed
+    from rankbench.bench.preflight import capacity, memory
+    from rankbench.bench.running.tracking import sweep_tracking
 
     t0 = time.monotonic()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -441,17 +331,18 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
             per = max(t.resources_cfg.get("cpus", 1) for t in todo)
             slots = max_concurrent or max(1, int(cpus // per))
             prog = _StatusLine(len(todo), slots, out)
-            if any(is_packed(t.resources_cfg) for t in todo):
+            if any(memory.is_packed(t.resources_cfg) for t in todo):
                 # trials sharing a GPU: fail now the ones whose step would not fit in their share
-                refused = check_packing(todo, log=out)
+                refused = memory.check_packing(todo, log=out)
                 for t in todo:
                     if t.id in refused:
                         row = failed_row(t, refused[t.id])
                         store.write_result(row)
                         prog.finish(t.id, t.label, "failed", row["error"])
                 todo = [t for t in todo if t.id not in refused]
-            if todo:
-                _tune(todo, store, max_concurrent, prog, mlflow, needs)
+            with sweep_tracking(store.dir, sweep.name, sweep.trials, len(todo), mlflow, out) as target:
+                if todo:
+                    _tune(todo, store, max_concurrent, prog, target, needs)
             summary.ran = len(todo)
         ids = [t.id for t in sweep.trials]
         rows = {i: store.read_result(i) for i in ids}
@@ -462,7 +353,7 @@ def run_sweep(sweep: Sweep, results_root: Path | str, address: str | None = None
 
 
 def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _StatusLine,
-          mlflow: str | None = None, needs: NodeNeeds | None = None) -> None:
+          mlflow: MlflowTarget | None = None, needs: NodeNeeds | None = None) -> None:
     """One Tune run over ``trials``; ``rankbench.bench.running.queue.TrialQueue`` decides when each may start."""
     from ray import tune
 
@@ -474,7 +365,6 @@ def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _
 
     def resources(config: dict) -> dict[str, float]:
         from rankbench.bench.running.distributed import DRIVER_RESOURCES
-        from rankbench.bench.trial import is_distributed
 
         r = config["trial"]["resources"]
         if is_distributed(r):
@@ -498,3 +388,45 @@ def _tune(trials: list[Trial], store: Store, max_concurrent: int | None, prog: _
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tuner.fit()
+
+
+def stopped_lines(sweep: "Sweep", results: Path | str, why: str, resume: str) -> list[str]:
+    """What a stopped sweep tells its user: ``why``, what finished, and the command that resumes it."""
+    store = Store(results, sweep.name)
+    ok = failed = 0
+    for t in sweep.trials:
+        try:
+            row = store.read_result(t.id)
+        except OSError:
+            row = None
+        if row is not None:
+            ok += row.get("status") == "ok"
+            failed += row.get("status") != "ok"
+    return [f"{why}: finished trials are kept; run the same command again to resume",
+            f"sweep {sweep.name}: {len(sweep.trials)} trials, {ok} ok, {failed} failed, "
+            f"{len(sweep.trials) - ok - failed} not finished (rows in {store.dir / 'trials'})",
+            f"resume with: {resume}"]
+
+
+def rehearse(sweep: "Sweep", results_root: Path | str, address: str | None = None,
+             wait_for_nodes: float | None = None, out: Callable[[str], None] = print) -> None:
+    """``rankbench run --preflight-only``: every check a run makes before its first trial trains
+    (the address, the resources every trial needs, and on a cluster every node's view of the
+    results, its rankbench, methods and paths), for every trial of the spec; nothing trains."""
+    from rankbench.bench.preflight import capacity
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address)
+        check_listening(address)
+    else:
+        capacity.check_local(sweep.trials)
+    store = Store(results_root, sweep.name)
+    store.ensure()
+    init_ray(address)
+    capacity.check_cluster(list(sweep.trials), capacity.wait_seconds(wait_for_nodes) if address else 0.0, out)
+    if address:
+        _preflight(list(sweep.trials), store, out)
+    out(f"preflight only: the {len(sweep.trials)} trials of {sweep.name} can run "
+        f"{'on this cluster' if address else 'here'}; nothing trained")
+

@@ -477,7 +477,7 @@ def test_address_of_a_web_port_is_refused_at_once_and_named(tmp_path, capsys, no
 ])
 def test_address_that_accepts_but_is_not_ray_is_refused(reply, needle):
     from rankbench.bench.checks import UserError
-    from rankbench.bench.running.sweep import check_listening
+    from rankbench.bench.running.address import check_listening
 
     conns: list[Any] = []                     # keep the silent server's sockets open
     port = _serve(lambda conn: (conns.append(conn), reply(conn)))
@@ -487,14 +487,14 @@ def test_address_that_accepts_but_is_not_ray_is_refused(reply, needle):
 
 
 def test_address_of_a_running_ray_cluster_passes_the_check(ray_session):
-    from rankbench.bench.running.sweep import check_listening
+    from rankbench.bench.running.address import check_listening
 
     check_listening(ray_session.get_runtime_context().gcs_address)   # raises if refused
 
 
 def test_address_check_with_tls_only_tries_the_connection(monkeypatch):
     # a TLS cluster expects a ClientHello, not a plaintext preface: the probe would refuse it
-    from rankbench.bench.running.sweep import check_listening
+    from rankbench.bench.running.address import check_listening
 
     monkeypatch.setenv("RAY_USE_TLS", "1")
     conns: list[Any] = []
