@@ -106,7 +106,9 @@ def default_refs(groups: dict[tuple, pd.DataFrame], metric: str = "top1") -> lis
     for k, g in groups.items():
         if k[2] == BASELINE or k[2] in STUDIED:
             continue
-        s, score = speedup_group(g), float(pd.to_numeric(g[metric], errors="coerce").mean())
+        # rounded: rows are read in file order, and a mean's last bits follow its summation order,
+        # so without it a tie would go to whichever files the folder listed first
+        s, score = speedup_group(g), round(float(pd.to_numeric(g[metric], errors="coerce").mean()), 9)
         if s != "1x" and not math.isnan(score) and (s not in best or score > best[s][0]):
             best[s] = (score, k)
     return refs + [(k, s) for s, (_, k) in sorted(best.items())]

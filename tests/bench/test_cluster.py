@@ -45,7 +45,7 @@ class Cluster:
         self.sids: dict[str, int] = {}
 
     def _start(self, name: str, args: list[str], private: Path | None = None, cpus: int = 1,
-               env: dict | None = None) -> None:
+               env: dict | None = None) -> subprocess.Popen:
         cmd = [RAY, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--disable-usage-stats", *args]
         if private is not None:
             # this node sees its own empty tmpfs where the others see the results folder: what a
@@ -55,16 +55,23 @@ class Cluster:
         p = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
         self.sids[name] = p.pid
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, out
+        return p
+
+    @staticmethod
+    def _started(*procs: subprocess.Popen) -> None:
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, out
 
     def head(self, resource: str, cpus: int = 1) -> None:
         """The head; with ``cpus=0`` no trial can run on it (placement on the workers only)."""
-        self._start(resource, ["--head", "--port", str(self.port), "--include-dashboard", "false",
-                               "--resources", json.dumps({resource: 1})], cpus=cpus, env=HEAD_ENV)
+        self._started(self._start(resource, ["--head", "--port", str(self.port), "--include-dashboard", "false",
+                                             "--resources", json.dumps({resource: 1})], cpus=cpus, env=HEAD_ENV))
 
-    def worker(self, resource: str, private: Path | None = None) -> None:
-        self._start(resource, ["--address", self.address, "--resources", json.dumps({resource: 1})], private)
+    def worker(self, *resources: str, private: Path | None = None) -> None:
+        """Worker nodes, one per name (its custom resource), joining at the same time."""
+        self._started(*(self._start(r, ["--address", self.address, "--resources", json.dumps({r: 1})], private)
+                        for r in resources))
 
     def kill(self, name: str) -> None:
         """Lose a node: every process of its session (raylet, object store, workers) SIGKILLed."""
@@ -170,7 +177,7 @@ sweep: c
 seeds: [0]
 data: {name: digits}
 model: cnn
-train: {epochs: 6, batch_size: 16}
+train: {epochs: 4, batch_size: 16}
 measure: {latency_repeats: 2}
 resources: RES
 methods: [dense]
@@ -197,12 +204,12 @@ def _lose_a_node_mid_trial(tmp_path: Path, cluster: Cluster, resources: str, los
 
 def _resumed_once_each_epoch_once(row: dict, log: str) -> None:
     assert row["status"] == "ok"
-    resumed = [int(k) for k in re.findall(r"\[train\] resumed from epoch (\d+)/6", log)]
+    resumed = [int(k) for k in re.findall(r"\[train\] resumed from epoch (\d+)/4", log)]
     assert len(resumed) == 1 and resumed[0] >= 2, log            # from its checkpoint, not from scratch
     # nothing duplicated: the row's history has every epoch exactly once
-    assert [h["epoch"] for h in row["history"]] == list(range(1, 7)), row["history"]
-    for e in range(resumed[0] + 1, 7):
-        assert log.count(f"[train] epoch {e}/6 ") == 1, log
+    assert [h["epoch"] for h in row["history"]] == list(range(1, 5)), row["history"]
+    for e in range(resumed[0] + 1, 5):
+        assert log.count(f"[train] epoch {e}/4 ") == 1, log
 
 
 def test_a_trial_whose_node_is_lost_resumes_on_another_node_from_its_checkpoint(tmp_path, cluster):
@@ -216,8 +223,7 @@ def test_a_trial_whose_node_is_lost_resumes_on_another_node_from_its_checkpoint(
 
 def test_a_ddp_trial_spans_two_nodes_and_restarts_its_group_when_one_is_lost(tmp_path, cluster):
     cluster.head("head", cpus=0)
-    cluster.worker("w1")
-    cluster.worker("w2")
+    cluster.worker("w1", "w2")
     row, log = _lose_a_node_mid_trial(tmp_path, cluster, "{cpus: 2, workers: 2}", lost="w2", spare="w3")
     _resumed_once_each_epoch_once(row, log)
     # one CPU per node: the two ranks sat on two nodes, before and after the loss

@@ -109,7 +109,10 @@ def _run_all(sweep, results: Path) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("name", CIFAR)
+# ResNet-32 and -56 run the same specs' code as ResNet-20 with more blocks: by default only the
+# ResNet-20 spec runs (seconds); `pytest -m slow` runs the deeper two (half a minute more)
+@pytest.mark.parametrize("name", [n if n.endswith("resnet20") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in CIFAR])
 def test_cifar_spec_trials_run_on_tiny_cifar(name, tmp_path):
     spec = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     folder = _tiny_cifar(tmp_path / "data")
