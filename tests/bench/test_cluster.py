@@ -31,9 +31,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# the head notices a lost node in about a second (Ray's default is about 15 s of failed checks)
-HEAD_ENV = dict(ENV, RAY_health_check_period_ms="300", RAY_health_check_failure_threshold="3",
-                RAY_health_check_timeout_ms="300", RAY_health_check_initial_delay_ms="0")
+# the head notices a lost node in a few seconds (Ray's default is about 15 s of failed checks);
+# a check's own timeout stays generous: a node starting on a loaded machine must not be taken
+# for a lost one before it has registered
+HEAD_ENV = dict(ENV, RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="5",
+                RAY_health_check_timeout_ms="2000")
 
 
 class Cluster:
@@ -69,9 +71,10 @@ class Cluster:
                                              "--resources", json.dumps({resource: 1})], cpus=cpus, env=HEAD_ENV))
 
     def worker(self, *resources: str, private: Path | None = None) -> None:
-        """Worker nodes, one per name (its custom resource), joining at the same time."""
-        self._started(*(self._start(r, ["--address", self.address, "--resources", json.dumps({r: 1})], private)
-                        for r in resources))
+        """Worker nodes, one per name (its custom resource), one after the other (two raylets
+        registering at once on a loaded 2-core machine can miss `ray start`'s deadline)."""
+        for r in resources:
+            self._started(self._start(r, ["--address", self.address, "--resources", json.dumps({r: 1})], private))
 
     def kill(self, name: str) -> None:
         """Lose a node: every process of its session (raylet, object store, workers) SIGKILLed."""
