@@ -27,12 +27,14 @@ May import: ``rankbench.bench.checks``, ``rankbench.bench.trial``, ``rankbench.r
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rankbench.bench.checks import bad
+from rankbench.bench.checks import UserError, bad
 from rankbench.bench.trial import BASELINE
+from rankbench.methods import lowrank
 from rankbench.reports.collate import ok_trials, t_quantile_975
 from rankbench.reports.format import latex_cell, latex_escape, markdown_cell
 
@@ -79,13 +81,21 @@ def _verdict(n: int, lo: float, hi: float) -> str:
 def speedup_group(g: pd.DataFrame) -> str:
     """A group's speed-up for the default references: its rank rule's target (``speedup:2.0`` ->
     ``2x``) when it names one, else its mean MAC speed-up to one decimal (``1.02`` -> ``1x``)."""
-    rules = [r for r in g["rule"] if isinstance(r, str) and r.startswith("speedup:")] if "rule" in g else []
-    try:
-        return f"{float(rules[0].split(':', 1)[1]):g}x"
-    except (IndexError, ValueError):
-        pass
+    targets = [t for t in map(_speedup_target, g["rule"] if "rule" in g else []) if t is not None]
+    if targets:
+        return f"{targets[0]:g}x"
     v = pd.to_numeric(g["macs_speedup"], errors="coerce").mean() if "macs_speedup" in g else math.nan
     return "?" if math.isnan(v) else f"{round(float(v), 1):g}x"
+
+
+def _speedup_target(rule: Any) -> float | None:
+    """The MAC speed-up a rank rule targets (``speedup:S``), read by the rules' one parser; None
+    for any other rule or a cell that is not one."""
+    try:
+        r = lowrank.parse_rule(rule)
+    except UserError:
+        return None
+    return r.value if r.kind == "speedup" else None
 
 
 def _pair(base: pd.DataFrame, g: pd.DataFrame, metric: str) -> dict:

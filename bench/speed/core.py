@@ -62,7 +62,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+def timed_in_turns(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
            ) -> dict[str, list[float]]:
     """Seconds of each run of each of ``fns``, ``repeats`` runs after ``warmup`` runs. The
     functions are timed in turns (a, b, c, a, b, c, ...), so a machine that slows down
@@ -81,7 +81,7 @@ def _timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int
     return times
 
 
-def _median(v: list[float]) -> float:
+def median(v: list[float]) -> float:
     return sorted(v)[len(v) // 2]
 
 
@@ -138,8 +138,8 @@ def bench_step(name: str, batch: int, setup: Setup, variants: Sequence[tuple[str
         kinds[label] = paper.describe() if paper else "init"
         steps[label] = _stepper(model, x, y, opt, method, setup.amp, forward, refresh)
         methods[label] = method
-    runs = _timed(steps, setup.device, setup.steps, setup.warmup)
-    secs = {k: _median(v) for k, v in runs.items()}
+    runs = timed_in_turns(steps, setup.device, setup.steps, setup.warmup)
+    secs = {k: median(v) for k, v in runs.items()}
     compiled_ = {label for label, _, how in variants if how}
 
     def plain(label: str) -> float:  # a compiled TRP step is compared with the compiled plain step
@@ -247,8 +247,8 @@ def _time_solvers(name: str, scheme: str, rule: lowrank.Rule, sets: list[list[to
     for sv in names_:  # prime warm's state, as the previous training step would have
         call(sv)
         states[sv].warm = states[sv].cold = 0
-    runs = _timed({sv: (lambda sv=sv: call(sv)) for sv in names_}, setup.device, repeats, 1)
-    secs = {k: _median(v) for k, v in runs.items()}
+    runs = timed_in_turns({sv: (lambda sv=sv: call(sv)) for sv in names_}, setup.device, repeats, 1)
+    secs = {k: median(v) for k, v in runs.items()}
     rows = []
     refs: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
     for solver in names_:

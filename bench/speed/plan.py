@@ -30,6 +30,7 @@ import torch
 from rankbench.bench.checks import UserError, bad
 from rankbench.bench.data.build import build_data, describe
 from rankbench.bench.models.builtin import build_model
+from rankbench.bench.speed.core import median, timed_in_turns
 from rankbench.bench.train.config import TrainConfig
 from rankbench.bench.train.loop import train_step
 from rankbench.bench.trial import Trial, per_worker, workers_for
@@ -106,18 +107,6 @@ def data_facts(cfg: dict[str, Any]) -> tuple[tuple[int, ...], int, int, int, flo
 
 
 # --- timing ---------------------------------------------------------------------------------
-
-def _median(fn: Callable[[], Any], device: torch.device, steps: int) -> float:
-    fn()                                           # warm-up: allocations, cuDNN's choice, TRP's first SVD
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
 
 @dataclass(frozen=True)
 class _Probe:
@@ -196,7 +185,9 @@ def _timed_steps(p: _Probe, batch: tuple[torch.Tensor, torch.Tensor], device: to
         with torch.no_grad():
             model.eval()(x)
         model.train()
-    return _median(step, device, steps), _median(forward, device, steps)
+    # one warm-up each (allocations, cuDNN's choice, TRP's first SVD), then in turns
+    runs = timed_in_turns({"step": step, "forward": forward}, device, steps, 1)
+    return median(runs["step"]), median(runs["forward"])
 
 
 def compress_seconds(p: _Probe, device: torch.device) -> float:

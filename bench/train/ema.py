@@ -27,19 +27,20 @@ class EmaWeights:
             raise ValueError(f"ema decay {decay}: accepted: a number in (0, 1)")
         self.decay = float(decay)
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # averaged: parameters and float buffers; copied: integer buffers (num_batches_tracked)
+        self._floats = [k for k, v in self.state.items() if v.is_floating_point()]
+        self._others = [k for k, v in self.state.items() if not v.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average one step towards ``model``'s current weights."""
+        """Move the average one step towards ``model``'s current weights (one batched call each
+        for the averaged and the copied entries)."""
         now = model.state_dict()
-        floats = [k for k, v in self.state.items() if v.is_floating_point()]
-        if floats:
-            ema = [self.state[k] for k in floats]
-            torch._foreach_mul_(ema, self.decay)
-            torch._foreach_add_(ema, [now[k].detach() for k in floats], alpha=1.0 - self.decay)
-        for k, v in self.state.items():
-            if not v.is_floating_point():
-                v.copy_(now[k])
+        if self._floats:
+            torch._foreach_lerp_([self.state[k] for k in self._floats], [now[k] for k in self._floats],
+                                 1.0 - self.decay)
+        if self._others:
+            torch._foreach_copy_([self.state[k] for k in self._others], [now[k] for k in self._others])
 
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into ``model`` (in place: references to its tensors stay valid)."""

@@ -109,13 +109,12 @@ class Progress:
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                   groups: list[dict[str, Any]] | None = None, optimizer: str = "sgd",
-                   options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
-    """``optimizer`` (default SGD + momentum, as ``train.optimizer`` names it) over ``model``'s
-    current parameters, or over ``groups`` (a method's ``param_groups``: each dict's own settings
-    override ``lr``, ``momentum`` and ``weight_decay``), with ``options`` (``optimizer_options``)."""
+                   groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """The default recipe's SGD + momentum over ``model``'s current parameters, or over ``groups``
+    (a method's ``param_groups``: each dict's own settings override ``lr``, ``momentum`` and
+    ``weight_decay``); a phase's own optimizer comes from its ``Recipe``."""
     params: Any = groups if groups is not None else model.parameters()
-    return build_optimizer(params, optimizer, lr, momentum, weight_decay, options or {})
+    return build_optimizer(params, "sgd", lr, momentum, weight_decay, {})
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int,

@@ -164,15 +164,24 @@ def _nodes_in_log(log: str) -> list[str]:
 
 
 def _wait_for_epochs(results: Path, n: int, p: subprocess.Popen, timeout: float = 180) -> Path:
-    """The log of the sweep's one trial once it holds ``n`` epoch lines (after its checkpoint)."""
+    """The log of the sweep's one trial once it holds ``n`` epoch lines and epoch ``n``'s
+    checkpoint is on disk (the loop logs an epoch before it saves it: the test waits for the
+    checkpoint file to be replaced after the line, so a slow disk cannot make it resume earlier)."""
     deadline = time.monotonic() + timeout
+    seen: int | None = None              # the checkpoint's mtime when the n-th line was seen
     while time.monotonic() < deadline:
         logs = list((results / "c" / "logs").glob("*.log"))
-        if logs and epochs_logged(logs[0]) >= n:
+        try:
+            mtime = next((results / "c" / "checkpoints").glob("*/epoch.pt")).stat().st_mtime_ns
+        except (StopIteration, FileNotFoundError):   # none yet, or mid-rotation: look again
+            mtime = -1 if seen is None else seen
+        if seen is None and logs and epochs_logged(logs[0]) >= n:
+            seen = mtime
+        elif seen is not None and mtime != seen:
             return logs[0]
         assert p.poll() is None, p.communicate()[0]
         time.sleep(0.05)
-    raise AssertionError(f"no trial reached epoch {n} in {timeout} s")
+    raise AssertionError(f"no trial checkpointed epoch {n} in {timeout} s")
 
 
 LONG_SPEC = """

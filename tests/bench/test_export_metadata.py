@@ -14,17 +14,8 @@ import torch
 from rankbench.bench.results.export import export_compressed
 from rankbench.bench.running.run import run_trial
 from rankbench.bench.spec.parse import parse_spec
+from test_compressed import SPEC    # the digits TRP trial that test exports too
 
-SPEC = """
-sweep: m
-seeds: [0]
-data: digits
-model: cnn
-train: {epochs: 1, batch_size: 64}
-measure: {latency_repeats: 2}
-methods:
-  - {name: trp, scheme: channel, export: "speedup:1.5"}
-"""
 HAS_ONNX = importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
 
 
